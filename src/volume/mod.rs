@@ -12,10 +12,29 @@
 //! The affine is the NIfTI voxel-to-RAS-world matrix and acts on `(i, j, k, 1)`,
 //! i.e. on `(w, h, d, 1)`; [`Volume::voxel_to_world`] takes `[d, h, w]` and does the swap.
 //! Boxes are `[d0, h0, w0, d1, h1, w1]` in voxels (see [`boxes`]).
+//!
+//! # Files
+//! [`read_nifti`], [`read_channels`] and [`write_nifti`] read and write NIfTI-1; the
+//! qform/sform precedence and the data-type rules are documented in [`nifti`].
+//!
+//! # Non-finite values
+//! Reading keeps NaN and ±Inf voxels as they are; [`Volume::check_finite`] reports them
+//! (count and first index) and [`Volume::replace_non_finite`] cleans them. Intensity
+//! normalisation refuses non-finite input rather than spreading NaN through a whole case.
 
 pub mod boxes;
+pub mod error;
+pub mod nifti;
 
-use ndarray::Array4;
+pub use error::VolumeError;
+pub use nifti::{
+    AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti,
+    read_nifti_header, write_nifti, write_nifti_with,
+};
+
+use ndarray::{Array4, Axis};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A 4×4 voxel-to-world (RAS, mm) affine, row-major, acting on `(i, j, k, 1)` = `(w, h, d, 1)`.
@@ -34,7 +53,185 @@ pub struct Volume {
     pub source: Vec<PathBuf>,
 }
 
+/// Summary statistics over all voxels of a volume (f64 accumulation, population std).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Smallest voxel value.
+    pub min: f64,
+    /// Largest voxel value.
+    pub max: f64,
+    /// Mean voxel value.
+    pub mean: f64,
+    /// Population standard deviation (numpy's `std`, `ddof = 0`).
+    pub std: f64,
+}
+
 impl Volume {
+    /// A volume from `[C, D, H, W]` data and spacing `[sd, sh, sw]`; affine `diag(sw, sh, sd)`, origin 0.
+    pub fn from_array(data: Array4<f32>, spacing: [f64; 3]) -> Volume {
+        let data = if data.is_standard_layout() {
+            data
+        } else {
+            data.as_standard_layout().into_owned()
+        };
+        let mut affine = [[0.0; 4]; 4];
+        affine[0][0] = spacing[2];
+        affine[1][1] = spacing[1];
+        affine[2][2] = spacing[0];
+        affine[3][3] = 1.0;
+        Volume {
+            data,
+            spacing,
+            affine,
+            source: Vec::new(),
+        }
+    }
+
+    /// A short description for messages: the first source file, or "computed volume".
+    pub fn describe(&self) -> String {
+        match self.source.as_slice() {
+            [] => "computed volume".to_string(),
+            [one] => one.display().to_string(),
+            [first, rest @ ..] => {
+                format!("{} (+{} more channel files)", first.display(), rest.len())
+            }
+        }
+    }
+
+    /// Number of channels `C`.
+    pub fn channels(&self) -> usize {
+        self.data.shape()[0]
+    }
+
+    /// The spatial shape `[D, H, W]`.
+    pub fn spatial_shape(&self) -> [usize; 3] {
+        let s = self.data.shape();
+        [s[1], s[2], s[3]]
+    }
+
+    /// Min, max, mean and population std over all voxels of all channels (NaN if any voxel is NaN).
+    pub fn stats(&self) -> Stats {
+        let standard = self.data.as_standard_layout();
+        let all = standard
+            .as_slice()
+            .expect("a standard-layout array is contiguous");
+        let [_, _, h, w] = self.shape();
+        let slabs: Vec<&[f32]> = if all.is_empty() {
+            Vec::new()
+        } else {
+            all.chunks((h * w).max(1)).collect()
+        };
+        let (sum, min, max, count) = slabs
+            .par_iter()
+            .map(|s| {
+                let (mut sum, mut min, mut max) = (0.0f64, f32::INFINITY, f32::NEG_INFINITY);
+                let mut nan = false;
+                for &v in *s {
+                    sum += v as f64;
+                    nan |= v.is_nan();
+                    min = min.min(v);
+                    max = max.max(v);
+                }
+                if nan {
+                    (f64::NAN, f32::NAN, f32::NAN, s.len())
+                } else {
+                    (sum, min, max, s.len())
+                }
+            })
+            .reduce(
+                || (0.0, f32::INFINITY, f32::NEG_INFINITY, 0),
+                |a, b| {
+                    let nan = a.1.is_nan() || b.1.is_nan();
+                    let (min, max) = if nan {
+                        (f32::NAN, f32::NAN)
+                    } else {
+                        (a.1.min(b.1), a.2.max(b.2))
+                    };
+                    (a.0 + b.0, min, max, a.3 + b.3)
+                },
+            );
+        if count == 0 {
+            return Stats {
+                min: f64::NAN,
+                max: f64::NAN,
+                mean: f64::NAN,
+                std: f64::NAN,
+            };
+        }
+        let mean = sum / count as f64;
+        // Second pass around the mean: numerically stable, like numpy's std.
+        let ss: f64 = slabs
+            .par_iter()
+            .map(|s| {
+                s.iter()
+                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                    .sum::<f64>()
+            })
+            .sum();
+        Stats {
+            min: min as f64,
+            max: max as f64,
+            mean,
+            std: (ss / count as f64).sqrt(),
+        }
+    }
+
+    /// Error if any voxel is NaN or ±Inf, reporting how many and the first (C-order) index.
+    pub fn check_finite(&self) -> Result<(), VolumeError> {
+        match find_voxels(&self.data, |v| !v.is_finite()) {
+            None => Ok(()),
+            Some((count, first_index, value)) => Err(VolumeError::NonFinite {
+                what: self.describe(),
+                count,
+                first_index,
+                value,
+            }),
+        }
+    }
+
+    /// A copy with every NaN/±Inf voxel set to `value`, and the number replaced.
+    pub fn replace_non_finite(&self, value: f32) -> (Volume, u64) {
+        let mut out = self.clone();
+        let count: u64 = match out.data.as_slice_mut() {
+            Some(s) => s
+                .par_chunks_mut(1 << 16)
+                .map(|c| {
+                    let mut n = 0;
+                    for v in c.iter_mut().filter(|v| !v.is_finite()) {
+                        *v = value;
+                        n += 1;
+                    }
+                    n
+                })
+                .sum(),
+            None => {
+                let mut n = 0;
+                out.data
+                    .iter_mut()
+                    .filter(|v| !v.is_finite())
+                    .for_each(|v| {
+                        *v = value;
+                        n += 1
+                    });
+                n
+            }
+        };
+        (out, count)
+    }
+
+    /// Error unless every voxel is a whole number in the `u32`/`i32` label range (label maps).
+    pub fn check_integer_labels(&self) -> Result<(), VolumeError> {
+        match find_voxels(&self.data, |v| !is_label_value(v)) {
+            None => Ok(()),
+            Some((count, first_index, value)) => Err(VolumeError::NonIntegerLabel {
+                what: self.describe(),
+                count,
+                first_index,
+                value,
+            }),
+        }
+    }
+
     /// The shape `[C, D, H, W]`.
     pub fn shape(&self) -> [usize; 4] {
         let s = self.data.shape();
@@ -53,4 +250,49 @@ impl Volume {
         }
         out
     }
+}
+
+/// Whether a value is a valid integer label: finite, whole, within `[i32::MIN, u32::MAX]`.
+pub(crate) fn is_label_value(v: f32) -> bool {
+    v.is_finite() && v.fract() == 0.0 && v >= i32::MIN as f32 && v <= u32::MAX as f32
+}
+
+/// Count voxels matching `bad` (in parallel over `[c, d]` slices) and find the first in C order.
+pub(crate) fn find_voxels(
+    data: &Array4<f32>,
+    bad: impl Fn(f32) -> bool + Sync,
+) -> Option<(u64, [usize; 4], f32)> {
+    let [c, d, _, _] = [
+        data.shape()[0],
+        data.shape()[1],
+        data.shape()[2],
+        data.shape()[3],
+    ];
+    let per_slice: Vec<(u64, Option<([usize; 2], f32)>)> = (0..c * d)
+        .into_par_iter()
+        .map(|i| {
+            let slice = data.index_axis(Axis(0), i / d);
+            let slice = slice.index_axis(Axis(0), i % d);
+            let mut count = 0u64;
+            let mut first = None;
+            for ((y, x), &v) in slice.indexed_iter() {
+                if bad(v) {
+                    count += 1;
+                    if first.is_none() {
+                        first = Some(([y, x], v));
+                    }
+                }
+            }
+            (count, first)
+        })
+        .collect();
+    let total: u64 = per_slice.iter().map(|p| p.0).sum();
+    if total == 0 {
+        return None;
+    }
+    let (i, ([y, x], v)) = per_slice
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.1.map(|f| (i, f)))?;
+    Some((total, [i / d, i % d, y, x], v))
 }
