@@ -28,8 +28,8 @@ pub mod nifti;
 
 pub use error::VolumeError;
 pub use nifti::{
-    AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti,
-    read_nifti_header, write_nifti, write_nifti_with,
+    AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti, read_nifti_header,
+    write_nifti, write_nifti_with,
 };
 
 use ndarray::{Array4, Axis};
@@ -112,9 +112,7 @@ impl Volume {
     /// Min, max, mean and population std over all voxels of all channels (NaN if any voxel is NaN).
     pub fn stats(&self) -> Stats {
         let standard = self.data.as_standard_layout();
-        let all = standard
-            .as_slice()
-            .expect("a standard-layout array is contiguous");
+        let all = standard.as_slice().expect("a standard-layout array is contiguous");
         let [_, _, h, w] = self.shape();
         let slabs: Vec<&[f32]> = if all.is_empty() {
             Vec::new()
@@ -162,11 +160,7 @@ impl Volume {
         // Second pass around the mean: numerically stable, like numpy's std.
         let ss: f64 = slabs
             .par_iter()
-            .map(|s| {
-                s.iter()
-                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                    .sum::<f64>()
-            })
+            .map(|s| s.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>())
             .sum();
         Stats {
             min: min as f64,
@@ -206,13 +200,10 @@ impl Volume {
                 .sum(),
             None => {
                 let mut n = 0;
-                out.data
-                    .iter_mut()
-                    .filter(|v| !v.is_finite())
-                    .for_each(|v| {
-                        *v = value;
-                        n += 1
-                    });
+                out.data.iter_mut().filter(|v| !v.is_finite()).for_each(|v| {
+                    *v = value;
+                    n += 1
+                });
                 n
             }
         };
@@ -258,16 +249,8 @@ pub(crate) fn is_label_value(v: f32) -> bool {
 }
 
 /// Count voxels matching `bad` (in parallel over `[c, d]` slices) and find the first in C order.
-pub(crate) fn find_voxels(
-    data: &Array4<f32>,
-    bad: impl Fn(f32) -> bool + Sync,
-) -> Option<(u64, [usize; 4], f32)> {
-    let [c, d, _, _] = [
-        data.shape()[0],
-        data.shape()[1],
-        data.shape()[2],
-        data.shape()[3],
-    ];
+pub(crate) fn find_voxels(data: &Array4<f32>, bad: impl Fn(f32) -> bool + Sync) -> Option<(u64, [usize; 4], f32)> {
+    let [c, d, _, _] = [data.shape()[0], data.shape()[1], data.shape()[2], data.shape()[3]];
     let per_slice: Vec<(u64, Option<([usize; 2], f32)>)> = (0..c * d)
         .into_par_iter()
         .map(|i| {
@@ -290,9 +273,6 @@ pub(crate) fn find_voxels(
     if total == 0 {
         return None;
     }
-    let (i, ([y, x], v)) = per_slice
-        .iter()
-        .enumerate()
-        .find_map(|(i, p)| p.1.map(|f| (i, f)))?;
+    let (i, ([y, x], v)) = per_slice.iter().enumerate().find_map(|(i, p)| p.1.map(|f| (i, f)))?;
     Some((total, [i / d, i % d, y, x], v))
 }

@@ -164,9 +164,7 @@ impl NiftiInfo {
     pub fn data_bytes(&self) -> Option<u64> {
         self.shape
             .iter()
-            .try_fold(self.stored_type.size() as u64, |acc, &n| {
-                acc.checked_mul(n as u64)
-            })
+            .try_fold(self.stored_type.size() as u64, |acc, &n| acc.checked_mul(n as u64))
     }
 }
 
@@ -181,29 +179,18 @@ fn open(path: &Path) -> Result<Opened, VolumeError> {
     let file = File::open(path).map_err(|e| VolumeError::io(path, "opening", e))?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buffered = BufReader::with_capacity(1 << 20, file);
-    let head = buffered
-        .fill_buf()
-        .map_err(|e| VolumeError::io(path, "reading", e))?;
+    let head = buffered.fill_buf().map_err(|e| VolumeError::io(path, "reading", e))?;
     let gzip = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else {
         Box::new(buffered)
     };
-    Ok(Opened {
-        reader,
-        gzip,
-        file_len,
-    })
+    Ok(Opened { reader, gzip, file_len })
 }
 
 /// Read into `buf` until it is full or the stream ends; returns the number of bytes read.
-fn fill(
-    reader: &mut dyn Read,
-    buf: &mut [u8],
-    path: &Path,
-    gzip: bool,
-) -> Result<usize, VolumeError> {
+fn fill(reader: &mut dyn Read, buf: &mut [u8], path: &Path, gzip: bool) -> Result<usize, VolumeError> {
     let mut got = 0;
     while got < buf.len() {
         match reader.read(&mut buf[got..]) {
@@ -252,14 +239,13 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
             reason: format!("sizeof_hdr is {le} (little-endian) / {be} (big-endian), not 348"),
         });
     }
-    let mut header =
-        NiftiHeader::from_reader(&bytes[..HEADER_SIZE]).map_err(|e| VolumeError::NotNifti {
-            path: path.to_path_buf(),
-            reason: format!(
-                "{e} (magic bytes {:?}, expected \"n+1\")",
-                String::from_utf8_lossy(&bytes[344..348])
-            ),
-        })?;
+    let mut header = NiftiHeader::from_reader(&bytes[..HEADER_SIZE]).map_err(|e| VolumeError::NotNifti {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{e} (magic bytes {:?}, expected \"n+1\")",
+            String::from_utf8_lossy(&bytes[344..348])
+        ),
+    })?;
     if header.sizeof_hdr != HEADER_SIZE as i32 {
         // The crate picks the byte order from dim[0]; a mismatch with sizeof_hdr means dim[0] is corrupt.
         return Err(VolumeError::header(
@@ -271,19 +257,16 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
     if &header.magic == b"ni1\0" {
         return Err(VolumeError::NotNifti {
             path: path.to_path_buf(),
-            reason: "this is the header of a .hdr/.img pair; detlab reads single-file .nii/.nii.gz (convert with nibabel)"
-                .into(),
+            reason:
+                "this is the header of a .hdr/.img pair; detlab reads single-file .nii/.nii.gz (convert with nibabel)"
+                    .into(),
         });
     }
     let big_endian = header.endianness == nifti::Endianness::Big;
 
     let ndim = header.dim[0] as i16;
     if !(1..=7).contains(&ndim) {
-        return Err(VolumeError::header(
-            path,
-            "dim[0]",
-            format!("is {ndim}, must be 1..7"),
-        ));
+        return Err(VolumeError::header(path, "dim[0]", format!("is {ndim}, must be 1..7")));
     }
     let ndim = ndim as usize;
     let mut dims = [1usize; 7];
@@ -308,20 +291,17 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
             ),
         ));
     }
-    let stored_type =
-        StoredType::from_code(header.datatype).map_err(|name| VolumeError::UnsupportedDtype {
-            path: path.to_path_buf(),
-            code: header.datatype,
-            name,
-        })?;
+    let stored_type = StoredType::from_code(header.datatype).map_err(|name| VolumeError::UnsupportedDtype {
+        path: path.to_path_buf(),
+        code: header.datatype,
+        name,
+    })?;
     let vox_offset = header.vox_offset;
     if !vox_offset.is_finite() || vox_offset.fract() != 0.0 || vox_offset < 352.0 {
         return Err(VolumeError::header(
             path,
             "vox_offset",
-            format!(
-                "is {vox_offset}; a single-file NIfTI-1 needs a whole number >= 352 (header + extension flag)"
-            ),
+            format!("is {vox_offset}; a single-file NIfTI-1 needs a whole number >= 352 (header + extension flag)"),
         ));
     }
 
@@ -364,18 +344,13 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
                 a[r][c] = rows[r][c] as f64;
             }
         }
-        check_affine(&a)
-            .map_err(|m| VolumeError::header(path, "srow_x/srow_y/srow_z (sform)", m))?;
+        check_affine(&a).map_err(|m| VolumeError::header(path, "srow_x/srow_y/srow_z (sform)", m))?;
         (a, AffineSource::Sform)
     } else if header.qform_code > 0 {
         let q = [header.quatern_b, header.quatern_c, header.quatern_d];
         let offsets = [header.quatern_x, header.quatern_y, header.quatern_z];
         if q.iter().chain(&offsets).any(|v| !v.is_finite()) {
-            return Err(VolumeError::header(
-                path,
-                "quatern_*",
-                "holds a non-finite value",
-            ));
+            return Err(VolumeError::header(path, "quatern_*", "holds a non-finite value"));
         }
         let norm2: f64 = q.iter().map(|&v| (v as f64) * (v as f64)).sum();
         // The nifti crate panics when 1 - (b² + c² + d²) < -3 ε(f32); reject that here.
@@ -451,8 +426,7 @@ pub(crate) fn check_affine(a: &Affine) -> Result<(), String> {
 
 /// Determinant of the upper-left 3×3 block.
 pub(crate) fn det3(a: &Affine) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
@@ -494,8 +468,8 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
 
     // Skip the extensions between the header and the voxel data.
     let skip = info.vox_offset - HEADER_SIZE as u64;
-    let skipped = std::io::copy(&mut reader.take(skip), &mut std::io::sink())
-        .map_err(|e| stream_error(path, gzip, e))?;
+    let skipped =
+        std::io::copy(&mut reader.take(skip), &mut std::io::sink()).map_err(|e| stream_error(path, gzip, e))?;
     if skipped < skip {
         return Err(VolumeError::header(
             path,
@@ -530,21 +504,14 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
         if got < want {
             return Err(truncated(read_bytes));
         }
-        convert_into(
-            &buf[..want],
-            &mut data,
-            info.stored_type,
-            info.big_endian,
-            info.scaling,
-        );
+        convert_into(&buf[..want], &mut data, info.stored_type, info.big_endian, info.scaling);
     }
     if gzip {
         // Decode to the end so the gzip CRC and length are checked.
         std::io::copy(reader, &mut std::io::sink()).map_err(|e| stream_error(path, gzip, e))?;
     }
     let [c, d, h, w] = info.shape;
-    let data = Array4::from_shape_vec((c, d, h, w), data)
-        .map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
+    let data = Array4::from_shape_vec((c, d, h, w), data).map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
     Ok(Volume {
         data,
         spacing: info.spacing,
@@ -554,13 +521,7 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
 }
 
 /// Append the voxels in `bytes` (stored type `ty`) to `out` as f32, applying the scaling.
-fn convert_into(
-    bytes: &[u8],
-    out: &mut Vec<f32>,
-    ty: StoredType,
-    big_endian: bool,
-    scaling: Option<(f64, f64)>,
-) {
+fn convert_into(bytes: &[u8], out: &mut Vec<f32>, ty: StoredType, big_endian: bool, scaling: Option<(f64, f64)>) {
     macro_rules! conv {
         ($t:ty, $n:expr) => {{
             let decode = |b: &[u8]| -> $t {
@@ -575,9 +536,7 @@ fn convert_into(
             let it = bytes.chunks_exact($n);
             match scaling {
                 None => out.extend(it.map(|b| decode(b) as f32)),
-                Some((slope, inter)) => {
-                    out.extend(it.map(|b| (decode(b) as f64 * slope + inter) as f32))
-                }
+                Some((slope, inter)) => out.extend(it.map(|b| (decode(b) as f64 * slope + inter) as f32)),
             }
         }};
     }
@@ -610,10 +569,7 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
             "read_channels needs at least one file".into(),
         ));
     }
-    let volumes: Vec<Volume> = paths
-        .par_iter()
-        .map(|p| read_nifti(p))
-        .collect::<Result<_, _>>()?;
+    let volumes: Vec<Volume> = paths.par_iter().map(|p| read_nifti(p)).collect::<Result<_, _>>()?;
     let first = &volumes[0];
     let [_, d, h, w] = first.shape();
     for (v, p) in volumes.iter().zip(paths).skip(1) {
@@ -622,15 +578,10 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
             return Err(VolumeError::GridMismatch {
                 first: paths[0].clone(),
                 second: p.clone(),
-                detail: format!(
-                    "shapes [D, H, W] differ: {:?} vs {:?}",
-                    [d, h, w],
-                    [d2, h2, w2]
-                ),
+                detail: format!("shapes [D, H, W] differ: {:?} vs {:?}", [d, h, w], [d2, h2, w2]),
             });
         }
-        let close =
-            |a: f64, b: f64| (a - b).abs() <= GRID_ABS_TOLERANCE + GRID_REL_TOLERANCE * a.abs();
+        let close = |a: f64, b: f64| (a - b).abs() <= GRID_ABS_TOLERANCE + GRID_REL_TOLERANCE * a.abs();
         if let Some(k) = (0..3).find(|&k| !close(first.spacing[k], v.spacing[k])) {
             return Err(VolumeError::GridMismatch {
                 first: paths[0].clone(),
@@ -667,8 +618,7 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
         return Ok(volumes.into_iter().next().expect("one volume"));
     }
     let views: Vec<_> = volumes.iter().map(|v| v.data.view()).collect();
-    let data = ndarray::concatenate(Axis(0), &views)
-        .map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
+    let data = ndarray::concatenate(Axis(0), &views).map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
     Ok(Volume {
         data,
         spacing: first.spacing,
@@ -797,19 +747,13 @@ pub fn write_nifti(vol: &Volume, path: &Path, dtype: NiftiDtype) -> Result<(), V
 }
 
 /// Write a volume as NIfTI-1 with explicit [`WriteOptions`] (atomic: temp file, sync, rename).
-pub fn write_nifti_with(
-    vol: &Volume,
-    path: &Path,
-    options: &WriteOptions,
-) -> Result<(), VolumeError> {
+pub fn write_nifti_with(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<(), VolumeError> {
     let header = build_header(vol, path, options)?;
     let dtype = options.dtype;
     if let Some((lo, hi)) = dtype.integer_range() {
         check_representable(vol, path, dtype, lo, hi, options.round_to_integer)?;
     }
-    let gzip = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let gzip = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     let tmp = crate::util::temp_sibling(path);
     let result = (|| -> std::io::Result<()> {
         let file = File::create(&tmp)?;
@@ -834,34 +778,17 @@ pub fn write_nifti_with(
     Ok(())
 }
 
-fn write_body(
-    out: &mut dyn Write,
-    header: &[u8],
-    vol: &Volume,
-    dtype: NiftiDtype,
-) -> std::io::Result<()> {
+fn write_body(out: &mut dyn Write, header: &[u8], vol: &Volume, dtype: NiftiDtype) -> std::io::Result<()> {
     out.write_all(header)?;
-    let data = vol
-        .data
-        .as_slice()
-        .map(std::borrow::Cow::Borrowed)
-        .unwrap_or_else(|| {
-            std::borrow::Cow::Owned(
-                vol.data
-                    .as_standard_layout()
-                    .iter()
-                    .copied()
-                    .collect::<Vec<f32>>(),
-            )
-        });
+    let data = vol.data.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| {
+        std::borrow::Cow::Owned(vol.data.as_standard_layout().iter().copied().collect::<Vec<f32>>())
+    });
     let chunk_voxels = CHUNK_BYTES / dtype.size();
     let mut buf = Vec::with_capacity(chunk_voxels.min(data.len()) * dtype.size());
     for chunk in data.chunks(chunk_voxels) {
         buf.clear();
         match dtype {
-            NiftiDtype::F32 => chunk
-                .iter()
-                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+            NiftiDtype::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
             NiftiDtype::F64 => chunk
                 .iter()
                 .for_each(|&v| buf.extend_from_slice(&(v as f64).to_le_bytes())),
@@ -924,9 +851,8 @@ fn build_header(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<Vec
             vol.spacing
         )));
     }
-    check_affine(&vol.affine).map_err(|m| {
-        VolumeError::InvalidArgument(format!("{}: cannot write the affine: {m}", path.display()))
-    })?;
+    check_affine(&vol.affine)
+        .map_err(|m| VolumeError::InvalidArgument(format!("{}: cannot write the affine: {m}", path.display())))?;
 
     // Let the nifti crate derive the qform quaternion (polar decomposition, as nibabel does).
     let mut hdr = NiftiHeader::default();
@@ -974,10 +900,7 @@ fn build_header(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<Vec
     b[148..148 + n].copy_from_slice(&descrip[..n]);
     put_i16(&mut b, 252, XForm::ScannerAnat as i16);
     put_i16(&mut b, 254, XForm::ScannerAnat as i16);
-    for (k, v) in [hdr.quatern_b, hdr.quatern_c, hdr.quatern_d]
-        .iter()
-        .enumerate()
-    {
+    for (k, v) in [hdr.quatern_b, hdr.quatern_c, hdr.quatern_d].iter().enumerate() {
         put_f32(&mut b, 256 + 4 * k, *v);
     }
     for k in 0..3 {
@@ -998,9 +921,7 @@ mod tests {
     use ndarray::Array4;
 
     fn ramp(shape: [usize; 4]) -> Array4<f32> {
-        Array4::from_shape_fn(shape, |(c, d, h, w)| {
-            (c * 1000 + d * 100 + h * 10 + w) as f32
-        })
+        Array4::from_shape_fn(shape, |(c, d, h, w)| (c * 1000 + d * 100 + h * 10 + w) as f32)
     }
 
     #[test]
@@ -1021,10 +942,7 @@ mod tests {
             }
             for r in 0..4 {
                 for c in 0..4 {
-                    assert!(
-                        (back.affine[r][c] - vol.affine[r][c]).abs() < 1e-5,
-                        "{r},{c}"
-                    );
+                    assert!((back.affine[r][c] - vol.affine[r][c]).abs() < 1e-5, "{r},{c}");
                 }
             }
             assert_eq!(back.source, vec![p.clone()]);
@@ -1040,12 +958,7 @@ mod tests {
     fn integer_dtypes_round_trip_and_refuse_fractions() {
         let dir = tempfile::tempdir().unwrap();
         let vol = Volume::from_array(ramp([1, 2, 3, 4]), [1.0, 1.0, 1.0]);
-        for dtype in [
-            NiftiDtype::I16,
-            NiftiDtype::I32,
-            NiftiDtype::U16,
-            NiftiDtype::F64,
-        ] {
+        for dtype in [NiftiDtype::I16, NiftiDtype::I32, NiftiDtype::U16, NiftiDtype::F64] {
             let p = dir.path().join(format!("l_{}.nii.gz", dtype.name()));
             write_nifti(&vol, &p, dtype).unwrap();
             assert_eq!(read_nifti(&p).unwrap().data, vol.data);
@@ -1053,9 +966,7 @@ mod tests {
         let p = dir.path().join("u8.nii.gz");
         let mut big = vol.clone();
         big.data[[0, 0, 0, 1]] = 300.0;
-        let err = write_nifti(&big, &p, NiftiDtype::U8)
-            .unwrap_err()
-            .to_string();
+        let err = write_nifti(&big, &p, NiftiDtype::U8).unwrap_err().to_string();
         assert!(
             err.contains("u8") && err.contains("u8.nii.gz") && err.contains("out of range"),
             "{err}"
@@ -1063,9 +974,7 @@ mod tests {
         assert!(!p.exists());
         let mut half = vol.clone();
         half.data[[0, 1, 1, 1]] = 2.5;
-        let err = write_nifti(&half, &p, NiftiDtype::I16)
-            .unwrap_err()
-            .to_string();
+        let err = write_nifti(&half, &p, NiftiDtype::I16).unwrap_err().to_string();
         assert!(err.contains("[0, 1, 1, 1]") && err.contains("2.5"), "{err}");
         let opts = WriteOptions {
             dtype: NiftiDtype::I16,
