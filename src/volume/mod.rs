@@ -25,12 +25,14 @@
 pub mod boxes;
 pub mod error;
 pub mod nifti;
+pub mod resample;
 
 pub use error::VolumeError;
 pub use nifti::{
     AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti, read_nifti_header,
     write_nifti, write_nifti_with,
 };
+pub use resample::{Interpolation, resample_array, resampled_shape};
 
 use ndarray::{Array4, Axis};
 use rayon::prelude::*;
