@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch (clap). Each sub-command lives in its own file.
 
 pub mod bench;
+pub mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Evaluate detections: nnDetection-exact AP/mAP/FROC, or LUNA16 CPM (`--luna`).
+    Eval(eval::EvalArgs),
     /// Time a named workload (`detlab bench list` shows them).
     Bench {
         /// Benchmark name.
@@ -29,6 +32,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Bench { name, args }) => bench::run(&name, &args),
+        Some(Command::Eval(args)) => eval::run(args),
         None => {
             eprintln!("the REPL is not built yet");
             2

@@ -1,12 +1,17 @@
 //! `detlab bench NAME [ARGS]`: timing workloads. Timing targets live here, never in tests.
 
+pub mod eval;
+
 /// The registered benchmarks: (name, one-line description).
-pub const BENCHMARKS: &[(&str, &str)] = &[];
+pub const BENCHMARKS: &[(&str, &str)] = &[
+    ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
+];
 
 /// Run the benchmark `name` with its extra arguments; returns the exit code.
 pub fn run(name: &str, args: &[String]) -> i32 {
     let _ = args;
     match name {
+        "eval" => eval::run(args),
         "list" => {
             for (n, d) in BENCHMARKS {
                 println!("{n:<14} {d}");

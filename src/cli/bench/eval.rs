@@ -1,0 +1,207 @@
+//! `detlab bench eval`: detlab's evaluator against a numpy reimplementation of nnDetection's
+//! evaluator semantics (`benches/eval_numpy_reimplementation.py`) on the same seeded synthetic
+//! input (written once as `detlab eval` JSON), in one run. Also checks that both agree.
+//!
+//! Options: `--cases N` (1000), `--gt N` (3 per case), `--preds N` (100 per case), `--classes N`
+//! (2), `--seed S` (0), `--repeat R` (3, best time is reported), `--python EXE` (python3),
+//! `--script PATH`, `--keep DIR` (keep the input JSON there).
+
+use detlab::metrics::{self, EvalConfig, io::EvalInput};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::PathBuf;
+use std::time::Instant;
+
+struct Options {
+    cases: usize,
+    gt: usize,
+    preds: usize,
+    classes: usize,
+    seed: u64,
+    repeat: usize,
+    python: String,
+    script: PathBuf,
+    keep: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        cases: 1000,
+        gt: 3,
+        preds: 100,
+        classes: 2,
+        seed: 0,
+        repeat: 3,
+        python: "python3".into(),
+        script: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/eval_numpy_reimplementation.py")),
+        keep: None,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: '{v}' is not a whole number"));
+        match flag.as_str() {
+            "--cases" => o.cases = num(value()?)? as usize,
+            "--gt" => o.gt = num(value()?)? as usize,
+            "--preds" => o.preds = num(value()?)? as usize,
+            "--classes" => o.classes = (num(value()?)? as usize).max(1),
+            "--seed" => o.seed = num(value()?)?,
+            "--repeat" => o.repeat = (num(value()?)? as usize).max(1),
+            "--python" => o.python = value()?,
+            "--script" => o.script = PathBuf::from(value()?),
+            "--keep" => o.keep = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    Ok(o)
+}
+
+/// Seeded synthetic cases: GT boxes in a 128³ volume; per GT a few jittered detections with
+/// higher scores, the rest random boxes.
+fn synthetic(o: &Options) -> serde_json::Value {
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let mut cases = Vec::with_capacity(o.cases);
+    let random_box = |rng: &mut ChaCha8Rng| -> Vec<f64> {
+        let size: [f64; 3] = [rng.random_range(4.0..24.0), rng.random_range(4.0..24.0), rng.random_range(4.0..24.0)];
+        let lo: [f64; 3] = [rng.random_range(0.0..100.0), rng.random_range(0.0..100.0), rng.random_range(0.0..100.0)];
+        vec![lo[0], lo[1], lo[2], lo[0] + size[0], lo[1] + size[1], lo[2] + size[2]]
+    };
+    for i in 0..o.cases {
+        let gt_boxes: Vec<Vec<f64>> = (0..o.gt).map(|_| random_box(&mut rng)).collect();
+        let gt_classes: Vec<usize> = (0..o.gt).map(|_| rng.random_range(0..o.classes)).collect();
+        let (mut boxes, mut scores, mut classes) = (Vec::new(), Vec::new(), Vec::new());
+        for p in 0..o.preds {
+            if p < 3 * o.gt {
+                let g = &gt_boxes[p % o.gt];
+                let jitter = 0.3 * (g[3] - g[0]);
+                let b: Vec<f64> = (0..3).map(|a| g[a] + rng.random_range(-jitter..jitter)).collect();
+                let e: Vec<f64> = (0..3).map(|a| (g[a + 3] - g[a]) * rng.random_range(0.7..1.3)).collect();
+                boxes.push(vec![b[0], b[1], b[2], b[0] + e[0], b[1] + e[1], b[2] + e[2]]);
+                classes.push(if rng.random_bool(0.9) { gt_classes[p % o.gt] } else { rng.random_range(0..o.classes) });
+                scores.push(rng.random_range(0.3..1.0));
+            } else {
+                boxes.push(random_box(&mut rng));
+                classes.push(rng.random_range(0..o.classes));
+                scores.push(rng.random_range(0.0..0.8));
+            }
+        }
+        cases.push(serde_json::json!({
+            "id": format!("case_{i:05}"),
+            "gt": {"boxes": gt_boxes, "classes": gt_classes},
+            "pred": {"boxes": boxes, "scores": scores, "classes": classes},
+        }));
+    }
+    let names: Vec<String> = (0..o.classes).map(|c| format!("class{c}")).collect();
+    serde_json::json!({"classes": names, "cases": cases})
+}
+
+/// Run the benchmark; returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    let o = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let dir = o.keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("detlab-bench-eval-{}", std::process::id())));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("error: {}: {e}", dir.display());
+        return 1;
+    }
+    let input_path = dir.join("eval_input.json");
+    let text = synthetic(&o).to_string();
+    if let Err(e) = detlab::util::atomic_write(&input_path, text.as_bytes()) {
+        eprintln!("error: {}: {e}", input_path.display());
+        return 1;
+    }
+    println!(
+        "input: {} cases × {} GT, {} predictions, {} classes (seed {}), {} ({:.1} MB)",
+        o.cases,
+        o.gt,
+        o.preds,
+        o.classes,
+        o.seed,
+        input_path.display(),
+        text.len() as f64 / 1e6
+    );
+    let code = measure(&o, &input_path);
+    if o.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    code
+}
+
+fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
+    let t0 = Instant::now();
+    let input = match EvalInput::read(input_path) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let parse_s = t0.elapsed().as_secs_f64();
+    let (gt, pred) = (input.gt(), input.pred());
+    let cfg = EvalConfig { num_classes: Some(input.num_classes()), ..EvalConfig::default() };
+    let mut best = f64::INFINITY;
+    let mut report = None;
+    for _ in 0..o.repeat {
+        let t = Instant::now();
+        match metrics::evaluate(&gt, &pred, &cfg) {
+            Ok(r) => report = Some(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let report = report.expect("at least one repeat");
+    println!(
+        "detlab evaluate: {:.2} ms (best of {}, {} rayon threads); reading + validating the JSON: {:.0} ms",
+        best * 1e3,
+        o.repeat,
+        rayon::current_num_threads(),
+        parse_s * 1e3
+    );
+    let command = format!("{} {} {} --repeat {}", o.python, o.script.display(), input_path.display(), o.repeat);
+    let output = match std::process::Command::new(&o.python).arg(&o.script).arg(input_path).arg("--repeat").arg(o.repeat.to_string()).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            eprintln!("error: `{command}` failed: {}", String::from_utf8_lossy(&out.stderr));
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("error: cannot run `{command}`: {e} (pip install 'numpy<2')");
+            return 1;
+        }
+    };
+    let theirs: serde_json::Value = match serde_json::from_slice(&output.stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: `{command}` printed no JSON: {e}");
+            return 1;
+        }
+    };
+    let numpy_s = theirs["seconds"].as_f64().unwrap_or(f64::NAN);
+    println!("numpy reimplementation evaluate: {:.2} ms (best of {}, numpy {})", numpy_s * 1e3, o.repeat, theirs["numpy_version"].as_str().unwrap_or("?"));
+    println!("speed-up (evaluation only): {:.0}×", numpy_s / best);
+    // Agreement on every scalar both produce.
+    let ours = report.to_json();
+    let (mut compared, mut max_diff) = (0usize, 0.0f64);
+    for (k, v) in theirs.as_object().into_iter().flatten() {
+        let (Some(a), Some(b)) = (v.as_f64(), ours.get(k).and_then(|x| x.as_f64())) else { continue };
+        if k == "seconds" {
+            continue;
+        }
+        compared += 1;
+        max_diff = max_diff.max((a - b).abs());
+    }
+    println!("agreement: {compared} metric values compared, max |difference| = {max_diff:.3e}");
+    if compared == 0 || max_diff > 1e-7 {
+        eprintln!("error: the two evaluators disagree");
+        return 1;
+    }
+    0
+}

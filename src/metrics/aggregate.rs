@@ -1,0 +1,509 @@
+//! Aggregation of per-image matching results into AP, mAP and FROC.
+//!
+//! Matching is done once ([`Prepared`]); aggregation takes optional per-image multiplicities
+//! so that a bootstrap resample (a multiset of cases) is evaluated without re-matching. With
+//! multiplicities the result equals [`super::evaluate`] on the list of cases in original order,
+//! each repeated by its multiplicity: runs of equal score within one image are repeated as a
+//! whole, which is where a stable sort of the materialised list puts the copies.
+
+use super::matching::ImageMatch;
+use super::{EvalConfig, froc_curve_key, froc_score_key, numeric};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A FROC curve: the polyline (for plots), the sensitivities at the FPPI grid and the score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrocCurve {
+    /// IoU threshold of the matching.
+    pub iou: f64,
+    /// The class, or `None` for the curve pooled over classes.
+    pub class: Option<usize>,
+    /// FPPI of each curve point (starts at 0).
+    pub fppi: Vec<f64>,
+    /// Sensitivity of each curve point (starts at 0).
+    pub sensitivity: Vec<f64>,
+    /// Score threshold of each curve point (the first is +∞, `null` in JSON).
+    pub score_thresholds: Vec<f64>,
+    /// The FPPI grid the score is read at.
+    pub fppi_grid: Vec<f64>,
+    /// Sensitivity at each grid value (numpy `interp`).
+    pub grid_sensitivity: Vec<f64>,
+    /// FROC score: the mean of `grid_sensitivity`.
+    pub score: f64,
+    /// Number of evaluated images (N_img).
+    pub num_images: usize,
+    /// Number of GT boxes (G).
+    pub num_gt: usize,
+    /// Number of detections entering the curve.
+    pub num_detections: usize,
+    /// Number of true positives among them.
+    pub num_tp: usize,
+}
+
+/// A precision–recall curve of one class at one IoU threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrCurve {
+    /// IoU threshold of the matching.
+    pub iou: f64,
+    /// The class.
+    pub class: usize,
+    /// Number of GT boxes of the class (0: AP is −1 and the curve is empty).
+    pub num_gt: usize,
+    /// Recall after each detection (f32 values widened to f64).
+    pub recall: Vec<f64>,
+    /// Precision after each detection (f32 values widened, unless numpy-2 precision).
+    pub precision: Vec<f64>,
+    /// Monotone precision envelope.
+    pub precision_envelope: Vec<f64>,
+    /// Score of each detection, descending.
+    pub scores: Vec<f64>,
+    /// Image index of each detection.
+    pub images: Vec<usize>,
+    /// The 101 recall points.
+    pub recall_grid: Vec<f64>,
+    /// Interpolated precision at each recall point.
+    pub grid_precision: Vec<f64>,
+    /// AP: the mean of `grid_precision`.
+    pub ap: f64,
+}
+
+/// Result of an evaluation: scalar metrics under nnDetection's key names plus curves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricReport {
+    /// Scalar metrics, e.g. `AP_IoU_0.10_MaxDet_100`, `FROC_score_IoU_0.10`, `0_AP_IoU_…`.
+    pub scalars: BTreeMap<String, f64>,
+    /// FROC curves: `FROC_curve_IoU_{t}` (pooled) and `{k}_FROC_curve_IoU_{t}` (per class).
+    pub froc_curves: BTreeMap<String, FrocCurve>,
+    /// PR curves `{k}_PR_curve_IoU_{t}` at the reported AP thresholds.
+    pub pr_curves: BTreeMap<String, PrCurve>,
+    /// The FPPI grid of the FROC curves.
+    pub fppi_thresholds: Vec<f64>,
+    /// Number of evaluated images.
+    pub num_images: usize,
+    /// Number of GT boxes per class.
+    pub num_gt: Vec<usize>,
+    /// Number of classes evaluated.
+    pub num_classes: usize,
+    /// Every IoU threshold that was matched.
+    pub iou_thresholds: Vec<f64>,
+}
+
+impl MetricReport {
+    /// The scalar metric `key`, if the report has it.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.scalars.get(key).copied()
+    }
+
+    /// The nnDetection-style JSON object: scalars (NaN as `null`), `FROC_curve_IoU_…` grid
+    /// sensitivities, `FROC_fpi_thresholds`, `FROC_num_images` and `FROC_num_gt`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in &self.scalars {
+            map.insert(k.clone(), serde_json::Value::from(*v));
+        }
+        for (k, c) in &self.froc_curves {
+            map.insert(k.clone(), serde_json::Value::from(c.grid_sensitivity.clone()));
+        }
+        map.insert("FROC_fpi_thresholds".into(), serde_json::Value::from(self.fppi_thresholds.clone()));
+        map.insert("FROC_num_images".into(), serde_json::Value::from(self.num_images));
+        map.insert("FROC_num_gt".into(), serde_json::Value::from(self.num_gt.iter().sum::<usize>()));
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Detections sorted by descending score (stable over the image-order concatenation).
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    pub image: Vec<u32>,
+    pub flags: Vec<u64>,
+    pub score: Vec<f64>,
+}
+
+impl Pool {
+    fn from_entries(mut entries: Vec<(u32, u64, f64)>) -> Pool {
+        // Stable: ties stay in image order, then in within-image (score) order.
+        entries.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+        let mut pool = Pool { image: Vec::with_capacity(entries.len()), flags: Vec::with_capacity(entries.len()), score: Vec::with_capacity(entries.len()) };
+        for (i, f, s) in entries {
+            pool.image.push(i);
+            pool.flags.push(f);
+            pool.score.push(s);
+        }
+        pool
+    }
+
+    fn len(&self) -> usize {
+        self.score.len()
+    }
+}
+
+/// Matching results arranged for fast (re-)aggregation.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub thresholds: Vec<f64>,
+    pub num_images: usize,
+    pub num_classes: usize,
+    /// GT count per image and class: `[image * num_classes + class]`.
+    pub gt_counts: Vec<u32>,
+    pub classes: Vec<Pool>,
+    pub pooled: Pool,
+}
+
+impl Prepared {
+    pub fn new(matches: &[ImageMatch], num_classes: usize, thresholds: Vec<f64>) -> Prepared {
+        let mut gt_counts = vec![0u32; matches.len() * num_classes];
+        let mut per_class: Vec<Vec<(u32, u64, f64)>> = vec![Vec::new(); num_classes];
+        let mut pooled = Vec::new();
+        for (i, m) in matches.iter().enumerate() {
+            for cm in &m.classes {
+                gt_counts[i * num_classes + cm.class] += cm.num_gt as u32;
+                for (f, s) in cm.matched.iter().zip(&cm.scores) {
+                    per_class[cm.class].push((i as u32, *f, *s));
+                    pooled.push((i as u32, *f, *s));
+                }
+            }
+        }
+        Prepared {
+            thresholds,
+            num_images: matches.len(),
+            num_classes,
+            gt_counts,
+            classes: per_class.into_iter().map(Pool::from_entries).collect(),
+            pooled: Pool::from_entries(pooled),
+        }
+    }
+
+    fn threshold_index(&self, t: f64) -> usize {
+        self.thresholds.iter().position(|&x| x == t).expect("threshold was matched")
+    }
+
+    fn num_images_weighted(&self, weights: Option<&[u32]>) -> u64 {
+        weights.map_or(self.num_images as u64, |w| w.iter().map(|&x| x as u64).sum())
+    }
+
+    fn gt_weighted(&self, weights: Option<&[u32]>, class: Option<usize>) -> u64 {
+        let c = self.num_classes;
+        let mut total = 0u64;
+        for i in 0..self.num_images {
+            let w = weights.map_or(1, |w| w[i] as u64);
+            if w == 0 {
+                continue;
+            }
+            let row = &self.gt_counts[i * c..(i + 1) * c];
+            let n: u64 = match class {
+                Some(k) => row[k] as u64,
+                None => row.iter().map(|&x| x as u64).sum(),
+            };
+            total += w * n;
+        }
+        total
+    }
+}
+
+/// What an aggregation computes.
+#[derive(Debug, Clone)]
+pub(crate) struct Want {
+    /// Thresholds with `AP_IoU_…` keys.
+    pub ap: Vec<f64>,
+    /// Whether the mAP keys are wanted.
+    pub map: bool,
+    /// Thresholds with pooled FROC keys.
+    pub froc: Vec<f64>,
+    /// Whether per-class FROC (and `mc_…`) keys are wanted.
+    pub per_class_froc: bool,
+    /// Whether per-class AP keys are emitted.
+    pub per_class_ap: bool,
+}
+
+impl Want {
+    pub fn all(cfg: &EvalConfig) -> Want {
+        Want { ap: cfg.iou_thresholds.clone(), map: true, froc: cfg.froc_iou.clone(), per_class_froc: cfg.per_class, per_class_ap: cfg.per_class }
+    }
+}
+
+/// Reusable buffers of the AP computation.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    rc: Vec<f64>,
+    pr: Vec<f64>,
+    src: Vec<u32>,
+}
+
+const EPS_F32: f32 = f64::EPSILON as f32;
+
+/// Fill `scratch.rc` / `scratch.pr` with the cumulative recall / precision of `pool` at bit
+/// `bit`, repeating runs of one image by its multiplicity.
+fn fill_pr(pool: &Pool, bit: usize, weights: Option<&[u32]>, num_gt: u64, numpy2: bool, scratch: &mut Scratch, keep_src: bool) {
+    scratch.rc.clear();
+    scratch.pr.clear();
+    scratch.src.clear();
+    let g = num_gt as f32;
+    let (mut tp, mut fp) = (0u64, 0u64);
+    let n = pool.len();
+    let mut i = 0;
+    while i < n {
+        let img = pool.image[i];
+        let mut j = i + 1;
+        let w = match weights {
+            None => 1,
+            Some(w) => {
+                let s = pool.score[i];
+                while j < n && pool.image[j] == img && pool.score[j] == s {
+                    j += 1;
+                }
+                w[img as usize]
+            }
+        };
+        for _ in 0..w {
+            for k in i..j {
+                let hit = (pool.flags[k] >> bit) & 1;
+                tp += hit;
+                fp += 1 - hit;
+                // nnDetection casts the cumulative sums to float32 (numpy < 2 keeps float32).
+                let (tpf, fpf) = (tp as f32, fp as f32);
+                scratch.rc.push((tpf / g) as f64);
+                let p = if numpy2 { tpf as f64 / ((fpf + tpf) as f64 + f64::EPSILON) } else { (tpf / ((fpf + tpf) + EPS_F32)) as f64 };
+                scratch.pr.push(p);
+                if keep_src {
+                    scratch.src.push(k as u32);
+                }
+            }
+        }
+        i = j;
+    }
+}
+
+/// Precision envelope in place, then the precision at each recall point (searchsorted left).
+fn grid_precision(scratch: &mut Scratch, grid: &[f64], out: &mut [f64]) {
+    let pr = &mut scratch.pr;
+    for i in (1..pr.len()).rev() {
+        if pr[i] > pr[i - 1] {
+            pr[i - 1] = pr[i];
+        }
+    }
+    let rc = &scratch.rc;
+    let mut k = 0;
+    for (o, &rho) in out.iter_mut().zip(grid) {
+        while k < rc.len() && rc[k] < rho {
+            k += 1;
+        }
+        *o = if k < rc.len() { pr[k] } else { 0.0 };
+    }
+}
+
+/// The PR curve (or, with `curves` false, only the grid precisions and AP) of one class.
+pub(crate) fn pr_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, ti: usize, class: usize, scratch: &mut Scratch, curves: bool) -> PrCurve {
+    let grid = numeric::recall_grid();
+    let num_gt = prep.gt_weighted(weights, Some(class));
+    let iou = prep.thresholds[ti];
+    if num_gt == 0 {
+        return PrCurve {
+            iou,
+            class,
+            num_gt: 0,
+            recall: vec![],
+            precision: vec![],
+            precision_envelope: vec![],
+            scores: vec![],
+            images: vec![],
+            grid_precision: vec![-1.0; grid.len()],
+            recall_grid: grid,
+            ap: -1.0,
+        };
+    }
+    let pool = &prep.classes[class];
+    fill_pr(pool, ti, weights, num_gt, cfg.numpy2_precision, scratch, curves);
+    let raw = if curves { scratch.pr.clone() } else { vec![] };
+    let mut values = vec![0.0; grid.len()];
+    grid_precision(scratch, &grid, &mut values);
+    let ap = numeric::mean(&values);
+    PrCurve {
+        iou,
+        class,
+        num_gt: num_gt as usize,
+        recall: if curves { scratch.rc.clone() } else { vec![] },
+        precision: raw,
+        precision_envelope: if curves { scratch.pr.clone() } else { vec![] },
+        scores: scratch.src.iter().map(|&k| pool.score[k as usize]).collect(),
+        images: scratch.src.iter().map(|&k| pool.image[k as usize] as usize).collect(),
+        recall_grid: grid,
+        grid_precision: values,
+        ap,
+    }
+}
+
+/// The FROC curve at threshold index `ti`, pooled (`class` None) or for one class.
+pub(crate) fn froc_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, ti: usize, class: Option<usize>, curves: bool) -> FrocCurve {
+    let pool = match class {
+        Some(c) => &prep.classes[c],
+        None => &prep.pooled,
+    };
+    let num_gt = prep.gt_weighted(weights, class);
+    let num_images = prep.num_images_weighted(weights);
+    // Cumulative counts at each distinct score (ties grouped, as sklearn's roc_curve).
+    let (mut fps, mut tps, mut ths) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut tp, mut fp, mut any) = (0u64, 0u64, false);
+    let n = pool.len();
+    for k in 0..n {
+        let w = weights.map_or(1, |w| w[pool.image[k] as usize] as u64);
+        let hit = (pool.flags[k] >> ti) & 1;
+        tp += w * hit;
+        fp += w * (1 - hit);
+        any |= w > 0;
+        if (k + 1 == n || pool.score[k + 1] != pool.score[k]) && any {
+            fps.push(fp);
+            tps.push(tp);
+            ths.push(pool.score[k]);
+            any = false;
+        }
+    }
+    let grid = cfg.fppi.clone();
+    let total_fp = fps.last().copied().unwrap_or(0);
+    let total_tp = tps.last().copied().unwrap_or(0);
+    let mut curve = FrocCurve {
+        iou: prep.thresholds[ti],
+        class,
+        fppi: vec![0.0],
+        sensitivity: vec![0.0],
+        score_thresholds: vec![f64::INFINITY],
+        grid_sensitivity: vec![0.0; grid.len()],
+        fppi_grid: grid,
+        score: 0.0,
+        num_images: num_images as usize,
+        num_gt: num_gt as usize,
+        num_detections: (total_fp + total_tp) as usize,
+        num_tp: total_tp as usize,
+    };
+    // No GT, or no detection: nnDetection returns a zero curve and score 0.
+    if num_gt == 0 || fps.is_empty() {
+        return curve;
+    }
+    let keep = numeric::roc_keep_indices(&fps, &tps);
+    let no_tp_nan = total_tp == 0 && cfg.froc_nan_without_tp;
+    for &k in &keep {
+        let fppi = if cfg.nndetection_froc_rounding {
+            if total_fp == 0 { 0.0 } else { (fps[k] as f64 / total_fp as f64) * total_fp as f64 / num_images as f64 }
+        } else {
+            fps[k] as f64 / num_images as f64
+        };
+        let sens = if no_tp_nan {
+            f64::NAN
+        } else if cfg.nndetection_froc_rounding && total_tp > 0 {
+            (tps[k] as f64 / total_tp as f64) * total_tp as f64 / num_gt as f64
+        } else {
+            tps[k] as f64 / num_gt as f64
+        };
+        curve.fppi.push(fppi);
+        curve.sensitivity.push(sens);
+        curve.score_thresholds.push(ths[k]);
+    }
+    if no_tp_nan {
+        // sklearn's TPR is 0/0 everywhere, including the prepended origin.
+        curve.sensitivity[0] = f64::NAN;
+    }
+    for (o, &x) in curve.grid_sensitivity.iter_mut().zip(&curve.fppi_grid) {
+        *o = numeric::interp(x, &curve.fppi, &curve.sensitivity);
+    }
+    curve.score = numeric::mean(&curve.grid_sensitivity);
+    if !curves {
+        curve.fppi.clear();
+        curve.sensitivity.clear();
+        curve.score_thresholds.clear();
+    }
+    curve
+}
+
+/// Aggregate matching results into a [`MetricReport`].
+pub(crate) fn report(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, want: &Want, curves: bool) -> MetricReport {
+    let c_n = prep.num_classes;
+    let range = cfg.range_thresholds();
+    // Thresholds whose per-class AP values are needed.
+    let mut ap_thresholds: Vec<f64> = want.ap.clone();
+    if want.map {
+        ap_thresholds.extend(range.iter().copied());
+    }
+    let ap_thresholds = numeric::union_sorted(&ap_thresholds);
+    let grid_len = 101;
+    let mut scratch = Scratch::default();
+    let mut scalars = BTreeMap::new();
+    let mut pr_curves = BTreeMap::new();
+    // values[t][c] = the 101 interpolated precisions.
+    let mut values: BTreeMap<u64, Vec<Vec<f64>>> = BTreeMap::new();
+    for &t in &ap_thresholds {
+        let ti = prep.threshold_index(t);
+        let keep_curve = curves && want.ap.contains(&t);
+        let mut per_class = Vec::with_capacity(c_n);
+        for c in 0..c_n {
+            let pr = pr_for(prep, weights, cfg, ti, c, &mut scratch, keep_curve);
+            per_class.push(pr.grid_precision.clone());
+            if keep_curve {
+                pr_curves.insert(format!("{c}_PR_curve_IoU_{t:.2}"), pr);
+            }
+        }
+        values.insert(t.to_bits(), per_class);
+    }
+    let non_empty: Vec<bool> = (0..c_n).map(|c| prep.gt_weighted(weights, Some(c)) > 0).collect();
+    let included: Vec<usize> = (0..c_n).filter(|&c| !cfg.skip_empty_classes || non_empty[c]).collect();
+    // numpy's mean over the C-order array [threshold, recall point, class].
+    let class_mean = |ts: &[f64], classes: &[usize]| -> f64 {
+        if classes.is_empty() {
+            return -1.0;
+        }
+        let mut flat = Vec::with_capacity(ts.len() * grid_len * classes.len());
+        for t in ts {
+            let v = &values[&t.to_bits()];
+            for j in 0..grid_len {
+                for &c in classes {
+                    flat.push(v[c][j]);
+                }
+            }
+        }
+        numeric::mean(&flat)
+    };
+    for &t in &want.ap {
+        scalars.insert(cfg.ap_key(t), class_mean(&[t], &included));
+        if want.per_class_ap {
+            for c in 0..c_n {
+                scalars.insert(format!("{c}_{}", cfg.ap_key(t)), class_mean(&[t], &[c]));
+            }
+        }
+    }
+    if want.map {
+        scalars.insert(cfg.map_key(), class_mean(&range, &included));
+        if want.per_class_ap {
+            for c in 0..c_n {
+                scalars.insert(format!("{c}_{}", cfg.map_key()), class_mean(&range, &[c]));
+            }
+        }
+    }
+    let mut froc_curves = BTreeMap::new();
+    for &t in &want.froc {
+        let ti = prep.threshold_index(t);
+        let curve = froc_for(prep, weights, cfg, ti, None, curves);
+        scalars.insert(froc_score_key(t), curve.score);
+        froc_curves.insert(froc_curve_key(t), curve);
+        if want.per_class_froc {
+            let mut sum = 0.0;
+            for c in 0..c_n {
+                let curve = froc_for(prep, weights, cfg, ti, Some(c), curves);
+                // nnDetection sums the per-class scores of classes with GT and divides by all.
+                if curve.num_gt > 0 {
+                    sum += curve.score;
+                }
+                scalars.insert(format!("{c}_{}", froc_score_key(t)), curve.score);
+                froc_curves.insert(format!("{c}_{}", froc_curve_key(t)), curve);
+            }
+            scalars.insert(format!("mc_{}", froc_score_key(t)), if c_n == 0 { 0.0 } else { sum / c_n as f64 });
+        }
+    }
+    MetricReport {
+        scalars,
+        froc_curves,
+        pr_curves,
+        fppi_thresholds: cfg.fppi.clone(),
+        num_images: prep.num_images_weighted(weights) as usize,
+        num_gt: (0..c_n).map(|c| prep.gt_weighted(weights, Some(c)) as usize).collect(),
+        num_classes: c_n,
+        iou_thresholds: prep.thresholds.clone(),
+    }
+}

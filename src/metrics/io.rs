@@ -1,0 +1,485 @@
+//! File formats of the metrics module: `detlab eval`'s input JSON, per-case prediction files
+//! and GT read from an nnDetection raw-layout dataset.
+//!
+//! The formats are described in the [module documentation](super).
+
+use super::{ImageGt, ImagePred, MetricsError, validate_case};
+use crate::volume::boxes::Box3;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// One case of `detlab eval`'s input: its id, GT and predictions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalCase {
+    /// Case id (used in error messages).
+    pub id: String,
+    /// Ground truth.
+    pub gt: ImageGt,
+    /// Predictions.
+    pub pred: ImagePred,
+}
+
+/// `detlab eval`'s input: optional class names and the cases.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalInput {
+    /// Class names (index = class); `None` when the file has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// The cases, in evaluation order.
+    pub cases: Vec<EvalCase>,
+}
+
+impl EvalInput {
+    /// Number of classes: the class names' count, or the largest index seen + 1.
+    pub fn num_classes(&self) -> usize {
+        match &self.classes {
+            Some(names) => names.len(),
+            None => self.cases.iter().flat_map(|c| c.gt.classes.iter().chain(&c.pred.classes)).map(|c| c + 1).max().unwrap_or(0),
+        }
+    }
+
+    /// The GT of every case, in order.
+    pub fn gt(&self) -> Vec<ImageGt> {
+        self.cases.iter().map(|c| c.gt.clone()).collect()
+    }
+
+    /// The predictions of every case, in order.
+    pub fn pred(&self) -> Vec<ImagePred> {
+        self.cases.iter().map(|c| c.pred.clone()).collect()
+    }
+
+    /// Parse and validate the JSON text; errors name the case and field.
+    pub fn from_json_str(text: &str) -> Result<EvalInput, MetricsError> {
+        let text = quote_non_finite_literals(text);
+        let root: Value = serde_json::from_str(&text).map_err(|e| MetricsError::input("(file)", "(json)", e.to_string()))?;
+        let obj = root.as_object().ok_or_else(|| MetricsError::input("(file)", "(root)", "expected a JSON object with a 'cases' list"))?;
+        for key in obj.keys() {
+            if key != "classes" && key != "cases" {
+                return Err(MetricsError::input("(file)", key, "unknown field (expected 'classes' and 'cases')"));
+            }
+        }
+        let classes = match obj.get("classes") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| MetricsError::input("(file)", format!("classes[{i}]"), "expected a string")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => return Err(MetricsError::input("(file)", "classes", "expected a list of class names")),
+        };
+        let cases_v = obj.get("cases").and_then(Value::as_array).ok_or_else(|| MetricsError::input("(file)", "cases", "missing or not a list"))?;
+        let mut cases = Vec::with_capacity(cases_v.len());
+        let mut seen = HashSet::new();
+        for (i, cv) in cases_v.iter().enumerate() {
+            let co = cv.as_object().ok_or_else(|| MetricsError::input(format!("#{i}"), "(case)", "expected an object"))?;
+            let id = match co.get("id") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                None => format!("#{i}"),
+                Some(_) => return Err(MetricsError::input(format!("#{i}"), "id", "expected a string")),
+            };
+            if !seen.insert(id.clone()) {
+                return Err(MetricsError::input(&id, "id", "duplicate case id"));
+            }
+            for key in co.keys() {
+                if !["id", "gt", "pred"].contains(&key.as_str()) {
+                    return Err(MetricsError::input(&id, key, "unknown field (expected 'id', 'gt', 'pred')"));
+                }
+            }
+            let gt = match co.get("gt") {
+                None | Some(Value::Null) => ImageGt::default(),
+                Some(v) => {
+                    let o = v.as_object().ok_or_else(|| MetricsError::input(&id, "gt", "expected an object with 'boxes' and 'classes'"))?;
+                    check_keys(&id, "gt", o, &["boxes", "classes"])?;
+                    ImageGt { boxes: boxes(&id, "gt.boxes", o.get("boxes"))?, classes: class_list(&id, "gt.classes", o.get("classes"))? }
+                }
+            };
+            let pred = match co.get("pred") {
+                None | Some(Value::Null) => ImagePred::default(),
+                Some(v) => {
+                    let o = v.as_object().ok_or_else(|| MetricsError::input(&id, "pred", "expected an object with 'boxes', 'scores' and 'classes'"))?;
+                    check_keys(&id, "pred", o, &["boxes", "scores", "classes"])?;
+                    ImagePred {
+                        boxes: boxes(&id, "pred.boxes", o.get("boxes"))?,
+                        scores: numbers(&id, "pred.scores", o.get("scores"))?,
+                        classes: class_list(&id, "pred.classes", o.get("classes"))?,
+                    }
+                }
+            };
+            cases.push(EvalCase { id, gt, pred });
+        }
+        let input = EvalInput { classes, cases };
+        let n = input.classes.as_ref().map(Vec::len);
+        for c in &input.cases {
+            validate_case(&c.id, &c.gt, &c.pred, n)?;
+        }
+        Ok(input)
+    }
+
+    /// Read and validate an input file.
+    pub fn read(path: &Path) -> Result<EvalInput, MetricsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
+        EvalInput::from_json_str(&text).map_err(|e| match e {
+            MetricsError::Input { case, field, message } if case == "(file)" => MetricsError::file(path, format!("field '{field}': {message}")),
+            other => other,
+        })
+    }
+}
+
+fn check_keys(case: &str, prefix: &str, o: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), MetricsError> {
+    for key in o.keys() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(MetricsError::input(case, format!("{prefix}.{key}"), format!("unknown field (expected {})", allowed.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+fn list<'a>(case: &str, field: &str, v: Option<&'a Value>) -> Result<&'a [Value], MetricsError> {
+    match v {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(MetricsError::input(case, field, "expected a list")),
+    }
+}
+
+/// Python's `json.dump` writes NaN and infinities as bare `NaN`, `Infinity`, `-Infinity`,
+/// which are not JSON. Quote them (outside strings) so that the validation can name the case
+/// and field that holds them instead of failing with a bare parse error.
+fn quote_non_finite_literals(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("NaN") && !text.contains("Infinity") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(ch) = rest.chars().next() {
+        if in_string {
+            out.push(ch);
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_string = false;
+            }
+            rest = &rest[ch.len_utf8()..];
+            continue;
+        }
+        if ch == '"' {
+            in_string = true;
+        } else if let Some(lit) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| rest.starts_with(l)) {
+            out.push('"');
+            out.push_str(lit);
+            out.push('"');
+            rest = &rest[lit.len()..];
+            continue;
+        }
+        out.push(ch);
+        rest = &rest[ch.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn number(x: &Value) -> Option<f64> {
+    match x {
+        Value::String(s) if s == "NaN" => Some(f64::NAN),
+        Value::String(s) if s == "Infinity" => Some(f64::INFINITY),
+        Value::String(s) if s == "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => x.as_f64(),
+    }
+}
+
+fn numbers(case: &str, field: &str, v: Option<&Value>) -> Result<Vec<f64>, MetricsError> {
+    list(case, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, x)| number(x).ok_or_else(|| MetricsError::input(case, format!("{field}[{i}]"), format!("expected a number, got {x}"))))
+        .collect()
+}
+
+fn class_list(case: &str, field: &str, v: Option<&Value>) -> Result<Vec<usize>, MetricsError> {
+    list(case, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let c = x.as_u64().or_else(|| x.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+            c.map(|c| c as usize).ok_or_else(|| MetricsError::input(case, format!("{field}[{i}]"), format!("expected a class index >= 0, got {x}")))
+        })
+        .collect()
+}
+
+fn boxes(case: &str, field: &str, v: Option<&Value>) -> Result<Vec<Box3>, MetricsError> {
+    list(case, field, v)?
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let f = format!("{field}[{i}]");
+            let nums = numbers(case, &f, Some(b))?;
+            crate::volume::boxes::validate(&nums).map_err(|m| MetricsError::input(case, &f, m))
+        })
+        .collect()
+}
+
+/// Detections of one case as written by inference: `<case>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictionFile {
+    /// The case id (the file name without `.json`).
+    pub case: String,
+    /// Boxes `[d0,h0,w0,d1,h1,w1]` in voxels of the original image.
+    pub boxes: Vec<Box3>,
+    /// The same boxes in world mm (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boxes_mm: Option<Vec<Box3>>,
+    /// Confidence of each box.
+    pub scores: Vec<f64>,
+    /// Class index of each box.
+    pub classes: Vec<usize>,
+    /// Voxel spacing `[sd, sh, sw]` of the original image in mm.
+    pub spacing: [f64; 3],
+    /// Shape `[D, H, W]` of the original image.
+    pub shape: [usize; 3],
+}
+
+impl PredictionFile {
+    /// The predictions as an [`ImagePred`].
+    pub fn to_image_pred(&self) -> ImagePred {
+        ImagePred { boxes: self.boxes.clone(), scores: self.scores.clone(), classes: self.classes.clone() }
+    }
+
+    /// Check lengths, boxes and scores; errors name the case and field.
+    pub fn validate(&self) -> Result<(), MetricsError> {
+        validate_case(&self.case, &ImageGt::default(), &self.to_image_pred(), None)?;
+        if let Some(mm) = &self.boxes_mm {
+            if mm.len() != self.boxes.len() {
+                return Err(MetricsError::input(&self.case, "boxes_mm", format!("{} boxes in mm for {} boxes", mm.len(), self.boxes.len())));
+            }
+            for (i, b) in mm.iter().enumerate() {
+                crate::volume::boxes::validate(b).map_err(|m| MetricsError::input(&self.case, format!("boxes_mm[{i}]"), m))?;
+            }
+        }
+        if self.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(MetricsError::input(&self.case, "spacing", format!("{:?} is not a positive spacing", self.spacing)));
+        }
+        Ok(())
+    }
+
+    /// Read and validate a prediction file (errors name the file, case and field).
+    pub fn read(path: &Path) -> Result<PredictionFile, MetricsError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
+        // Parse loosely first so that a wrong box length names its field.
+        let v: Value = serde_json::from_str(&text).map_err(|e| MetricsError::file(path, e))?;
+        let case = v.get("case").and_then(Value::as_str).unwrap_or("?").to_string();
+        if let Some(o) = v.as_object() {
+            for field in ["boxes", "boxes_mm"] {
+                if let Some(b) = o.get(field)
+                    && !b.is_null()
+                {
+                    boxes(&case, field, Some(b)).map_err(|e| MetricsError::file(path, e))?;
+                }
+            }
+            numbers(&case, "scores", o.get("scores")).map_err(|e| MetricsError::file(path, e))?;
+            class_list(&case, "classes", o.get("classes")).map_err(|e| MetricsError::file(path, e))?;
+        }
+        let file: PredictionFile = serde_json::from_value(v).map_err(|e| MetricsError::file(path, e))?;
+        file.validate().map_err(|e| MetricsError::file(path, e))?;
+        Ok(file)
+    }
+
+    /// Write the file atomically (pretty JSON).
+    pub fn write(&self, path: &Path) -> Result<(), MetricsError> {
+        self.validate()?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| MetricsError::file(path, e))?;
+        crate::util::atomic_write(path, text.as_bytes()).map_err(|e| MetricsError::file(path, e))
+    }
+}
+
+/// Read every `*.json` prediction file of a folder, sorted by case id; each file's `case` must
+/// match its file name.
+pub fn read_prediction_dir(dir: &Path) -> Result<Vec<PredictionFile>, MetricsError> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| MetricsError::file(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        let file = PredictionFile::read(&p)?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        if file.case != stem {
+            return Err(MetricsError::file(&p, format!("field 'case' is '{}' but the file is named '{stem}.json'", file.case)));
+        }
+        out.push(file);
+    }
+    out.sort_by(|a, b| a.case.cmp(&b.case));
+    Ok(out)
+}
+
+/// Where a case's label files live in an nnDetection raw dataset: `labelsTr/` or `labelsTs/`
+/// (also under `raw_splitted/`). Returns the `.nii.gz` path, or `None`.
+pub fn find_label_file(dataset: &Path, case: &str) -> Option<PathBuf> {
+    for base in [dataset.to_path_buf(), dataset.join("raw_splitted")] {
+        for split in ["labelsTr", "labelsTs"] {
+            for ext in ["nii.gz", "nii"] {
+                let p = base.join(split).join(format!("{case}.{ext}"));
+                if p.is_file() {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Parse nnDetection's label JSON (`{"instances": {"1": 0, "2": 1}}`): instance id → class.
+pub fn read_instances(path: &Path) -> Result<BTreeMap<u32, usize>, MetricsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| MetricsError::file(path, e))?;
+    let inst = v.get("instances").and_then(Value::as_object).ok_or_else(|| MetricsError::file(path, "missing object 'instances'"))?;
+    let mut out = BTreeMap::new();
+    for (k, c) in inst {
+        let id: u32 = k.trim().parse().map_err(|_| MetricsError::file(path, format!("instances: key '{k}' is not an instance id")))?;
+        let class = c.as_u64().ok_or_else(|| MetricsError::file(path, format!("instances.{k}: {c} is not a class index")))?;
+        out.insert(id, class as usize);
+    }
+    Ok(out)
+}
+
+/// The boxes of an instance mask with nnDetection's convention: per instance, per axis
+/// `(min − 1, max + 1)` voxel indices; instances are listed in increasing id order.
+pub fn instance_boxes(mask: &ndarray::ArrayView3<'_, f32>) -> BTreeMap<u32, Box3> {
+    let mut ranges: BTreeMap<u32, [usize; 6]> = BTreeMap::new();
+    for ((d, h, w), &v) in mask.indexed_iter() {
+        if v <= 0.0 {
+            continue;
+        }
+        let id = v.round() as u32;
+        let r = ranges.entry(id).or_insert([d, h, w, d, h, w]);
+        r[0] = r[0].min(d);
+        r[1] = r[1].min(h);
+        r[2] = r[2].min(w);
+        r[3] = r[3].max(d);
+        r[4] = r[4].max(h);
+        r[5] = r[5].max(w);
+    }
+    ranges
+        .into_iter()
+        .map(|(id, r)| (id, [r[0] as f64 - 1.0, r[1] as f64 - 1.0, r[2] as f64 - 1.0, r[3] as f64 + 1.0, r[4] as f64 + 1.0, r[5] as f64 + 1.0]))
+        .collect()
+}
+
+/// The number of classes of an nnDetection dataset: the size of the `labels` map of its
+/// `dataset.json` or `dataset.yaml`; `None` when neither file exists.
+pub fn read_dataset_num_classes(dataset: &Path) -> Result<Option<usize>, MetricsError> {
+    for name in ["dataset.json", "dataset.yaml", "dataset.yml"] {
+        let path = dataset.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| MetricsError::file(&path, e))?;
+        let v: serde_json::Value = if name.ends_with("json") {
+            serde_json::from_str(&text).map_err(|e| MetricsError::file(&path, e))?
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| MetricsError::file(&path, e))?
+        };
+        let labels = v.get("labels").and_then(Value::as_object).ok_or_else(|| MetricsError::file(&path, "missing map 'labels'"))?;
+        return Ok(Some(labels.len()));
+    }
+    Ok(None)
+}
+
+/// Read a case's GT from an nnDetection raw dataset: the instance mask `labelsTr/<case>.nii.gz`
+/// (or `labelsTs`) and its `<case>.json` instance → class map; boxes use nnDetection's
+/// `(min − 1, max + 1)` convention.
+pub fn read_dataset_gt(dataset: &Path, case: &str) -> Result<ImageGt, MetricsError> {
+    let label = find_label_file(dataset, case).ok_or_else(|| MetricsError::input(case, "labels", format!("no labelsTr/{case}.nii.gz or labelsTs/{case}.nii.gz in {}", dataset.display())))?;
+    let json = label.with_file_name(format!("{case}.json"));
+    let instances = read_instances(&json)?;
+    let volume = crate::volume::read_nifti(&label).map_err(|e| MetricsError::file(&label, e))?;
+    let view = volume.data.index_axis(ndarray::Axis(0), 0);
+    let found = instance_boxes(&view);
+    let mut gt = ImageGt::default();
+    for (id, b) in found {
+        let class = *instances.get(&id).ok_or_else(|| MetricsError::file(&json, format!("instance {id} is in the mask but not in 'instances'")))?;
+        gt.boxes.push(b);
+        gt.classes.push(class);
+    }
+    Ok(gt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_errors_name_case_and_field() {
+        let err = |text: &str| EvalInput::from_json_str(text).unwrap_err().to_string();
+        let e = err(r#"{"cases": [{"id": "c7", "gt": {"boxes": [[0,0,0,1,1]], "classes": [0]}}]}"#);
+        assert!(e.contains("c7") && e.contains("gt.boxes[0]") && e.contains("6 numbers"), "{e}");
+        let e = err(r#"{"cases": [{"id": "c1", "pred": {"boxes": [[2,0,0,1,1,1]], "scores": [1], "classes": [0]}}]}"#);
+        assert!(e.contains("c1") && e.contains("pred.boxes[0]") && e.contains("min > max"), "{e}");
+        let e = err(r#"{"classes": ["a"], "cases": [{"id": "c2", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [1], "classes": [1]}}]}"#);
+        assert!(e.contains("c2") && e.contains("pred.classes[0]") && e.contains("out of range"), "{e}");
+        let e = err(r#"{"cases": [{"id": "c3", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [], "classes": [0]}}]}"#);
+        assert!(e.contains("c3") && e.contains("pred.scores"), "{e}");
+        let e = err(r#"{"cases": [{"id": "c4", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [null], "classes": [0]}}]}"#);
+        assert!(e.contains("c4") && e.contains("pred.scores[0]"), "{e}");
+        let e = err(r#"{"cases": [{"id": "c5", "gt": {"boxes": [], "classes": [-1]}}]}"#);
+        assert!(e.contains("c5") && e.contains("gt.classes[0]"), "{e}");
+        // Python's json.dump writes a bare NaN; the id string containing "NaN" stays as it is.
+        let e = err(r#"{"cases": [{"id": "NaN \"c6\"", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [NaN], "classes": [0]}}]}"#);
+        assert!(e.contains(r#"NaN "c6""#) && e.contains("pred.scores[0]") && e.contains("not finite"), "{e}");
+        let e = err(r#"{"cases": [{"id": "c8", "gt": {"boxes": [[0,0,0,1,1,-Infinity]], "classes": [0]}}]}"#);
+        assert!(e.contains("c8") && e.contains("gt.boxes[0]") && e.contains("non-finite"), "{e}");
+        let e = err(r#"{"cases": [{"id": "a"}, {"id": "a"}]}"#);
+        assert!(e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn input_parses_and_counts_classes() {
+        let input = EvalInput::from_json_str(r#"{"cases": [{"id": "a", "gt": {"boxes": [[0,0,0,2,2,2]], "classes": [2]}, "pred": {"boxes": [], "scores": [], "classes": []}}, {"id": "b"}]}"#).unwrap();
+        assert_eq!(input.num_classes(), 3);
+        assert_eq!(input.cases[1].gt, ImageGt::default());
+        assert_eq!(input.gt()[0].boxes[0], [0.0, 0.0, 0.0, 2.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn prediction_file_round_trips_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = PredictionFile {
+            case: "case_1".into(),
+            boxes: vec![[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]],
+            boxes_mm: None,
+            scores: vec![0.5],
+            classes: vec![0],
+            spacing: [1.0, 0.5, 0.5],
+            shape: [10, 20, 20],
+        };
+        let path = dir.path().join("case_1.json");
+        file.write(&path).unwrap();
+        assert_eq!(PredictionFile::read(&path).unwrap(), file);
+        assert_eq!(read_prediction_dir(dir.path()).unwrap(), vec![file.clone()]);
+        std::fs::write(dir.path().join("other.json"), serde_json::to_string(&file).unwrap()).unwrap();
+        let e = read_prediction_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("other.json") && e.contains("case_1"), "{e}");
+        std::fs::write(&path, r#"{"case": "case_1", "boxes": [[1,2,3,4,5]], "scores": [0.5], "classes": [0], "spacing": [1,1,1], "shape": [1,1,1]}"#).unwrap();
+        let e = PredictionFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("case_1") && e.contains("boxes[0]"), "{e}");
+    }
+
+    #[test]
+    fn instance_boxes_use_the_nndetection_convention() {
+        let mut mask = ndarray::Array3::<f32>::zeros((4, 5, 6));
+        mask[[1, 2, 3]] = 1.0;
+        mask[[2, 0, 0]] = 2.0;
+        mask[[3, 1, 0]] = 2.0;
+        let b = instance_boxes(&mask.view());
+        assert_eq!(b[&1], [0.0, 1.0, 2.0, 2.0, 3.0, 4.0]);
+        assert_eq!(b[&2], [1.0, -1.0, -1.0, 4.0, 2.0, 1.0]);
+    }
+}
