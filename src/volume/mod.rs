@@ -23,14 +23,21 @@
 //! normalisation refuses non-finite input rather than spreading NaN through a whole case.
 
 pub mod boxes;
+pub mod crop;
 pub mod error;
 pub mod nifti;
+pub mod normalize;
 pub mod resample;
 
+pub use crop::CropInfo;
 pub use error::VolumeError;
 pub use nifti::{
     AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti, read_nifti_header,
     write_nifti, write_nifti_with,
+};
+pub use normalize::{
+    CtNormalization, IntensityStats, NormalizationScheme, foreground_samples, intensity_stats, normalize, normalize_ct,
+    normalize_zscore, pooled_intensity_stats,
 };
 pub use resample::{Interpolation, resample_array, resampled_shape};
 
