@@ -57,12 +57,22 @@ pub struct EvalArgs {
 
 /// Run `detlab eval`; returns the exit code.
 pub fn run(args: EvalArgs) -> i32 {
-    let modes = [args.file.is_some(), args.dataset.is_some(), args.luna.is_some()];
+    let modes = [
+        args.file.is_some(),
+        args.dataset.is_some(),
+        args.luna.is_some(),
+    ];
     if modes.iter().filter(|m| **m).count() != 1 {
-        eprintln!("error: give exactly one of FILE.json, --dataset DIR --predictions DIR, or --luna CSV --candidates CSV --seriesuids CSV");
+        eprintln!(
+            "error: give exactly one of FILE.json, --dataset DIR --predictions DIR, or --luna CSV --candidates CSV --seriesuids CSV"
+        );
         return 2;
     }
-    let result = if args.luna.is_some() { run_luna(&args) } else { run_boxes(&args) };
+    let result = if args.luna.is_some() {
+        run_luna(&args)
+    } else {
+        run_boxes(&args)
+    };
     let value = match result {
         Ok(v) => v,
         Err(e) => {
@@ -88,7 +98,11 @@ pub fn run(args: EvalArgs) -> i32 {
 }
 
 fn config(args: &EvalArgs, num_classes: Option<usize>) -> EvalConfig {
-    let mut cfg = EvalConfig { skip_empty_classes: args.skip_empty_classes, num_classes: args.num_classes.or(num_classes), ..EvalConfig::default() };
+    let mut cfg = EvalConfig {
+        skip_empty_classes: args.skip_empty_classes,
+        num_classes: args.num_classes.or(num_classes),
+        ..EvalConfig::default()
+    };
     if let Some(iou) = &args.iou {
         cfg.iou_thresholds = iou.clone();
         cfg.froc_iou = iou.clone();
@@ -103,10 +117,18 @@ fn run_boxes(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
     let (ids, gt, pred, num_classes) = if let Some(file) = &args.file {
         let input = io::EvalInput::read(file)?;
         let n = input.classes.as_ref().map(Vec::len);
-        (input.cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), input.gt(), input.pred(), n)
+        (
+            input.cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            input.gt(),
+            input.pred(),
+            n,
+        )
     } else {
         let (Some(dataset), Some(predictions)) = (&args.dataset, &args.predictions) else {
-            return Err(MetricsError::config("--predictions", "--dataset needs --predictions"));
+            return Err(MetricsError::config(
+                "--predictions",
+                "--dataset needs --predictions",
+            ));
         };
         read_dataset(dataset, predictions)?
     };
@@ -125,14 +147,25 @@ type Cases = (Vec<String>, Vec<ImageGt>, Vec<ImagePred>, Option<usize>);
 fn read_dataset(dataset: &Path, predictions: &Path) -> Result<Cases, MetricsError> {
     let files = io::read_prediction_dir(predictions)?;
     if files.is_empty() {
-        return Err(MetricsError::file(predictions, "no <case>.json prediction files"));
+        return Err(MetricsError::file(
+            predictions,
+            "no <case>.json prediction files",
+        ));
     }
     let mut ids = Vec::with_capacity(files.len());
     let mut gt = Vec::with_capacity(files.len());
     let mut pred = Vec::with_capacity(files.len());
     for f in &files {
         if io::find_label_file(dataset, &f.case).is_none() {
-            return Err(MetricsError::input(&f.case, "case", format!("prediction for an unknown case: no labelsTr/{0}.nii.gz or labelsTs/{0}.nii.gz in {1}", f.case, dataset.display())));
+            return Err(MetricsError::input(
+                &f.case,
+                "case",
+                format!(
+                    "prediction for an unknown case: no labelsTr/{0}.nii.gz or labelsTs/{0}.nii.gz in {1}",
+                    f.case,
+                    dataset.display()
+                ),
+            ));
         }
         gt.push(io::read_dataset_gt(dataset, &f.case)?);
         pred.push(f.to_image_pred());
@@ -142,8 +175,12 @@ fn read_dataset(dataset: &Path, predictions: &Path) -> Result<Cases, MetricsErro
 }
 
 fn run_luna(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
-    let (Some(ann), Some(cands), Some(uids)) = (&args.luna, &args.candidates, &args.seriesuids) else {
-        return Err(MetricsError::config("--luna", "--luna needs --candidates and --seriesuids"));
+    let (Some(ann), Some(cands), Some(uids)) = (&args.luna, &args.candidates, &args.seriesuids)
+    else {
+        return Err(MetricsError::config(
+            "--luna",
+            "--luna needs --candidates and --seriesuids",
+        ));
     };
     let annotations = luna::read_annotations_csv(ann)?;
     let excluded = match &args.excluded {
@@ -152,7 +189,13 @@ fn run_luna(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
     };
     let candidates = luna::read_candidates_csv(cands)?;
     let seriesuids = luna::read_seriesuids_csv(uids)?;
-    let r = luna::cpm(&seriesuids, &annotations, &excluded, &candidates, &luna::CpmConfig::default())?;
+    let r = luna::cpm(
+        &seriesuids,
+        &annotations,
+        &excluded,
+        &candidates,
+        &luna::CpmConfig::default(),
+    )?;
     Ok(serde_json::json!({
         "cpm": r.cpm,
         "sens_at_fppi": r.sensitivities,

@@ -102,11 +102,23 @@ impl MetricReport {
             map.insert(k.clone(), serde_json::Value::from(*v));
         }
         for (k, c) in &self.froc_curves {
-            map.insert(k.clone(), serde_json::Value::from(c.grid_sensitivity.clone()));
+            map.insert(
+                k.clone(),
+                serde_json::Value::from(c.grid_sensitivity.clone()),
+            );
         }
-        map.insert("FROC_fpi_thresholds".into(), serde_json::Value::from(self.fppi_thresholds.clone()));
-        map.insert("FROC_num_images".into(), serde_json::Value::from(self.num_images));
-        map.insert("FROC_num_gt".into(), serde_json::Value::from(self.num_gt.iter().sum::<usize>()));
+        map.insert(
+            "FROC_fpi_thresholds".into(),
+            serde_json::Value::from(self.fppi_thresholds.clone()),
+        );
+        map.insert(
+            "FROC_num_images".into(),
+            serde_json::Value::from(self.num_images),
+        );
+        map.insert(
+            "FROC_num_gt".into(),
+            serde_json::Value::from(self.num_gt.iter().sum::<usize>()),
+        );
         serde_json::Value::Object(map)
     }
 }
@@ -123,7 +135,11 @@ impl Pool {
     fn from_entries(mut entries: Vec<(u32, u64, f64)>) -> Pool {
         // Stable: ties stay in image order, then in within-image (score) order.
         entries.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
-        let mut pool = Pool { image: Vec::with_capacity(entries.len()), flags: Vec::with_capacity(entries.len()), score: Vec::with_capacity(entries.len()) };
+        let mut pool = Pool {
+            image: Vec::with_capacity(entries.len()),
+            flags: Vec::with_capacity(entries.len()),
+            score: Vec::with_capacity(entries.len()),
+        };
         for (i, f, s) in entries {
             pool.image.push(i);
             pool.flags.push(f);
@@ -174,11 +190,16 @@ impl Prepared {
     }
 
     fn threshold_index(&self, t: f64) -> usize {
-        self.thresholds.iter().position(|&x| x == t).expect("threshold was matched")
+        self.thresholds
+            .iter()
+            .position(|&x| x == t)
+            .expect("threshold was matched")
     }
 
     fn num_images_weighted(&self, weights: Option<&[u32]>) -> u64 {
-        weights.map_or(self.num_images as u64, |w| w.iter().map(|&x| x as u64).sum())
+        weights.map_or(self.num_images as u64, |w| {
+            w.iter().map(|&x| x as u64).sum()
+        })
     }
 
     fn gt_weighted(&self, weights: Option<&[u32]>, class: Option<usize>) -> u64 {
@@ -217,7 +238,13 @@ pub(crate) struct Want {
 
 impl Want {
     pub fn all(cfg: &EvalConfig) -> Want {
-        Want { ap: cfg.iou_thresholds.clone(), map: true, froc: cfg.froc_iou.clone(), per_class_froc: cfg.per_class, per_class_ap: cfg.per_class }
+        Want {
+            ap: cfg.iou_thresholds.clone(),
+            map: true,
+            froc: cfg.froc_iou.clone(),
+            per_class_froc: cfg.per_class,
+            per_class_ap: cfg.per_class,
+        }
     }
 }
 
@@ -233,7 +260,15 @@ const EPS_F32: f32 = f64::EPSILON as f32;
 
 /// Fill `scratch.rc` / `scratch.pr` with the cumulative recall / precision of `pool` at bit
 /// `bit`, repeating runs of one image by its multiplicity.
-fn fill_pr(pool: &Pool, bit: usize, weights: Option<&[u32]>, num_gt: u64, numpy2: bool, scratch: &mut Scratch, keep_src: bool) {
+fn fill_pr(
+    pool: &Pool,
+    bit: usize,
+    weights: Option<&[u32]>,
+    num_gt: u64,
+    numpy2: bool,
+    scratch: &mut Scratch,
+    keep_src: bool,
+) {
     scratch.rc.clear();
     scratch.pr.clear();
     scratch.src.clear();
@@ -262,7 +297,11 @@ fn fill_pr(pool: &Pool, bit: usize, weights: Option<&[u32]>, num_gt: u64, numpy2
                 // nnDetection casts the cumulative sums to float32 (numpy < 2 keeps float32).
                 let (tpf, fpf) = (tp as f32, fp as f32);
                 scratch.rc.push((tpf / g) as f64);
-                let p = if numpy2 { tpf as f64 / ((fpf + tpf) as f64 + f64::EPSILON) } else { (tpf / ((fpf + tpf) + EPS_F32)) as f64 };
+                let p = if numpy2 {
+                    tpf as f64 / ((fpf + tpf) as f64 + f64::EPSILON)
+                } else {
+                    (tpf / ((fpf + tpf) + EPS_F32)) as f64
+                };
                 scratch.pr.push(p);
                 if keep_src {
                     scratch.src.push(k as u32);
@@ -292,7 +331,15 @@ fn grid_precision(scratch: &mut Scratch, grid: &[f64], out: &mut [f64]) {
 }
 
 /// The PR curve (or, with `curves` false, only the grid precisions and AP) of one class.
-pub(crate) fn pr_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, ti: usize, class: usize, scratch: &mut Scratch, curves: bool) -> PrCurve {
+pub(crate) fn pr_for(
+    prep: &Prepared,
+    weights: Option<&[u32]>,
+    cfg: &EvalConfig,
+    ti: usize,
+    class: usize,
+    scratch: &mut Scratch,
+    curves: bool,
+) -> PrCurve {
     let grid = numeric::recall_grid();
     let num_gt = prep.gt_weighted(weights, Some(class));
     let iou = prep.thresholds[ti];
@@ -312,7 +359,15 @@ pub(crate) fn pr_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
         };
     }
     let pool = &prep.classes[class];
-    fill_pr(pool, ti, weights, num_gt, cfg.numpy2_precision, scratch, curves);
+    fill_pr(
+        pool,
+        ti,
+        weights,
+        num_gt,
+        cfg.numpy2_precision,
+        scratch,
+        curves,
+    );
     let raw = if curves { scratch.pr.clone() } else { vec![] };
     let mut values = vec![0.0; grid.len()];
     grid_precision(scratch, &grid, &mut values);
@@ -324,8 +379,16 @@ pub(crate) fn pr_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
         recall: if curves { scratch.rc.clone() } else { vec![] },
         precision: raw,
         precision_envelope: if curves { scratch.pr.clone() } else { vec![] },
-        scores: scratch.src.iter().map(|&k| pool.score[k as usize]).collect(),
-        images: scratch.src.iter().map(|&k| pool.image[k as usize] as usize).collect(),
+        scores: scratch
+            .src
+            .iter()
+            .map(|&k| pool.score[k as usize])
+            .collect(),
+        images: scratch
+            .src
+            .iter()
+            .map(|&k| pool.image[k as usize] as usize)
+            .collect(),
         recall_grid: grid,
         grid_precision: values,
         ap,
@@ -333,7 +396,14 @@ pub(crate) fn pr_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
 }
 
 /// The FROC curve at threshold index `ti`, pooled (`class` None) or for one class.
-pub(crate) fn froc_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, ti: usize, class: Option<usize>, curves: bool) -> FrocCurve {
+pub(crate) fn froc_for(
+    prep: &Prepared,
+    weights: Option<&[u32]>,
+    cfg: &EvalConfig,
+    ti: usize,
+    class: Option<usize>,
+    curves: bool,
+) -> FrocCurve {
     let pool = match class {
         Some(c) => &prep.classes[c],
         None => &prep.pooled,
@@ -382,7 +452,11 @@ pub(crate) fn froc_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfi
     let no_tp_nan = total_tp == 0 && cfg.froc_nan_without_tp;
     for &k in &keep {
         let fppi = if cfg.nndetection_froc_rounding {
-            if total_fp == 0 { 0.0 } else { (fps[k] as f64 / total_fp as f64) * total_fp as f64 / num_images as f64 }
+            if total_fp == 0 {
+                0.0
+            } else {
+                (fps[k] as f64 / total_fp as f64) * total_fp as f64 / num_images as f64
+            }
         } else {
             fps[k] as f64 / num_images as f64
         };
@@ -414,7 +488,13 @@ pub(crate) fn froc_for(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfi
 }
 
 /// Aggregate matching results into a [`MetricReport`].
-pub(crate) fn report(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig, want: &Want, curves: bool) -> MetricReport {
+pub(crate) fn report(
+    prep: &Prepared,
+    weights: Option<&[u32]>,
+    cfg: &EvalConfig,
+    want: &Want,
+    curves: bool,
+) -> MetricReport {
     let c_n = prep.num_classes;
     let range = cfg.range_thresholds();
     // Thresholds whose per-class AP values are needed.
@@ -442,8 +522,12 @@ pub(crate) fn report(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
         }
         values.insert(t.to_bits(), per_class);
     }
-    let non_empty: Vec<bool> = (0..c_n).map(|c| prep.gt_weighted(weights, Some(c)) > 0).collect();
-    let included: Vec<usize> = (0..c_n).filter(|&c| !cfg.skip_empty_classes || non_empty[c]).collect();
+    let non_empty: Vec<bool> = (0..c_n)
+        .map(|c| prep.gt_weighted(weights, Some(c)) > 0)
+        .collect();
+    let included: Vec<usize> = (0..c_n)
+        .filter(|&c| !cfg.skip_empty_classes || non_empty[c])
+        .collect();
     // numpy's mean over the C-order array [threshold, recall point, class].
     let class_mean = |ts: &[f64], classes: &[usize]| -> f64 {
         if classes.is_empty() {
@@ -493,7 +577,10 @@ pub(crate) fn report(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
                 scalars.insert(format!("{c}_{}", froc_score_key(t)), curve.score);
                 froc_curves.insert(format!("{c}_{}", froc_curve_key(t)), curve);
             }
-            scalars.insert(format!("mc_{}", froc_score_key(t)), if c_n == 0 { 0.0 } else { sum / c_n as f64 });
+            scalars.insert(
+                format!("mc_{}", froc_score_key(t)),
+                if c_n == 0 { 0.0 } else { sum / c_n as f64 },
+            );
         }
     }
     MetricReport {
@@ -502,7 +589,9 @@ pub(crate) fn report(prep: &Prepared, weights: Option<&[u32]>, cfg: &EvalConfig,
         pr_curves,
         fppi_thresholds: cfg.fppi.clone(),
         num_images: prep.num_images_weighted(weights) as usize,
-        num_gt: (0..c_n).map(|c| prep.gt_weighted(weights, Some(c)) as usize).collect(),
+        num_gt: (0..c_n)
+            .map(|c| prep.gt_weighted(weights, Some(c)) as usize)
+            .collect(),
         num_classes: c_n,
         iou_thresholds: prep.thresholds.clone(),
     }

@@ -12,7 +12,10 @@
 //! distribution spreads each tied method's count evenly over the ranks of its group.
 
 use super::aggregate::{self, Prepared, Want};
-use super::{EvalConfig, ImageGt, ImagePred, MetricsError, froc_score_key, infer_num_classes, matching, numeric, validate_case};
+use super::{
+    EvalConfig, ImageGt, ImagePred, MetricsError, froc_score_key, infer_num_classes, matching,
+    numeric, validate_case,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -142,10 +145,21 @@ pub fn rank(values: &[f64], ties: RankTies) -> Vec<f64> {
 
 /// The smallest aggregation that yields `keys`.
 fn want_for(cfg: &EvalConfig, keys: &[String]) -> Want {
-    let mut want = Want { ap: vec![], map: false, froc: vec![], per_class_froc: false, per_class_ap: true };
+    let mut want = Want {
+        ap: vec![],
+        map: false,
+        froc: vec![],
+        per_class_froc: false,
+        per_class_ap: true,
+    };
     for key in keys {
         let (per_class, base) = match key.split_once('_') {
-            Some((head, rest)) if head == "mc" || (!head.is_empty() && head.bytes().all(|b| b.is_ascii_digit())) => (true, rest),
+            Some((head, rest))
+                if head == "mc"
+                    || (!head.is_empty() && head.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                (true, rest)
+            }
             _ => (false, key.as_str()),
         };
         for &t in &cfg.iou_thresholds {
@@ -172,7 +186,8 @@ fn summarise(value: f64, samples: &[f64], ci: [f64; 2]) -> MetricSummary {
     let finite: Vec<f64> = samples.iter().copied().filter(|v| !v.is_nan()).collect();
     let mean = numeric::mean(&finite);
     let std = if finite.len() > 1 {
-        (finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (finite.len() - 1) as f64).sqrt()
+        (finite.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (finite.len() - 1) as f64)
+            .sqrt()
     } else {
         f64::NAN
     };
@@ -188,29 +203,53 @@ fn summarise(value: f64, samples: &[f64], ci: [f64; 2]) -> MetricSummary {
 
 /// Bootstrap several methods on the same cases: per-metric means and CIs, per-resample ranks
 /// (rank distributions, mean ranks) and how often each method beats each other one.
-pub fn bootstrap(methods: &[(String, Vec<ImagePred>)], gt: &[ImageGt], cfg: &BootstrapConfig) -> Result<BootstrapReport, MetricsError> {
+pub fn bootstrap(
+    methods: &[(String, Vec<ImagePred>)],
+    gt: &[ImageGt],
+    cfg: &BootstrapConfig,
+) -> Result<BootstrapReport, MetricsError> {
     cfg.eval.validate()?;
     if cfg.n == 0 {
-        return Err(MetricsError::config("n", "the number of resamples must be at least 1"));
+        return Err(MetricsError::config(
+            "n",
+            "the number of resamples must be at least 1",
+        ));
     }
     if methods.is_empty() {
         return Err(MetricsError::config("methods", "no method to bootstrap"));
     }
     for (i, p) in cfg.ci_percentiles.iter().enumerate() {
         if !(0.0..=100.0).contains(p) {
-            return Err(MetricsError::config(format!("ci_percentiles[{i}]"), format!("{p} is not in [0, 100]")));
+            return Err(MetricsError::config(
+                format!("ci_percentiles[{i}]"),
+                format!("{p} is not in [0, 100]"),
+            ));
         }
     }
     for (i, (name, preds)) in methods.iter().enumerate() {
         if methods[..i].iter().any(|(n, _)| n == name) {
-            return Err(MetricsError::config("methods", format!("method name '{name}' appears twice")));
+            return Err(MetricsError::config(
+                "methods",
+                format!("method name '{name}' appears twice"),
+            ));
         }
         if preds.len() != gt.len() {
-            return Err(MetricsError::input("(all)", format!("{name}.pred"), format!("{} prediction lists for {} GT images", preds.len(), gt.len())));
+            return Err(MetricsError::input(
+                "(all)",
+                format!("{name}.pred"),
+                format!(
+                    "{} prediction lists for {} GT images",
+                    preds.len(),
+                    gt.len()
+                ),
+            ));
         }
     }
     // One class count for all methods, so that their keys mean the same thing.
-    let all_preds: Vec<ImagePred> = methods.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+    let all_preds: Vec<ImagePred> = methods
+        .iter()
+        .flat_map(|(_, p)| p.iter().cloned())
+        .collect();
     let num_classes = infer_num_classes(gt, &all_preds, &cfg.eval);
     drop(all_preds);
     let eval = &cfg.eval;
@@ -224,13 +263,24 @@ pub fn bootstrap(methods: &[(String, Vec<ImagePred>)], gt: &[ImageGt], cfg: &Boo
         prepared.push(Prepared::new(&matches, num_classes, thresholds.clone()));
     }
     let mut keys = vec![cfg.metric.clone()];
-    keys.extend(cfg.extra_metrics.iter().filter(|k| **k != cfg.metric).cloned());
+    keys.extend(
+        cfg.extra_metrics
+            .iter()
+            .filter(|k| **k != cfg.metric)
+            .cloned(),
+    );
     // Point estimates on all cases; they also tell which keys exist.
-    let full: Vec<_> = prepared.iter().map(|p| aggregate::report(p, None, eval, &aggregate::Want::all(eval), false)).collect();
+    let full: Vec<_> = prepared
+        .iter()
+        .map(|p| aggregate::report(p, None, eval, &aggregate::Want::all(eval), false))
+        .collect();
     for key in &keys {
         if !full[0].scalars.contains_key(key) {
             let available: Vec<&str> = full[0].scalars.keys().map(String::as_str).collect();
-            return Err(MetricsError::UnknownMetric { name: key.clone(), available: available.join(", ") });
+            return Err(MetricsError::UnknownMetric {
+                name: key.clone(),
+                available: available.join(", "),
+            });
         }
     }
     let want = want_for(eval, &keys);
@@ -264,11 +314,19 @@ pub fn bootstrap(methods: &[(String, Vec<ImagePred>)], gt: &[ImageGt], cfg: &Boo
         let mut metrics = BTreeMap::new();
         for (k, key) in keys.iter().enumerate() {
             let column: Vec<f64> = samples.iter().map(|s| s[m][k]).collect();
-            metrics.insert(key.clone(), summarise(full[m].scalars[key], &column, cfg.ci_percentiles));
+            metrics.insert(
+                key.clone(),
+                summarise(full[m].scalars[key], &column, cfg.ci_percentiles),
+            );
         }
-        summaries.push(MethodSummary { name: name.clone(), metrics });
+        summaries.push(MethodSummary {
+            name: name.clone(),
+            metrics,
+        });
     }
-    let values: Vec<Vec<f64>> = (0..m_n).map(|m| samples.iter().map(|s| s[m][0]).collect()).collect();
+    let values: Vec<Vec<f64>> = (0..m_n)
+        .map(|m| samples.iter().map(|s| s[m][0]).collect())
+        .collect();
     let mut rank_counts = vec![vec![0.0; m_n]; m_n];
     let mut rank_sums = vec![0.0; m_n];
     let mut beats = vec![vec![0.0; m_n]; m_n];

@@ -43,17 +43,31 @@ pub enum MetricsError {
 
 impl MetricsError {
     /// Shorthand for an [`MetricsError::Input`] error.
-    pub fn input(case: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        MetricsError::Input { case: case.into(), field: field.into(), message: message.into() }
+    pub fn input(
+        case: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        MetricsError::Input {
+            case: case.into(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Shorthand for a [`MetricsError::Config`] error.
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        MetricsError::Config { field: field.into(), message: message.into() }
+        MetricsError::Config {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Shorthand for a [`MetricsError::File`] error.
     pub fn file(path: impl AsRef<std::path::Path>, message: impl std::fmt::Display) -> Self {
-        MetricsError::File { path: path.as_ref().display().to_string(), message: message.to_string() }
+        MetricsError::File {
+            path: path.as_ref().display().to_string(),
+            message: message.to_string(),
+        }
     }
 }

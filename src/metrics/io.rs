@@ -36,7 +36,13 @@ impl EvalInput {
     pub fn num_classes(&self) -> usize {
         match &self.classes {
             Some(names) => names.len(),
-            None => self.cases.iter().flat_map(|c| c.gt.classes.iter().chain(&c.pred.classes)).map(|c| c + 1).max().unwrap_or(0),
+            None => self
+                .cases
+                .iter()
+                .flat_map(|c| c.gt.classes.iter().chain(&c.pred.classes))
+                .map(|c| c + 1)
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -52,12 +58,22 @@ impl EvalInput {
 
     /// Parse and validate the JSON text; errors name the case and field.
     pub fn from_json_str(text: &str) -> Result<EvalInput, MetricsError> {
-        let text = quote_non_finite_literals(text);
-        let root: Value = serde_json::from_str(&text).map_err(|e| MetricsError::input("(file)", "(json)", e.to_string()))?;
-        let obj = root.as_object().ok_or_else(|| MetricsError::input("(file)", "(root)", "expected a JSON object with a 'cases' list"))?;
+        let root: Value =
+            parse_json_exact(text).map_err(|e| MetricsError::input("(file)", "(json)", e))?;
+        let obj = root.as_object().ok_or_else(|| {
+            MetricsError::input(
+                "(file)",
+                "(root)",
+                "expected a JSON object with a 'cases' list",
+            )
+        })?;
         for key in obj.keys() {
             if key != "classes" && key != "cases" {
-                return Err(MetricsError::input("(file)", key, "unknown field (expected 'classes' and 'cases')"));
+                return Err(MetricsError::input(
+                    "(file)",
+                    key,
+                    "unknown field (expected 'classes' and 'cases')",
+                ));
             }
         }
         let classes = match obj.get("classes") {
@@ -65,42 +81,86 @@ impl EvalInput {
             Some(Value::Array(a)) => Some(
                 a.iter()
                     .enumerate()
-                    .map(|(i, v)| v.as_str().map(str::to_string).ok_or_else(|| MetricsError::input("(file)", format!("classes[{i}]"), "expected a string")))
+                    .map(|(i, v)| {
+                        v.as_str().map(str::to_string).ok_or_else(|| {
+                            MetricsError::input(
+                                "(file)",
+                                format!("classes[{i}]"),
+                                "expected a string",
+                            )
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
-            Some(_) => return Err(MetricsError::input("(file)", "classes", "expected a list of class names")),
+            Some(_) => {
+                return Err(MetricsError::input(
+                    "(file)",
+                    "classes",
+                    "expected a list of class names",
+                ));
+            }
         };
-        let cases_v = obj.get("cases").and_then(Value::as_array).ok_or_else(|| MetricsError::input("(file)", "cases", "missing or not a list"))?;
+        let cases_v = obj
+            .get("cases")
+            .and_then(Value::as_array)
+            .ok_or_else(|| MetricsError::input("(file)", "cases", "missing or not a list"))?;
         let mut cases = Vec::with_capacity(cases_v.len());
         let mut seen = HashSet::new();
         for (i, cv) in cases_v.iter().enumerate() {
-            let co = cv.as_object().ok_or_else(|| MetricsError::input(format!("#{i}"), "(case)", "expected an object"))?;
+            let co = cv.as_object().ok_or_else(|| {
+                MetricsError::input(format!("#{i}"), "(case)", "expected an object")
+            })?;
             let id = match co.get("id") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 None => format!("#{i}"),
-                Some(_) => return Err(MetricsError::input(format!("#{i}"), "id", "expected a string")),
+                Some(_) => {
+                    return Err(MetricsError::input(
+                        format!("#{i}"),
+                        "id",
+                        "expected a string",
+                    ));
+                }
             };
             if !seen.insert(id.clone()) {
                 return Err(MetricsError::input(&id, "id", "duplicate case id"));
             }
             for key in co.keys() {
                 if !["id", "gt", "pred"].contains(&key.as_str()) {
-                    return Err(MetricsError::input(&id, key, "unknown field (expected 'id', 'gt', 'pred')"));
+                    return Err(MetricsError::input(
+                        &id,
+                        key,
+                        "unknown field (expected 'id', 'gt', 'pred')",
+                    ));
                 }
             }
             let gt = match co.get("gt") {
                 None | Some(Value::Null) => ImageGt::default(),
                 Some(v) => {
-                    let o = v.as_object().ok_or_else(|| MetricsError::input(&id, "gt", "expected an object with 'boxes' and 'classes'"))?;
+                    let o = v.as_object().ok_or_else(|| {
+                        MetricsError::input(
+                            &id,
+                            "gt",
+                            "expected an object with 'boxes' and 'classes'",
+                        )
+                    })?;
                     check_keys(&id, "gt", o, &["boxes", "classes"])?;
-                    ImageGt { boxes: boxes(&id, "gt.boxes", o.get("boxes"))?, classes: class_list(&id, "gt.classes", o.get("classes"))? }
+                    ImageGt {
+                        boxes: boxes(&id, "gt.boxes", o.get("boxes"))?,
+                        classes: class_list(&id, "gt.classes", o.get("classes"))?,
+                    }
                 }
             };
             let pred = match co.get("pred") {
                 None | Some(Value::Null) => ImagePred::default(),
                 Some(v) => {
-                    let o = v.as_object().ok_or_else(|| MetricsError::input(&id, "pred", "expected an object with 'boxes', 'scores' and 'classes'"))?;
+                    let o = v.as_object().ok_or_else(|| {
+                        MetricsError::input(
+                            &id,
+                            "pred",
+                            "expected an object with 'boxes', 'scores' and 'classes'",
+                        )
+                    })?;
                     check_keys(&id, "pred", o, &["boxes", "scores", "classes"])?;
                     ImagePred {
                         boxes: boxes(&id, "pred.boxes", o.get("boxes"))?,
@@ -123,16 +183,31 @@ impl EvalInput {
     pub fn read(path: &Path) -> Result<EvalInput, MetricsError> {
         let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
         EvalInput::from_json_str(&text).map_err(|e| match e {
-            MetricsError::Input { case, field, message } if case == "(file)" => MetricsError::file(path, format!("field '{field}': {message}")),
+            MetricsError::Input {
+                case,
+                field,
+                message,
+            } if case == "(file)" => {
+                MetricsError::file(path, format!("field '{field}': {message}"))
+            }
             other => other,
         })
     }
 }
 
-fn check_keys(case: &str, prefix: &str, o: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), MetricsError> {
+fn check_keys(
+    case: &str,
+    prefix: &str,
+    o: &serde_json::Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), MetricsError> {
     for key in o.keys() {
         if !allowed.contains(&key.as_str()) {
-            return Err(MetricsError::input(case, format!("{prefix}.{key}"), format!("unknown field (expected {})", allowed.join(", "))));
+            return Err(MetricsError::input(
+                case,
+                format!("{prefix}.{key}"),
+                format!("unknown field (expected {})", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -146,42 +221,193 @@ fn list<'a>(case: &str, field: &str, v: Option<&'a Value>) -> Result<&'a [Value]
     }
 }
 
-/// Python's `json.dump` writes NaN and infinities as bare `NaN`, `Infinity`, `-Infinity`,
-/// which are not JSON. Quote them (outside strings) so that the validation can name the case
-/// and field that holds them instead of failing with a bare parse error.
-fn quote_non_finite_literals(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("NaN") && !text.contains("Infinity") {
-        return std::borrow::Cow::Borrowed(text);
+/// Parse JSON text with correctly rounded numbers (serde_json's default float parser can be
+/// one ulp off, which would break bit-exact agreement with nnDetection). Python's bare `NaN`,
+/// `Infinity` and `-Infinity` (written by `json.dump`) are accepted and become the strings
+/// `"NaN"`, `"Infinity"`, `"-Infinity"`, so that validation can name the field holding them.
+pub fn parse_json_exact(text: &str) -> Result<Value, String> {
+    let mut p = JsonParser {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    p.skip_ws();
+    let v = p.value(0)?;
+    p.skip_ws();
+    if p.pos != p.bytes.len() {
+        return Err(p.error("trailing characters"));
     }
-    let mut out = String::with_capacity(text.len() + 16);
-    let (mut in_string, mut escaped) = (false, false);
-    let mut rest = text;
-    while let Some(ch) = rest.chars().next() {
-        if in_string {
-            out.push(ch);
+    Ok(v)
+}
+
+struct JsonParser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl JsonParser<'_> {
+    fn error(&self, what: &str) -> String {
+        let before = &self.text[..self.pos.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("{what} at line {line} column {column}")
+    }
+
+    fn skip_ws(&mut self) {
+        while self.pos < self.bytes.len()
+            && matches!(self.bytes[self.pos], b' ' | b'\t' | b'\n' | b'\r')
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, literal: &str) -> bool {
+        if self.text[self.pos..].starts_with(literal) {
+            self.pos += literal.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, String> {
+        if depth > 256 {
+            return Err(self.error("nesting too deep"));
+        }
+        match self.bytes.get(self.pos) {
+            None => Err(self.error("unexpected end of input")),
+            Some(b'{') => {
+                self.pos += 1;
+                let mut map = serde_json::Map::new();
+                self.skip_ws();
+                if self.eat("}") {
+                    return Ok(Value::Object(map));
+                }
+                loop {
+                    self.skip_ws();
+                    if self.bytes.get(self.pos) != Some(&b'"') {
+                        return Err(self.error("expected a string key"));
+                    }
+                    let key = self.string()?;
+                    self.skip_ws();
+                    if !self.eat(":") {
+                        return Err(self.error("expected ':'"));
+                    }
+                    self.skip_ws();
+                    let v = self.value(depth + 1)?;
+                    map.insert(key, v);
+                    self.skip_ws();
+                    if self.eat(",") {
+                        continue;
+                    }
+                    if self.eat("}") {
+                        return Ok(Value::Object(map));
+                    }
+                    return Err(self.error("expected ',' or '}'"));
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                self.skip_ws();
+                if self.eat("]") {
+                    return Ok(Value::Array(items));
+                }
+                loop {
+                    self.skip_ws();
+                    items.push(self.value(depth + 1)?);
+                    self.skip_ws();
+                    if self.eat(",") {
+                        continue;
+                    }
+                    if self.eat("]") {
+                        return Ok(Value::Array(items));
+                    }
+                    return Err(self.error("expected ',' or ']'"));
+                }
+            }
+            Some(b'"') => Ok(Value::String(self.string()?)),
+            Some(_) => {
+                for (lit, v) in [
+                    ("true", Value::Bool(true)),
+                    ("false", Value::Bool(false)),
+                    ("null", Value::Null),
+                ] {
+                    if self.eat(lit) {
+                        return Ok(v);
+                    }
+                }
+                for lit in ["NaN", "Infinity", "-Infinity"] {
+                    if self.eat(lit) {
+                        return Ok(Value::String(lit.to_string()));
+                    }
+                }
+                self.number()
+            }
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let start = self.pos;
+        self.pos += 1;
+        let mut escaped = false;
+        while let Some(&b) = self.bytes.get(self.pos) {
+            self.pos += 1;
             if escaped {
                 escaped = false;
-            } else if ch == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if ch == '"' {
-                in_string = false;
+            } else if b == b'"' {
+                // The string's escapes are decoded by serde_json (no numbers involved).
+                return serde_json::from_str::<String>(&self.text[start..self.pos]).map_err(|e| {
+                    self.pos = start;
+                    self.error(&format!("invalid string ({e})"))
+                });
             }
-            rest = &rest[ch.len_utf8()..];
-            continue;
         }
-        if ch == '"' {
-            in_string = true;
-        } else if let Some(lit) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|l| rest.starts_with(l)) {
-            out.push('"');
-            out.push_str(lit);
-            out.push('"');
-            rest = &rest[lit.len()..];
-            continue;
-        }
-        out.push(ch);
-        rest = &rest[ch.len_utf8()..];
+        self.pos = start;
+        Err(self.error("unterminated string"))
     }
-    std::borrow::Cow::Owned(out)
+
+    fn number(&mut self) -> Result<Value, String> {
+        let start = self.pos;
+        while self.pos < self.bytes.len()
+            && matches!(
+                self.bytes[self.pos],
+                b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+            )
+        {
+            self.pos += 1;
+        }
+        let token = &self.text[start..self.pos];
+        if token.is_empty() {
+            return Err(self.error("expected a value"));
+        }
+        let is_float = token.contains(['.', 'e', 'E']);
+        if !is_float {
+            if let Ok(u) = token.parse::<u64>() {
+                return Ok(Value::from(u));
+            }
+            if let Ok(i) = token.parse::<i64>() {
+                return Ok(Value::from(i));
+            }
+        }
+        // Rust's float parsing is correctly rounded.
+        match token
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            Some(n) if token.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                Ok(Value::Number(n))
+            }
+            _ => {
+                self.pos = start;
+                Err(self.error(&format!("invalid number '{token}'")))
+            }
+        }
+    }
 }
 
 fn number(x: &Value) -> Option<f64> {
@@ -197,7 +423,15 @@ fn numbers(case: &str, field: &str, v: Option<&Value>) -> Result<Vec<f64>, Metri
     list(case, field, v)?
         .iter()
         .enumerate()
-        .map(|(i, x)| number(x).ok_or_else(|| MetricsError::input(case, format!("{field}[{i}]"), format!("expected a number, got {x}"))))
+        .map(|(i, x)| {
+            number(x).ok_or_else(|| {
+                MetricsError::input(
+                    case,
+                    format!("{field}[{i}]"),
+                    format!("expected a number, got {x}"),
+                )
+            })
+        })
         .collect()
 }
 
@@ -206,8 +440,18 @@ fn class_list(case: &str, field: &str, v: Option<&Value>) -> Result<Vec<usize>, 
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let c = x.as_u64().or_else(|| x.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
-            c.map(|c| c as usize).ok_or_else(|| MetricsError::input(case, format!("{field}[{i}]"), format!("expected a class index >= 0, got {x}")))
+            let c = x.as_u64().or_else(|| {
+                x.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            });
+            c.map(|c| c as usize).ok_or_else(|| {
+                MetricsError::input(
+                    case,
+                    format!("{field}[{i}]"),
+                    format!("expected a class index >= 0, got {x}"),
+                )
+            })
         })
         .collect()
 }
@@ -248,7 +492,11 @@ pub struct PredictionFile {
 impl PredictionFile {
     /// The predictions as an [`ImagePred`].
     pub fn to_image_pred(&self) -> ImagePred {
-        ImagePred { boxes: self.boxes.clone(), scores: self.scores.clone(), classes: self.classes.clone() }
+        ImagePred {
+            boxes: self.boxes.clone(),
+            scores: self.scores.clone(),
+            classes: self.classes.clone(),
+        }
     }
 
     /// Check lengths, boxes and scores; errors name the case and field.
@@ -256,14 +504,23 @@ impl PredictionFile {
         validate_case(&self.case, &ImageGt::default(), &self.to_image_pred(), None)?;
         if let Some(mm) = &self.boxes_mm {
             if mm.len() != self.boxes.len() {
-                return Err(MetricsError::input(&self.case, "boxes_mm", format!("{} boxes in mm for {} boxes", mm.len(), self.boxes.len())));
+                return Err(MetricsError::input(
+                    &self.case,
+                    "boxes_mm",
+                    format!("{} boxes in mm for {} boxes", mm.len(), self.boxes.len()),
+                ));
             }
             for (i, b) in mm.iter().enumerate() {
-                crate::volume::boxes::validate(b).map_err(|m| MetricsError::input(&self.case, format!("boxes_mm[{i}]"), m))?;
+                crate::volume::boxes::validate(b)
+                    .map_err(|m| MetricsError::input(&self.case, format!("boxes_mm[{i}]"), m))?;
             }
         }
         if self.spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(MetricsError::input(&self.case, "spacing", format!("{:?} is not a positive spacing", self.spacing)));
+            return Err(MetricsError::input(
+                &self.case,
+                "spacing",
+                format!("{:?} is not a positive spacing", self.spacing),
+            ));
         }
         Ok(())
     }
@@ -272,8 +529,12 @@ impl PredictionFile {
     pub fn read(path: &Path) -> Result<PredictionFile, MetricsError> {
         let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
         // Parse loosely first so that a wrong box length names its field.
-        let v: Value = serde_json::from_str(&text).map_err(|e| MetricsError::file(path, e))?;
-        let case = v.get("case").and_then(Value::as_str).unwrap_or("?").to_string();
+        let v: Value = parse_json_exact(&text).map_err(|e| MetricsError::file(path, e))?;
+        let case = v
+            .get("case")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
         if let Some(o) = v.as_object() {
             for field in ["boxes", "boxes_mm"] {
                 if let Some(b) = o.get(field)
@@ -283,9 +544,11 @@ impl PredictionFile {
                 }
             }
             numbers(&case, "scores", o.get("scores")).map_err(|e| MetricsError::file(path, e))?;
-            class_list(&case, "classes", o.get("classes")).map_err(|e| MetricsError::file(path, e))?;
+            class_list(&case, "classes", o.get("classes"))
+                .map_err(|e| MetricsError::file(path, e))?;
         }
-        let file: PredictionFile = serde_json::from_value(v).map_err(|e| MetricsError::file(path, e))?;
+        let file: PredictionFile =
+            serde_json::from_value(v).map_err(|e| MetricsError::file(path, e))?;
         file.validate().map_err(|e| MetricsError::file(path, e))?;
         Ok(file)
     }
@@ -310,9 +573,18 @@ pub fn read_prediction_dir(dir: &Path) -> Result<Vec<PredictionFile>, MetricsErr
     let mut out = Vec::with_capacity(paths.len());
     for p in paths {
         let file = PredictionFile::read(&p)?;
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if file.case != stem {
-            return Err(MetricsError::file(&p, format!("field 'case' is '{}' but the file is named '{stem}.json'", file.case)));
+            return Err(MetricsError::file(
+                &p,
+                format!(
+                    "field 'case' is '{}' but the file is named '{stem}.json'",
+                    file.case
+                ),
+            ));
         }
         out.push(file);
     }
@@ -340,11 +612,18 @@ pub fn find_label_file(dataset: &Path, case: &str) -> Option<PathBuf> {
 pub fn read_instances(path: &Path) -> Result<BTreeMap<u32, usize>, MetricsError> {
     let text = std::fs::read_to_string(path).map_err(|e| MetricsError::file(path, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| MetricsError::file(path, e))?;
-    let inst = v.get("instances").and_then(Value::as_object).ok_or_else(|| MetricsError::file(path, "missing object 'instances'"))?;
+    let inst = v
+        .get("instances")
+        .and_then(Value::as_object)
+        .ok_or_else(|| MetricsError::file(path, "missing object 'instances'"))?;
     let mut out = BTreeMap::new();
     for (k, c) in inst {
-        let id: u32 = k.trim().parse().map_err(|_| MetricsError::file(path, format!("instances: key '{k}' is not an instance id")))?;
-        let class = c.as_u64().ok_or_else(|| MetricsError::file(path, format!("instances.{k}: {c} is not a class index")))?;
+        let id: u32 = k.trim().parse().map_err(|_| {
+            MetricsError::file(path, format!("instances: key '{k}' is not an instance id"))
+        })?;
+        let class = c.as_u64().ok_or_else(|| {
+            MetricsError::file(path, format!("instances.{k}: {c} is not a class index"))
+        })?;
         out.insert(id, class as usize);
     }
     Ok(out)
@@ -369,7 +648,19 @@ pub fn instance_boxes(mask: &ndarray::ArrayView3<'_, f32>) -> BTreeMap<u32, Box3
     }
     ranges
         .into_iter()
-        .map(|(id, r)| (id, [r[0] as f64 - 1.0, r[1] as f64 - 1.0, r[2] as f64 - 1.0, r[3] as f64 + 1.0, r[4] as f64 + 1.0, r[5] as f64 + 1.0]))
+        .map(|(id, r)| {
+            (
+                id,
+                [
+                    r[0] as f64 - 1.0,
+                    r[1] as f64 - 1.0,
+                    r[2] as f64 - 1.0,
+                    r[3] as f64 + 1.0,
+                    r[4] as f64 + 1.0,
+                    r[5] as f64 + 1.0,
+                ],
+            )
+        })
         .collect()
 }
 
@@ -387,7 +678,10 @@ pub fn read_dataset_num_classes(dataset: &Path) -> Result<Option<usize>, Metrics
         } else {
             serde_yaml::from_str(&text).map_err(|e| MetricsError::file(&path, e))?
         };
-        let labels = v.get("labels").and_then(Value::as_object).ok_or_else(|| MetricsError::file(&path, "missing map 'labels'"))?;
+        let labels = v
+            .get("labels")
+            .and_then(Value::as_object)
+            .ok_or_else(|| MetricsError::file(&path, "missing map 'labels'"))?;
         return Ok(Some(labels.len()));
     }
     Ok(None)
@@ -397,7 +691,16 @@ pub fn read_dataset_num_classes(dataset: &Path) -> Result<Option<usize>, Metrics
 /// (or `labelsTs`) and its `<case>.json` instance → class map; boxes use nnDetection's
 /// `(min − 1, max + 1)` convention.
 pub fn read_dataset_gt(dataset: &Path, case: &str) -> Result<ImageGt, MetricsError> {
-    let label = find_label_file(dataset, case).ok_or_else(|| MetricsError::input(case, "labels", format!("no labelsTr/{case}.nii.gz or labelsTs/{case}.nii.gz in {}", dataset.display())))?;
+    let label = find_label_file(dataset, case).ok_or_else(|| {
+        MetricsError::input(
+            case,
+            "labels",
+            format!(
+                "no labelsTr/{case}.nii.gz or labelsTs/{case}.nii.gz in {}",
+                dataset.display()
+            ),
+        )
+    })?;
     let json = label.with_file_name(format!("{case}.json"));
     let instances = read_instances(&json)?;
     let volume = crate::volume::read_nifti(&label).map_err(|e| MetricsError::file(&label, e))?;
@@ -405,7 +708,12 @@ pub fn read_dataset_gt(dataset: &Path, case: &str) -> Result<ImageGt, MetricsErr
     let found = instance_boxes(&view);
     let mut gt = ImageGt::default();
     for (id, b) in found {
-        let class = *instances.get(&id).ok_or_else(|| MetricsError::file(&json, format!("instance {id} is in the mask but not in 'instances'")))?;
+        let class = *instances.get(&id).ok_or_else(|| {
+            MetricsError::file(
+                &json,
+                format!("instance {id} is in the mask but not in 'instances'"),
+            )
+        })?;
         gt.boxes.push(b);
         gt.classes.push(class);
     }
@@ -420,24 +728,95 @@ mod tests {
     fn input_errors_name_case_and_field() {
         let err = |text: &str| EvalInput::from_json_str(text).unwrap_err().to_string();
         let e = err(r#"{"cases": [{"id": "c7", "gt": {"boxes": [[0,0,0,1,1]], "classes": [0]}}]}"#);
-        assert!(e.contains("c7") && e.contains("gt.boxes[0]") && e.contains("6 numbers"), "{e}");
-        let e = err(r#"{"cases": [{"id": "c1", "pred": {"boxes": [[2,0,0,1,1,1]], "scores": [1], "classes": [0]}}]}"#);
-        assert!(e.contains("c1") && e.contains("pred.boxes[0]") && e.contains("min > max"), "{e}");
-        let e = err(r#"{"classes": ["a"], "cases": [{"id": "c2", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [1], "classes": [1]}}]}"#);
-        assert!(e.contains("c2") && e.contains("pred.classes[0]") && e.contains("out of range"), "{e}");
-        let e = err(r#"{"cases": [{"id": "c3", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [], "classes": [0]}}]}"#);
+        assert!(
+            e.contains("c7") && e.contains("gt.boxes[0]") && e.contains("6 numbers"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"cases": [{"id": "c1", "pred": {"boxes": [[2,0,0,1,1,1]], "scores": [1], "classes": [0]}}]}"#,
+        );
+        assert!(
+            e.contains("c1") && e.contains("pred.boxes[0]") && e.contains("min > max"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"classes": ["a"], "cases": [{"id": "c2", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [1], "classes": [1]}}]}"#,
+        );
+        assert!(
+            e.contains("c2") && e.contains("pred.classes[0]") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"cases": [{"id": "c3", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [], "classes": [0]}}]}"#,
+        );
         assert!(e.contains("c3") && e.contains("pred.scores"), "{e}");
-        let e = err(r#"{"cases": [{"id": "c4", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [null], "classes": [0]}}]}"#);
+        let e = err(
+            r#"{"cases": [{"id": "c4", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [null], "classes": [0]}}]}"#,
+        );
         assert!(e.contains("c4") && e.contains("pred.scores[0]"), "{e}");
         let e = err(r#"{"cases": [{"id": "c5", "gt": {"boxes": [], "classes": [-1]}}]}"#);
         assert!(e.contains("c5") && e.contains("gt.classes[0]"), "{e}");
         // Python's json.dump writes a bare NaN; the id string containing "NaN" stays as it is.
-        let e = err(r#"{"cases": [{"id": "NaN \"c6\"", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [NaN], "classes": [0]}}]}"#);
-        assert!(e.contains(r#"NaN "c6""#) && e.contains("pred.scores[0]") && e.contains("not finite"), "{e}");
-        let e = err(r#"{"cases": [{"id": "c8", "gt": {"boxes": [[0,0,0,1,1,-Infinity]], "classes": [0]}}]}"#);
-        assert!(e.contains("c8") && e.contains("gt.boxes[0]") && e.contains("non-finite"), "{e}");
+        let e = err(
+            r#"{"cases": [{"id": "NaN \"c6\"", "pred": {"boxes": [[0,0,0,1,1,1]], "scores": [NaN], "classes": [0]}}]}"#,
+        );
+        assert!(
+            e.contains(r#"NaN "c6""#) && e.contains("pred.scores[0]") && e.contains("not finite"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"cases": [{"id": "c8", "gt": {"boxes": [[0,0,0,1,1,-Infinity]], "classes": [0]}}]}"#,
+        );
+        assert!(
+            e.contains("c8") && e.contains("gt.boxes[0]") && e.contains("non-finite"),
+            "{e}"
+        );
         let e = err(r#"{"cases": [{"id": "a"}, {"id": "a"}]}"#);
         assert!(e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn json_numbers_are_parsed_exactly() {
+        let v = parse_json_exact(r#"{"a": [0.18421052631578946, 1e-3, -2, 18446744073709551615, 3.0], "s": "x\"\u00e9", "n": NaN, "i": -Infinity}"#).unwrap();
+        assert_eq!(
+            v["a"][0].as_f64().unwrap(),
+            "0.18421052631578946".parse::<f64>().unwrap()
+        );
+        assert_eq!(v["a"][1].as_f64().unwrap(), 0.001);
+        assert_eq!(v["a"][2].as_i64().unwrap(), -2);
+        assert_eq!(v["a"][3].as_u64().unwrap(), u64::MAX);
+        assert_eq!(v["s"].as_str().unwrap(), "x\"\u{e9}");
+        assert_eq!(
+            (v["n"].as_str(), v["i"].as_str()),
+            (Some("NaN"), Some("-Infinity"))
+        );
+        // Every float of the metric fixture parses as Rust's correctly rounded parser does.
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/metrics/cross_checked.json"
+        ));
+        let ours = parse_json_exact(text).unwrap();
+        let mut floats = Vec::new();
+        fn collect(v: &Value, out: &mut Vec<f64>) {
+            match v {
+                Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+                Value::Object(o) => o.values().for_each(|x| collect(x, out)),
+                Value::Number(n) if n.is_f64() => out.push(n.as_f64().unwrap()),
+                _ => {}
+            }
+        }
+        collect(&ours, &mut floats);
+        // The file was written by Python (shortest round-trip repr): a parse that is one ulp
+        // off prints differently and is not found in the text.
+        assert!(floats.len() > 2000);
+        for f in &floats {
+            assert!(
+                text.contains(&format!("{f:?}")),
+                "{f:?} is not in the fixture text"
+            );
+        }
+        let e = parse_json_exact("{\n  \"a\": [1, 2,,]\n}").unwrap_err();
+        assert!(e.contains("line 2 column 14"), "{e}");
     }
 
     #[test]
@@ -464,7 +843,11 @@ mod tests {
         file.write(&path).unwrap();
         assert_eq!(PredictionFile::read(&path).unwrap(), file);
         assert_eq!(read_prediction_dir(dir.path()).unwrap(), vec![file.clone()]);
-        std::fs::write(dir.path().join("other.json"), serde_json::to_string(&file).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("other.json"),
+            serde_json::to_string(&file).unwrap(),
+        )
+        .unwrap();
         let e = read_prediction_dir(dir.path()).unwrap_err().to_string();
         assert!(e.contains("other.json") && e.contains("case_1"), "{e}");
         std::fs::write(&path, r#"{"case": "case_1", "boxes": [[1,2,3,4,5]], "scores": [0.5], "classes": [0], "spacing": [1,1,1], "shape": [1,1,1]}"#).unwrap();

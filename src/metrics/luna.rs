@@ -61,7 +61,10 @@ pub struct CpmConfig {
 
 impl Default for CpmConfig {
     fn default() -> Self {
-        CpmConfig { fppi: vec![0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0], max_candidates_per_scan: 100 }
+        CpmConfig {
+            fppi: vec![0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+            max_candidates_per_scan: 100,
+        }
     }
 }
 
@@ -97,23 +100,54 @@ fn squared_distance(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 }
 
 /// LUNA16's CPM for `candidates` on the scans `seriesuids`.
-pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[LunaAnnotation], candidates: &[LunaCandidate], cfg: &CpmConfig) -> Result<CpmReport, MetricsError> {
+pub fn cpm(
+    seriesuids: &[String],
+    annotations: &[LunaAnnotation],
+    excluded: &[LunaAnnotation],
+    candidates: &[LunaCandidate],
+    cfg: &CpmConfig,
+) -> Result<CpmReport, MetricsError> {
     if cfg.max_candidates_per_scan == 0 {
-        return Err(MetricsError::config("max_candidates_per_scan", "must be at least 1"));
+        return Err(MetricsError::config(
+            "max_candidates_per_scan",
+            "must be at least 1",
+        ));
     }
     if cfg.fppi.is_empty() || cfg.fppi.iter().any(|f| !f.is_finite() || *f < 0.0) {
-        return Err(MetricsError::config("fppi", "expected a non-empty list of finite values >= 0"));
+        return Err(MetricsError::config(
+            "fppi",
+            "expected a non-empty list of finite values >= 0",
+        ));
     }
-    for (rows, what) in [(annotations, "annotations"), (excluded, "annotations_excluded")] {
+    for (rows, what) in [
+        (annotations, "annotations"),
+        (excluded, "annotations_excluded"),
+    ] {
         for (i, a) in rows.iter().enumerate() {
-            if a.center.iter().chain([&a.diameter_mm]).any(|v| !v.is_finite()) {
-                return Err(MetricsError::input(&a.seriesuid, format!("{what}[{i}]"), "non-finite coordinate or diameter"));
+            if a.center
+                .iter()
+                .chain([&a.diameter_mm])
+                .any(|v| !v.is_finite())
+            {
+                return Err(MetricsError::input(
+                    &a.seriesuid,
+                    format!("{what}[{i}]"),
+                    "non-finite coordinate or diameter",
+                ));
             }
         }
     }
     for (i, c) in candidates.iter().enumerate() {
-        if c.center.iter().chain([&c.probability]).any(|v| !v.is_finite()) {
-            return Err(MetricsError::input(&c.seriesuid, format!("candidates[{i}]"), "non-finite coordinate or probability"));
+        if c.center
+            .iter()
+            .chain([&c.probability])
+            .any(|v| !v.is_finite())
+        {
+            return Err(MetricsError::input(
+                &c.seriesuid,
+                format!("candidates[{i}]"),
+                "non-finite coordinate or probability",
+            ));
         }
     }
     let mut by_scan: HashMap<&str, Vec<&LunaCandidate>> = HashMap::new();
@@ -123,21 +157,36 @@ pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[Lu
     let limit = cfg.max_candidates_per_scan;
     let mut tp_probs = Vec::new();
     let mut fp_probs = Vec::new();
-    let (mut num_nodules, mut num_candidates, mut ignored, mut duplicates) = (0usize, 0usize, 0usize, 0usize);
+    let (mut num_nodules, mut num_candidates, mut ignored, mut duplicates) =
+        (0usize, 0usize, 0usize, 0usize);
     for uid in seriesuids {
         let mut cands: Vec<&LunaCandidate> = by_scan.get(uid.as_str()).cloned().unwrap_or_default();
         if cands.len() > limit {
             let mut probs: Vec<f64> = cands.iter().map(|c| c.probability).collect();
             probs.sort_by(|a, b| b.total_cmp(a));
             let cut = probs[limit];
-            cands = cands.into_iter().filter(|c| c.probability > cut).take(limit).collect();
+            cands = cands
+                .into_iter()
+                .filter(|c| c.probability > cut)
+                .take(limit)
+                .collect();
         }
         num_candidates += cands.len();
         let mut remaining = vec![true; cands.len()];
-        let scan_nodules = annotations.iter().filter(|a| a.seriesuid == *uid).map(|a| (a, true));
-        let scan_excluded = excluded.iter().filter(|a| a.seriesuid == *uid).map(|a| (a, false));
+        let scan_nodules = annotations
+            .iter()
+            .filter(|a| a.seriesuid == *uid)
+            .map(|a| (a, true));
+        let scan_excluded = excluded
+            .iter()
+            .filter(|a| a.seriesuid == *uid)
+            .map(|a| (a, false));
         for (nodule, included) in scan_nodules.chain(scan_excluded) {
-            let diameter = if nodule.diameter_mm < 0.0 { 10.0 } else { nodule.diameter_mm };
+            let diameter = if nodule.diameter_mm < 0.0 {
+                10.0
+            } else {
+                nodule.diameter_mm
+            };
             let radius_squared = (diameter / 2.0).powi(2);
             let mut best: Option<f64> = None;
             let mut hits = 0usize;
@@ -161,10 +210,20 @@ pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[Lu
                 }
             }
         }
-        fp_probs.extend(cands.iter().zip(&remaining).filter(|(_, r)| **r).map(|(c, _)| c.probability));
+        fp_probs.extend(
+            cands
+                .iter()
+                .zip(&remaining)
+                .filter(|(_, r)| **r)
+                .map(|(c, _)| c.probability),
+        );
     }
     let num_scans = seriesuids.len();
-    let mut entries: Vec<(f64, bool)> = tp_probs.iter().map(|&p| (p, true)).chain(fp_probs.iter().map(|&p| (p, false))).collect();
+    let mut entries: Vec<(f64, bool)> = tp_probs
+        .iter()
+        .map(|&p| (p, true))
+        .chain(fp_probs.iter().map(|&p| (p, false)))
+        .collect();
     entries.sort_by(|a, b| b.0.total_cmp(&a.0));
     let (mut fps, mut tps, mut ths) = (Vec::new(), Vec::new(), Vec::new());
     let (mut tp, mut fp) = (0u64, 0u64);
@@ -199,7 +258,11 @@ pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[Lu
         let nan_sens = tp == 0 || num_nodules == 0;
         for &k in &keep {
             curve.fppi.push(fps[k] as f64 / num_scans as f64);
-            curve.sensitivity.push(if nan_sens { f64::NAN } else { tps[k] as f64 / num_nodules as f64 });
+            curve.sensitivity.push(if nan_sens {
+                f64::NAN
+            } else {
+                tps[k] as f64 / num_nodules as f64
+            });
             curve.score_thresholds.push(ths[k]);
         }
         if nan_sens {
@@ -210,7 +273,10 @@ pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[Lu
         }
         curve.score = numeric::mean(&curve.grid_sensitivity);
     } else if num_nodules == 0 {
-        curve.grid_sensitivity.iter_mut().for_each(|v| *v = f64::NAN);
+        curve
+            .grid_sensitivity
+            .iter_mut()
+            .for_each(|v| *v = f64::NAN);
         curve.score = f64::NAN;
     }
     Ok(CpmReport {
@@ -228,13 +294,36 @@ pub fn cpm(seriesuids: &[String], annotations: &[LunaAnnotation], excluded: &[Lu
     })
 }
 
-fn read_rows(path: &Path, value_column: &str) -> Result<Vec<(String, [f64; 3], f64)>, MetricsError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).map_err(|e| MetricsError::file(path, e))?;
-    let headers = reader.headers().map_err(|e| MetricsError::file(path, e))?.clone();
+fn read_rows(
+    path: &Path,
+    value_column: &str,
+) -> Result<Vec<(String, [f64; 3], f64)>, MetricsError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| MetricsError::file(path, e))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| MetricsError::file(path, e))?
+        .clone();
     let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| MetricsError::file(path, format!("missing column '{name}' (columns: {})", headers.iter().collect::<Vec<_>>().join(","))))
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            MetricsError::file(
+                path,
+                format!(
+                    "missing column '{name}' (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(",")
+                ),
+            )
+        })
     };
-    let cols = [column("seriesuid")?, column("coordX")?, column("coordY")?, column("coordZ")?, column(value_column)?];
+    let cols = [
+        column("seriesuid")?,
+        column("coordX")?,
+        column("coordY")?,
+        column("coordZ")?,
+        column(value_column)?,
+    ];
     let names = ["seriesuid", "coordX", "coordY", "coordZ", value_column];
     let mut rows = Vec::new();
     for (line, record) in reader.records().enumerate() {
@@ -242,7 +331,16 @@ fn read_rows(path: &Path, value_column: &str) -> Result<Vec<(String, [f64; 3], f
         let mut numbers = [0.0; 4];
         for (slot, k) in numbers.iter_mut().zip(1..5) {
             let text = record.get(cols[k]).unwrap_or("");
-            *slot = text.parse::<f64>().map_err(|_| MetricsError::file(path, format!("line {}: column '{}': '{text}' is not a number", line + 2, names[k])))?;
+            *slot = text.parse::<f64>().map_err(|_| {
+                MetricsError::file(
+                    path,
+                    format!(
+                        "line {}: column '{}': '{text}' is not a number",
+                        line + 2,
+                        names[k]
+                    ),
+                )
+            })?;
         }
         let uid = record.get(cols[0]).unwrap_or("").to_string();
         rows.push((uid, [numbers[0], numbers[1], numbers[2]], numbers[3]));
@@ -252,12 +350,26 @@ fn read_rows(path: &Path, value_column: &str) -> Result<Vec<(String, [f64; 3], f
 
 /// Read LUNA16 annotations (`seriesuid,coordX,coordY,coordZ,diameter_mm`, with a header).
 pub fn read_annotations_csv(path: &Path) -> Result<Vec<LunaAnnotation>, MetricsError> {
-    Ok(read_rows(path, "diameter_mm")?.into_iter().map(|(seriesuid, center, diameter_mm)| LunaAnnotation { seriesuid, center, diameter_mm }).collect())
+    Ok(read_rows(path, "diameter_mm")?
+        .into_iter()
+        .map(|(seriesuid, center, diameter_mm)| LunaAnnotation {
+            seriesuid,
+            center,
+            diameter_mm,
+        })
+        .collect())
 }
 
 /// Read LUNA16 candidates (`seriesuid,coordX,coordY,coordZ,probability`, with a header).
 pub fn read_candidates_csv(path: &Path) -> Result<Vec<LunaCandidate>, MetricsError> {
-    Ok(read_rows(path, "probability")?.into_iter().map(|(seriesuid, center, probability)| LunaCandidate { seriesuid, center, probability }).collect())
+    Ok(read_rows(path, "probability")?
+        .into_iter()
+        .map(|(seriesuid, center, probability)| LunaCandidate {
+            seriesuid,
+            center,
+            probability,
+        })
+        .collect())
 }
 
 /// Read the scan list: the first column of each line; a `seriesuid` header line is skipped.
@@ -278,11 +390,19 @@ mod tests {
     use super::*;
 
     fn ann(uid: &str, x: f64, d: f64) -> LunaAnnotation {
-        LunaAnnotation { seriesuid: uid.into(), center: [x, 0.0, 0.0], diameter_mm: d }
+        LunaAnnotation {
+            seriesuid: uid.into(),
+            center: [x, 0.0, 0.0],
+            diameter_mm: d,
+        }
     }
 
     fn cand(uid: &str, x: f64, p: f64) -> LunaCandidate {
-        LunaCandidate { seriesuid: uid.into(), center: [x, 0.0, 0.0], probability: p }
+        LunaCandidate {
+            seriesuid: uid.into(),
+            center: [x, 0.0, 0.0],
+            probability: p,
+        }
     }
 
     #[test]
@@ -300,8 +420,18 @@ mod tests {
             cand("z", 0.0, 0.99), // unknown scan: ignored
         ];
         let r = cpm(&uids, &anns, &excl, &cands, &CpmConfig::default()).unwrap();
-        assert_eq!((r.num_nodules, r.num_detected, r.num_false_positives), (2, 2, 1));
-        assert_eq!((r.num_ignored_excluded, r.num_duplicate_hits, r.num_candidates), (1, 1, 5));
+        assert_eq!(
+            (r.num_nodules, r.num_detected, r.num_false_positives),
+            (2, 2, 1)
+        );
+        assert_eq!(
+            (
+                r.num_ignored_excluded,
+                r.num_duplicate_hits,
+                r.num_candidates
+            ),
+            (1, 1, 5)
+        );
         // Curve: 0.9 FP → (0.5, 0), 0.7 TP → (0.5, 0.5), 0.6 TP → (0.5, 1).
         assert_eq!(r.sensitivities, vec![0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
         assert_eq!(r.cpm, 5.0 / 7.0);
@@ -310,8 +440,16 @@ mod tests {
     #[test]
     fn the_per_scan_limit_drops_candidates_tied_with_the_cut_off() {
         let uids = vec!["a".to_string()];
-        let cands = vec![cand("a", 100.0, 0.9), cand("a", 101.0, 0.5), cand("a", 102.0, 0.5), cand("a", 103.0, 0.1)];
-        let cfg = CpmConfig { max_candidates_per_scan: 2, ..CpmConfig::default() };
+        let cands = vec![
+            cand("a", 100.0, 0.9),
+            cand("a", 101.0, 0.5),
+            cand("a", 102.0, 0.5),
+            cand("a", 103.0, 0.1),
+        ];
+        let cfg = CpmConfig {
+            max_candidates_per_scan: 2,
+            ..CpmConfig::default()
+        };
         let r = cpm(&uids, &[ann("a", 0.0, 4.0)], &[], &cands, &cfg).unwrap();
         // The 3rd-highest probability is 0.5: only the candidate above it survives.
         assert_eq!(r.num_candidates, 1);

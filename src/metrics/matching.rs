@@ -36,18 +36,32 @@ pub(crate) fn descending_order(indices: &mut [usize], scores: &[f64]) {
 }
 
 /// Match one image at every threshold (sorted or not); at most `max_det` predictions per class.
-pub fn match_image(gt: &ImageGt, pred: &ImagePred, thresholds: &[f64], max_det: usize) -> ImageMatch {
-    let mut classes: Vec<usize> = gt.classes.iter().chain(pred.classes.iter()).copied().collect();
+pub fn match_image(
+    gt: &ImageGt,
+    pred: &ImagePred,
+    thresholds: &[f64],
+    max_det: usize,
+) -> ImageMatch {
+    let mut classes: Vec<usize> = gt
+        .classes
+        .iter()
+        .chain(pred.classes.iter())
+        .copied()
+        .collect();
     classes.sort_unstable();
     classes.dedup();
     let mut taken: Vec<bool> = Vec::new();
     let entries = classes
         .into_iter()
         .map(|c| {
-            let mut p_idx: Vec<usize> = (0..pred.classes.len()).filter(|&i| pred.classes[i] == c).collect();
+            let mut p_idx: Vec<usize> = (0..pred.classes.len())
+                .filter(|&i| pred.classes[i] == c)
+                .collect();
             descending_order(&mut p_idx, &pred.scores);
             p_idx.truncate(max_det);
-            let g_idx: Vec<usize> = (0..gt.classes.len()).filter(|&i| gt.classes[i] == c).collect();
+            let g_idx: Vec<usize> = (0..gt.classes.len())
+                .filter(|&i| gt.classes[i] == c)
+                .collect();
             let scores: Vec<f64> = p_idx.iter().map(|&i| pred.scores[i]).collect();
             let mut matched = vec![0u64; p_idx.len()];
             let mut gt_matched = vec![0u64; g_idx.len()];
@@ -78,15 +92,31 @@ pub fn match_image(gt: &ImageGt, pred: &ImagePred, thresholds: &[f64], max_det: 
                     }
                 }
             }
-            ClassMatch { class: c, scores, pred_index: p_idx, matched, num_gt: g_idx.len(), gt_matched }
+            ClassMatch {
+                class: c,
+                scores,
+                pred_index: p_idx,
+                matched,
+                num_gt: g_idx.len(),
+                gt_matched,
+            }
         })
         .collect();
     ImageMatch { classes: entries }
 }
 
 /// Match all images in parallel.
-pub fn match_all(gt: &[ImageGt], pred: &[ImagePred], thresholds: &[f64], max_det: usize) -> Vec<ImageMatch> {
-    gt.par_iter().zip(pred.par_iter()).with_min_len(8).map(|(g, p)| match_image(g, p, thresholds, max_det)).collect()
+pub fn match_all(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    thresholds: &[f64],
+    max_det: usize,
+) -> Vec<ImageMatch> {
+    gt.par_iter()
+        .zip(pred.par_iter())
+        .with_min_len(8)
+        .map(|(g, p)| match_image(g, p, thresholds, max_det))
+        .collect()
 }
 
 #[cfg(test)]
@@ -100,8 +130,15 @@ mod tests {
     #[test]
     fn later_gt_wins_an_iou_tie() {
         // Two identical GT boxes: the prediction takes the later one.
-        let gt = ImageGt { boxes: vec![cube(0.0, 2.0), cube(0.0, 2.0)], classes: vec![0, 0] };
-        let pred = ImagePred { boxes: vec![cube(0.0, 2.0)], scores: vec![0.5], classes: vec![0] };
+        let gt = ImageGt {
+            boxes: vec![cube(0.0, 2.0), cube(0.0, 2.0)],
+            classes: vec![0, 0],
+        };
+        let pred = ImagePred {
+            boxes: vec![cube(0.0, 2.0)],
+            scores: vec![0.5],
+            classes: vec![0],
+        };
         let m = match_image(&gt, &pred, &[0.5], 100);
         assert_eq!(m.classes[0].gt_matched, vec![0, 1]);
         assert_eq!(m.classes[0].matched, vec![1]);
@@ -110,8 +147,15 @@ mod tests {
     #[test]
     fn greedy_in_score_order_and_per_threshold() {
         // GT at 0; pred A (score 0.9) overlaps with IoU 1/3, pred B (0.8) is exact.
-        let gt = ImageGt { boxes: vec![cube(0.0, 2.0)], classes: vec![0] };
-        let pred = ImagePred { boxes: vec![cube(0.0, 2.0), cube(1.0, 2.0)], scores: vec![0.8, 0.9], classes: vec![0, 0] };
+        let gt = ImageGt {
+            boxes: vec![cube(0.0, 2.0)],
+            classes: vec![0],
+        };
+        let pred = ImagePred {
+            boxes: vec![cube(0.0, 2.0), cube(1.0, 2.0)],
+            scores: vec![0.8, 0.9],
+            classes: vec![0, 0],
+        };
         let m = match_image(&gt, &pred, &[0.1, 0.5], 100);
         let c = &m.classes[0];
         assert_eq!(c.pred_index, vec![1, 0]);
@@ -122,12 +166,33 @@ mod tests {
 
     #[test]
     fn threshold_one_is_reachable_and_classes_do_not_mix() {
-        let gt = ImageGt { boxes: vec![cube(0.0, 2.0)], classes: vec![1] };
-        let pred = ImagePred { boxes: vec![cube(0.0, 2.0), cube(0.0, 2.0)], scores: vec![0.3, 0.9], classes: vec![1, 0] };
+        let gt = ImageGt {
+            boxes: vec![cube(0.0, 2.0)],
+            classes: vec![1],
+        };
+        let pred = ImagePred {
+            boxes: vec![cube(0.0, 2.0), cube(0.0, 2.0)],
+            scores: vec![0.3, 0.9],
+            classes: vec![1, 0],
+        };
         let m = match_image(&gt, &pred, &[1.0], 100);
         assert_eq!(m.classes.len(), 2);
-        assert_eq!((m.classes[0].class, m.classes[0].matched.clone(), m.classes[0].num_gt), (0, vec![0], 0));
-        assert_eq!((m.classes[1].class, m.classes[1].matched.clone(), m.classes[1].num_gt), (1, vec![1], 1));
+        assert_eq!(
+            (
+                m.classes[0].class,
+                m.classes[0].matched.clone(),
+                m.classes[0].num_gt
+            ),
+            (0, vec![0], 0)
+        );
+        assert_eq!(
+            (
+                m.classes[1].class,
+                m.classes[1].matched.clone(),
+                m.classes[1].num_gt
+            ),
+            (1, vec![1], 1)
+        );
     }
 
     #[test]

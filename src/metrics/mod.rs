@@ -83,9 +83,13 @@ pub mod io;
 pub mod luna;
 pub mod matching;
 pub mod numeric;
+#[cfg(test)]
+mod tests;
 
 pub use aggregate::{FrocCurve, MetricReport, PrCurve};
-pub use bootstrap::{BootstrapConfig, BootstrapReport, MethodSummary, MetricSummary, RankTies, bootstrap};
+pub use bootstrap::{
+    BootstrapConfig, BootstrapReport, MethodSummary, MetricSummary, RankTies, bootstrap,
+};
 pub use error::MetricsError;
 pub use matching::{ClassMatch, ImageMatch};
 
@@ -170,7 +174,10 @@ impl EvalConfig {
         let check_iou = |field: &str, v: &[f64]| -> Result<(), MetricsError> {
             for (i, t) in v.iter().enumerate() {
                 if !t.is_finite() || *t < 0.0 || *t > 1.0 {
-                    return Err(MetricsError::config(format!("{field}[{i}]"), format!("IoU threshold {t} is not in [0, 1]")));
+                    return Err(MetricsError::config(
+                        format!("{field}[{i}]"),
+                        format!("IoU threshold {t} is not in [0, 1]"),
+                    ));
                 }
             }
             Ok(())
@@ -180,7 +187,13 @@ impl EvalConfig {
         let [start, stop, step] = self.iou_range;
         check_iou("iou_range", &[start, stop])?;
         if !(step.is_finite() && step > 0.0) || stop < start {
-            return Err(MetricsError::config("iou_range", format!("expected (start, stop, step) with start <= stop and step > 0, got {:?}", self.iou_range)));
+            return Err(MetricsError::config(
+                "iou_range",
+                format!(
+                    "expected (start, stop, step) with start <= stop and step > 0, got {:?}",
+                    self.iou_range
+                ),
+            ));
         }
         if self.max_det == 0 {
             return Err(MetricsError::config("max_det", "must be at least 1"));
@@ -190,12 +203,18 @@ impl EvalConfig {
         }
         for (i, f) in self.fppi.iter().enumerate() {
             if !f.is_finite() || *f < 0.0 {
-                return Err(MetricsError::config(format!("fppi[{i}]"), format!("{f} is not a finite value >= 0")));
+                return Err(MetricsError::config(
+                    format!("fppi[{i}]"),
+                    format!("{f} is not a finite value >= 0"),
+                ));
             }
         }
         let n = self.all_thresholds().len();
         if n > MAX_THRESHOLDS {
-            return Err(MetricsError::config("iou_thresholds", format!("{n} distinct IoU thresholds in total; at most {MAX_THRESHOLDS}")));
+            return Err(MetricsError::config(
+                "iou_thresholds",
+                format!("{n} distinct IoU thresholds in total; at most {MAX_THRESHOLDS}"),
+            ));
         }
         Ok(())
     }
@@ -237,30 +256,64 @@ pub fn froc_curve_key(t: f64) -> String {
 
 /// Check one case's GT and predictions: equal lengths, valid boxes, finite scores, classes
 /// below `num_classes`. `case` names the case in errors.
-pub fn validate_case(case: &str, gt: &ImageGt, pred: &ImagePred, num_classes: Option<usize>) -> Result<(), MetricsError> {
+pub fn validate_case(
+    case: &str,
+    gt: &ImageGt,
+    pred: &ImagePred,
+    num_classes: Option<usize>,
+) -> Result<(), MetricsError> {
     if gt.boxes.len() != gt.classes.len() {
-        return Err(MetricsError::input(case, "gt.classes", format!("{} classes for {} boxes", gt.classes.len(), gt.boxes.len())));
+        return Err(MetricsError::input(
+            case,
+            "gt.classes",
+            format!("{} classes for {} boxes", gt.classes.len(), gt.boxes.len()),
+        ));
     }
     if pred.boxes.len() != pred.scores.len() {
-        return Err(MetricsError::input(case, "pred.scores", format!("{} scores for {} boxes", pred.scores.len(), pred.boxes.len())));
+        return Err(MetricsError::input(
+            case,
+            "pred.scores",
+            format!(
+                "{} scores for {} boxes",
+                pred.scores.len(),
+                pred.boxes.len()
+            ),
+        ));
     }
     if pred.boxes.len() != pred.classes.len() {
-        return Err(MetricsError::input(case, "pred.classes", format!("{} classes for {} boxes", pred.classes.len(), pred.boxes.len())));
+        return Err(MetricsError::input(
+            case,
+            "pred.classes",
+            format!(
+                "{} classes for {} boxes",
+                pred.classes.len(),
+                pred.boxes.len()
+            ),
+        ));
     }
     for (field, boxes) in [("gt.boxes", &gt.boxes), ("pred.boxes", &pred.boxes)] {
         for (i, b) in boxes.iter().enumerate() {
-            crate::volume::boxes::validate(b).map_err(|m| MetricsError::input(case, format!("{field}[{i}]"), m))?;
+            crate::volume::boxes::validate(b)
+                .map_err(|m| MetricsError::input(case, format!("{field}[{i}]"), m))?;
         }
     }
     for (i, s) in pred.scores.iter().enumerate() {
         if !s.is_finite() {
-            return Err(MetricsError::input(case, format!("pred.scores[{i}]"), format!("score {s} is not finite")));
+            return Err(MetricsError::input(
+                case,
+                format!("pred.scores[{i}]"),
+                format!("score {s} is not finite"),
+            ));
         }
     }
     if let Some(n) = num_classes {
         for (field, classes) in [("gt.classes", &gt.classes), ("pred.classes", &pred.classes)] {
             if let Some((i, c)) = classes.iter().enumerate().find(|(_, c)| **c >= n) {
-                return Err(MetricsError::input(case, format!("{field}[{i}]"), format!("class {c} is out of range (there are {n} classes)")));
+                return Err(MetricsError::input(
+                    case,
+                    format!("{field}[{i}]"),
+                    format!("class {c} is out of range (there are {n} classes)"),
+                ));
             }
         }
     }
@@ -279,10 +332,18 @@ pub fn infer_num_classes(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -
     })
 }
 
-fn check_inputs(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -> Result<usize, MetricsError> {
+fn check_inputs(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+) -> Result<usize, MetricsError> {
     cfg.validate()?;
     if gt.len() != pred.len() {
-        return Err(MetricsError::input("(all)", "pred", format!("{} prediction lists for {} GT images", pred.len(), gt.len())));
+        return Err(MetricsError::input(
+            "(all)",
+            "pred",
+            format!("{} prediction lists for {} GT images", pred.len(), gt.len()),
+        ));
     }
     let num_classes = infer_num_classes(gt, pred, cfg);
     for (i, (g, p)) in gt.iter().zip(pred).enumerate() {
@@ -292,30 +353,63 @@ fn check_inputs(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -> Result<
 }
 
 /// Match every image (in parallel) at all thresholds of `cfg`; the per-class matching results.
-pub fn match_images(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -> Result<Vec<ImageMatch>, MetricsError> {
+pub fn match_images(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+) -> Result<Vec<ImageMatch>, MetricsError> {
     check_inputs(gt, pred, cfg)?;
-    Ok(matching::match_all(gt, pred, &cfg.all_thresholds(), cfg.max_det))
+    Ok(matching::match_all(
+        gt,
+        pred,
+        &cfg.all_thresholds(),
+        cfg.max_det,
+    ))
 }
 
 /// Evaluate predictions against GT (image i of `pred` belongs to image i of `gt`): AP, mAP,
 /// FROC (pooled and per class) and their curves, with nnDetection's key names.
-pub fn evaluate(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -> Result<MetricReport, MetricsError> {
+pub fn evaluate(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+) -> Result<MetricReport, MetricsError> {
     let num_classes = check_inputs(gt, pred, cfg)?;
     let thresholds = cfg.all_thresholds();
     let matches = matching::match_all(gt, pred, &thresholds, cfg.max_det);
     let prepared = aggregate::Prepared::new(&matches, num_classes, thresholds);
-    Ok(aggregate::report(&prepared, None, cfg, &aggregate::Want::all(cfg), true))
+    Ok(aggregate::report(
+        &prepared,
+        None,
+        cfg,
+        &aggregate::Want::all(cfg),
+        true,
+    ))
 }
 
 /// The FROC curve at IoU `iou`, pooled over classes (`class = None`) or for one class:
 /// plot-ready points and the sensitivities at `cfg.fppi`.
-pub fn froc_curve(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig, iou: f64, class: Option<usize>) -> Result<FrocCurve, MetricsError> {
-    let one = EvalConfig { iou_thresholds: vec![iou], froc_iou: vec![iou], iou_range: [iou, iou, 1.0], ..cfg.clone() };
+pub fn froc_curve(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+    iou: f64,
+    class: Option<usize>,
+) -> Result<FrocCurve, MetricsError> {
+    let one = EvalConfig {
+        iou_thresholds: vec![iou],
+        froc_iou: vec![iou],
+        iou_range: [iou, iou, 1.0],
+        ..cfg.clone()
+    };
     let num_classes = check_inputs(gt, pred, &one)?;
     if let Some(c) = class
         && c >= num_classes
     {
-        return Err(MetricsError::config("class", format!("class {c} is out of range (there are {num_classes} classes)")));
+        return Err(MetricsError::config(
+            "class",
+            format!("class {c} is out of range (there are {num_classes} classes)"),
+        ));
     }
     let matches = matching::match_all(gt, pred, &[iou], cfg.max_det);
     let prepared = aggregate::Prepared::new(&matches, num_classes, vec![iou]);
@@ -324,14 +418,36 @@ pub fn froc_curve(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig, iou: f64
 
 /// The precision–recall curve of class `class` at IoU `iou` (recall/precision per detection,
 /// precision envelope, the 101 interpolated precisions and AP).
-pub fn pr_curve(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig, iou: f64, class: usize) -> Result<PrCurve, MetricsError> {
-    let one = EvalConfig { iou_thresholds: vec![iou], froc_iou: vec![iou], iou_range: [iou, iou, 1.0], ..cfg.clone() };
+pub fn pr_curve(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+    iou: f64,
+    class: usize,
+) -> Result<PrCurve, MetricsError> {
+    let one = EvalConfig {
+        iou_thresholds: vec![iou],
+        froc_iou: vec![iou],
+        iou_range: [iou, iou, 1.0],
+        ..cfg.clone()
+    };
     let num_classes = check_inputs(gt, pred, &one)?;
     if class >= num_classes {
-        return Err(MetricsError::config("class", format!("class {class} is out of range (there are {num_classes} classes)")));
+        return Err(MetricsError::config(
+            "class",
+            format!("class {class} is out of range (there are {num_classes} classes)"),
+        ));
     }
     let matches = matching::match_all(gt, pred, &[iou], cfg.max_det);
     let prepared = aggregate::Prepared::new(&matches, num_classes, vec![iou]);
     let mut scratch = aggregate::Scratch::default();
-    Ok(aggregate::pr_for(&prepared, None, &one, 0, class, &mut scratch, true))
+    Ok(aggregate::pr_for(
+        &prepared,
+        None,
+        &one,
+        0,
+        class,
+        &mut scratch,
+        true,
+    ))
 }

@@ -17,7 +17,13 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     let delta = stop - start;
     let step = delta / div;
     let mut out: Vec<f64> = (0..num)
-        .map(|i| if step == 0.0 { (i as f64 / div) * delta + start } else { i as f64 * step + start })
+        .map(|i| {
+            if step == 0.0 {
+                (i as f64 / div) * delta + start
+            } else {
+                i as f64 * step + start
+            }
+        })
         .collect();
     out[num - 1] = stop;
     out
@@ -169,7 +175,11 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
     let (a, b) = (v[lo as usize], v[lo as usize + 1]);
     // numpy's `_lerp`: a + (b - a) * t, evaluated from the upper end when t >= 0.5.
     let diff = b - a;
-    if t >= 0.5 { b - diff * (1.0 - t) } else { a + diff * t }
+    if t >= 0.5 {
+        b - diff * (1.0 - t)
+    } else {
+        a + diff * t
+    }
 }
 
 #[cfg(test)]

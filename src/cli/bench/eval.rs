@@ -33,13 +33,23 @@ fn parse(args: &[String]) -> Result<Options, String> {
         seed: 0,
         repeat: 3,
         python: "python3".into(),
-        script: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/eval_numpy_reimplementation.py")),
+        script: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/eval_numpy_reimplementation.py"
+        )),
         keep: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: '{v}' is not a whole number"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: '{v}' is not a whole number"))
+        };
         match flag.as_str() {
             "--cases" => o.cases = num(value()?)? as usize,
             "--gt" => o.gt = num(value()?)? as usize,
@@ -62,9 +72,24 @@ fn synthetic(o: &Options) -> serde_json::Value {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut cases = Vec::with_capacity(o.cases);
     let random_box = |rng: &mut ChaCha8Rng| -> Vec<f64> {
-        let size: [f64; 3] = [rng.random_range(4.0..24.0), rng.random_range(4.0..24.0), rng.random_range(4.0..24.0)];
-        let lo: [f64; 3] = [rng.random_range(0.0..100.0), rng.random_range(0.0..100.0), rng.random_range(0.0..100.0)];
-        vec![lo[0], lo[1], lo[2], lo[0] + size[0], lo[1] + size[1], lo[2] + size[2]]
+        let size: [f64; 3] = [
+            rng.random_range(4.0..24.0),
+            rng.random_range(4.0..24.0),
+            rng.random_range(4.0..24.0),
+        ];
+        let lo: [f64; 3] = [
+            rng.random_range(0.0..100.0),
+            rng.random_range(0.0..100.0),
+            rng.random_range(0.0..100.0),
+        ];
+        vec![
+            lo[0],
+            lo[1],
+            lo[2],
+            lo[0] + size[0],
+            lo[1] + size[1],
+            lo[2] + size[2],
+        ]
     };
     for i in 0..o.cases {
         let gt_boxes: Vec<Vec<f64>> = (0..o.gt).map(|_| random_box(&mut rng)).collect();
@@ -74,10 +99,25 @@ fn synthetic(o: &Options) -> serde_json::Value {
             if p < 3 * o.gt {
                 let g = &gt_boxes[p % o.gt];
                 let jitter = 0.3 * (g[3] - g[0]);
-                let b: Vec<f64> = (0..3).map(|a| g[a] + rng.random_range(-jitter..jitter)).collect();
-                let e: Vec<f64> = (0..3).map(|a| (g[a + 3] - g[a]) * rng.random_range(0.7..1.3)).collect();
-                boxes.push(vec![b[0], b[1], b[2], b[0] + e[0], b[1] + e[1], b[2] + e[2]]);
-                classes.push(if rng.random_bool(0.9) { gt_classes[p % o.gt] } else { rng.random_range(0..o.classes) });
+                let b: Vec<f64> = (0..3)
+                    .map(|a| g[a] + rng.random_range(-jitter..jitter))
+                    .collect();
+                let e: Vec<f64> = (0..3)
+                    .map(|a| (g[a + 3] - g[a]) * rng.random_range(0.7..1.3))
+                    .collect();
+                boxes.push(vec![
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[0] + e[0],
+                    b[1] + e[1],
+                    b[2] + e[2],
+                ]);
+                classes.push(if rng.random_bool(0.9) {
+                    gt_classes[p % o.gt]
+                } else {
+                    rng.random_range(0..o.classes)
+                });
                 scores.push(rng.random_range(0.3..1.0));
             } else {
                 boxes.push(random_box(&mut rng));
@@ -104,7 +144,9 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let dir = o.keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("detlab-bench-eval-{}", std::process::id())));
+    let dir = o.keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("detlab-bench-eval-{}", std::process::id()))
+    });
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("error: {}: {e}", dir.display());
         return 1;
@@ -143,7 +185,10 @@ fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
     };
     let parse_s = t0.elapsed().as_secs_f64();
     let (gt, pred) = (input.gt(), input.pred());
-    let cfg = EvalConfig { num_classes: Some(input.num_classes()), ..EvalConfig::default() };
+    let cfg = EvalConfig {
+        num_classes: Some(input.num_classes()),
+        ..EvalConfig::default()
+    };
     let mut best = f64::INFINITY;
     let mut report = None;
     for _ in 0..o.repeat {
@@ -165,11 +210,26 @@ fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
         rayon::current_num_threads(),
         parse_s * 1e3
     );
-    let command = format!("{} {} {} --repeat {}", o.python, o.script.display(), input_path.display(), o.repeat);
-    let output = match std::process::Command::new(&o.python).arg(&o.script).arg(input_path).arg("--repeat").arg(o.repeat.to_string()).output() {
+    let command = format!(
+        "{} {} {} --repeat {}",
+        o.python,
+        o.script.display(),
+        input_path.display(),
+        o.repeat
+    );
+    let output = match std::process::Command::new(&o.python)
+        .arg(&o.script)
+        .arg(input_path)
+        .arg("--repeat")
+        .arg(o.repeat.to_string())
+        .output()
+    {
         Ok(out) if out.status.success() => out,
         Ok(out) => {
-            eprintln!("error: `{command}` failed: {}", String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "error: `{command}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             return 1;
         }
         Err(e) => {
@@ -185,13 +245,20 @@ fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
         }
     };
     let numpy_s = theirs["seconds"].as_f64().unwrap_or(f64::NAN);
-    println!("numpy reimplementation evaluate: {:.2} ms (best of {}, numpy {})", numpy_s * 1e3, o.repeat, theirs["numpy_version"].as_str().unwrap_or("?"));
+    println!(
+        "numpy reimplementation evaluate: {:.2} ms (best of {}, numpy {})",
+        numpy_s * 1e3,
+        o.repeat,
+        theirs["numpy_version"].as_str().unwrap_or("?")
+    );
     println!("speed-up (evaluation only): {:.0}×", numpy_s / best);
     // Agreement on every scalar both produce.
     let ours = report.to_json();
     let (mut compared, mut max_diff) = (0usize, 0.0f64);
     for (k, v) in theirs.as_object().into_iter().flatten() {
-        let (Some(a), Some(b)) = (v.as_f64(), ours.get(k).and_then(|x| x.as_f64())) else { continue };
+        let (Some(a), Some(b)) = (v.as_f64(), ours.get(k).and_then(|x| x.as_f64())) else {
+            continue;
+        };
         if k == "seconds" {
             continue;
         }
