@@ -28,7 +28,9 @@ pub fn device(name: &str) -> Result<DispatchDevice, NnError> {
         other if other == "cuda" || other.starts_with("cuda:") => {
             let index = match other.strip_prefix("cuda:") {
                 None => 0,
-                Some(n) => n.parse::<usize>().map_err(|_| NnError::UnknownDevice(name.to_string()))?,
+                Some(n) => n
+                    .parse::<usize>()
+                    .map_err(|_| NnError::UnknownDevice(name.to_string()))?,
             };
             cuda_device(name, index)
         }
@@ -54,15 +56,23 @@ pub fn seed(device: &DispatchDevice, seed: u64) {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(name: &str, index: usize) -> Result<DispatchDevice, NnError> {
-    let count = probe_cuda_driver().map_err(|reason| NnError::CudaUnavailable { device: name.to_string(), reason })?;
+    let count = probe_cuda_driver().map_err(|reason| NnError::CudaUnavailable {
+        device: name.to_string(),
+        reason,
+    })?;
     if index >= count {
         return Err(NnError::CudaUnavailable {
             device: name.to_string(),
             reason: format!("GPU index {index} requested but the driver reports {count} GPU(s)"),
         });
     }
-    probe_nvrtc().map_err(|reason| NnError::CudaUnavailable { device: name.to_string(), reason })?;
-    Ok(DispatchDevice::Cuda(burn::backend::cuda::CudaDevice::new(index)))
+    probe_nvrtc().map_err(|reason| NnError::CudaUnavailable {
+        device: name.to_string(),
+        reason,
+    })?;
+    Ok(DispatchDevice::Cuda(burn::backend::cuda::CudaDevice::new(
+        index,
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -87,19 +97,25 @@ pub fn probe_cuda_driver() -> Result<usize, String> {
             }
         };
         unsafe {
-            let cu_init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> =
-                library.get(b"cuInit\0").map_err(|e| format!("{lib_name} has no cuInit: {e}"))?;
-            let cu_device_get_count: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> = library
-                .get(b"cuDeviceGetCount\0")
-                .map_err(|e| format!("{lib_name} has no cuDeviceGetCount: {e}"))?;
+            let cu_init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> = library
+                .get(b"cuInit\0")
+                .map_err(|e| format!("{lib_name} has no cuInit: {e}"))?;
+            let cu_device_get_count: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> =
+                library
+                    .get(b"cuDeviceGetCount\0")
+                    .map_err(|e| format!("{lib_name} has no cuDeviceGetCount: {e}"))?;
             let status = cu_init(0);
             if status != 0 {
-                return Err(format!("cuInit failed with CUDA error code {status} (no usable GPU or driver mismatch)"));
+                return Err(format!(
+                    "cuInit failed with CUDA error code {status} (no usable GPU or driver mismatch)"
+                ));
             }
             let mut count: i32 = 0;
             let status = cu_device_get_count(&mut count);
             if status != 0 {
-                return Err(format!("cuDeviceGetCount failed with CUDA error code {status}"));
+                return Err(format!(
+                    "cuDeviceGetCount failed with CUDA error code {status}"
+                ));
             }
             if count <= 0 {
                 return Err("the CUDA driver reports no GPU".to_string());
@@ -107,7 +123,9 @@ pub fn probe_cuda_driver() -> Result<usize, String> {
             return Ok(count as usize);
         }
     }
-    Err(format!("the NVIDIA driver library libcuda.so.1 could not be loaded ({last_error})"))
+    Err(format!(
+        "the NVIDIA driver library libcuda.so.1 could not be loaded ({last_error})"
+    ))
 }
 
 /// Check that an NVRTC library (runtime kernel compiler needed by burn's CUDA backend) loads.
@@ -148,7 +166,10 @@ mod tests {
     fn unknown_names_are_rejected_with_the_name() {
         for name in ["gpu", "cuda:x", "cuda:", "metal"] {
             let err = device(name).unwrap_err();
-            assert!(matches!(err, NnError::UnknownDevice(ref n) if n == name), "{name}: {err}");
+            assert!(
+                matches!(err, NnError::UnknownDevice(ref n) if n == name),
+                "{name}: {err}"
+            );
         }
     }
 

@@ -60,11 +60,15 @@ impl WeightInit {
         match self {
             WeightInit::KaimingNormal => {
                 let a: f64 = 0.01;
-                Initializer::KaimingNormal { gain: (2.0 / (1.0 + a * a)).sqrt(), fan_out_only: false }
+                Initializer::KaimingNormal {
+                    gain: (2.0 / (1.0 + a * a)).sqrt(),
+                    fan_out_only: false,
+                }
             }
-            WeightInit::PytorchDefault => {
-                Initializer::KaimingUniform { gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false }
-            }
+            WeightInit::PytorchDefault => Initializer::KaimingUniform {
+                gain: 1.0 / 3.0f64.sqrt(),
+                fan_out_only: false,
+            },
             WeightInit::Normal { std } => Initializer::Normal { mean: 0.0, std },
         }
     }
@@ -83,7 +87,11 @@ pub fn conv3d<B: Backend>(
     init: WeightInit,
     device: &B::Device,
 ) -> Conv3d<B> {
-    let padding = PaddingConfig3d::Explicit((kernel_size[0] - 1) / 2, (kernel_size[1] - 1) / 2, (kernel_size[2] - 1) / 2);
+    let padding = PaddingConfig3d::Explicit(
+        (kernel_size[0] - 1) / 2,
+        (kernel_size[1] - 1) / 2,
+        (kernel_size[2] - 1) / 2,
+    );
     let mut conv = Conv3dConfig::new(channels, kernel_size)
         .with_stride(stride)
         .with_padding(padding)
@@ -154,8 +162,16 @@ pub struct InstanceNorm3d<B: Backend> {
 impl<B: Backend> InstanceNorm3d<B> {
     /// A new instance norm over `channels` with γ = 1 (or 0 when `zero_weight`), β = 0.
     pub fn new(channels: usize, epsilon: f64, zero_weight: bool, device: &B::Device) -> Self {
-        let weight = if zero_weight { Initializer::Zeros } else { Initializer::Ones };
-        Self { weight: weight.init([channels], device), bias: Initializer::Zeros.init([channels], device), epsilon }
+        let weight = if zero_weight {
+            Initializer::Zeros
+        } else {
+            Initializer::Ones
+        };
+        Self {
+            weight: weight.init([channels], device),
+            bias: Initializer::Zeros.init([channels], device),
+            epsilon,
+        }
     }
 
     /// Normalise each (sample, channel) over its voxels.
@@ -164,7 +180,13 @@ impl<B: Backend> InstanceNorm3d<B> {
     /// - input and output: `[N, C, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let channels = x.dims()[1];
-        group_norm(x, channels, self.weight.val(), self.bias.val(), self.epsilon)
+        group_norm(
+            x,
+            channels,
+            self.weight.val(),
+            self.bias.val(),
+            self.epsilon,
+        )
     }
 }
 
@@ -183,7 +205,12 @@ pub struct GroupNorm3d<B: Backend> {
 
 impl<B: Backend> GroupNorm3d<B> {
     /// A new group norm; fails when `num_groups` does not divide `channels`.
-    pub fn new(channels: usize, num_groups: usize, epsilon: f64, device: &B::Device) -> Result<Self, NnError> {
+    pub fn new(
+        channels: usize,
+        num_groups: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<Self, NnError> {
         if num_groups == 0 || channels % num_groups != 0 {
             return Err(NnError::config(
                 "num_groups",
@@ -203,7 +230,13 @@ impl<B: Backend> GroupNorm3d<B> {
     /// # Shapes
     /// - input and output: `[N, C, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        group_norm(x, self.num_groups, self.weight.val(), self.bias.val(), self.epsilon)
+        group_norm(
+            x,
+            self.num_groups,
+            self.weight.val(),
+            self.bias.val(),
+            self.epsilon,
+        )
     }
 }
 
@@ -246,8 +279,20 @@ impl ConvNormActConfig {
     /// Build the unit.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ConvNormAct<B> {
         ConvNormAct {
-            conv: conv3d(self.channels, self.kernel_size, self.stride, self.conv_bias, self.init, device),
-            norm: InstanceNorm3d::new(self.channels[1], self.norm_epsilon, self.zero_norm_weight, device),
+            conv: conv3d(
+                self.channels,
+                self.kernel_size,
+                self.stride,
+                self.conv_bias,
+                self.init,
+                device,
+            ),
+            norm: InstanceNorm3d::new(
+                self.channels[1],
+                self.norm_epsilon,
+                self.zero_norm_weight,
+                device,
+            ),
             activation: self.activation,
         }
     }
@@ -269,7 +314,8 @@ impl<B: Backend> ConvNormAct<B> {
     /// - input: `[N, C_in, D, H, W]`
     /// - output: `[N, C_out, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.activation.apply(self.norm.forward(self.conv.forward(x)))
+        self.activation
+            .apply(self.norm.forward(self.conv.forward(x)))
     }
 }
 
@@ -303,7 +349,8 @@ impl<B: Backend> ConvGroupNormAct<B> {
     /// # Shapes
     /// - input: `[N, C_in, D, H, W]`; output: `[N, C_out, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.activation.apply(self.norm.forward(self.conv.forward(x)))
+        self.activation
+            .apply(self.norm.forward(self.conv.forward(x)))
     }
 }
 
@@ -321,7 +368,13 @@ pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, kernel: [usize; 3]) -> Tensor<B, 
     let [n, c, d, h, w] = x.dims();
     let (od, oh, ow) = (d / kernel[0], h / kernel[1], w / kernel[2]);
     let x = if od * kernel[0] != d || oh * kernel[1] != h || ow * kernel[2] != w {
-        x.slice([0..n, 0..c, 0..od * kernel[0], 0..oh * kernel[1], 0..ow * kernel[2]])
+        x.slice([
+            0..n,
+            0..c,
+            0..od * kernel[0],
+            0..oh * kernel[1],
+            0..ow * kernel[2],
+        ])
     } else {
         x
     };
@@ -373,7 +426,13 @@ impl BasicBlockDConfig {
         });
         BasicBlockD {
             conv1: unit([cin, cout], self.stride, self.activation, false).init(device),
-            conv2: unit([cout, cout], [1, 1, 1], Activation::Identity, self.zero_init_residual).init(device),
+            conv2: unit(
+                [cout, cout],
+                [1, 1, 1],
+                Activation::Identity,
+                self.zero_init_residual,
+            )
+            .init(device),
             skip,
             skip_pool: self.stride,
             activation: self.activation,
@@ -422,14 +481,20 @@ mod tests {
         let device = test_device();
         // One sample, two channels, 2×1×2 voxels each.
         let values = [1.0f32, 2.0, 3.0, 4.0, -1.0, 1.0, -1.0, 1.0];
-        let x = Tensor::<TestBackend, 5>::from_data(TensorData::new(values.to_vec(), [1, 2, 2, 1, 2]), &device);
+        let x = Tensor::<TestBackend, 5>::from_data(
+            TensorData::new(values.to_vec(), [1, 2, 2, 1, 2]),
+            &device,
+        );
         let mut norm = InstanceNorm3d::<TestBackend>::new(2, 1e-5, false, &device);
         norm.weight = Param::from_tensor(Tensor::from_floats([2.0, 1.0], &device));
         norm.bias = Param::from_tensor(Tensor::from_floats([0.5, 0.0], &device));
         let y = tensor_values(norm.forward(x));
         // Channel 0: mean 2.5, biased var 1.25.
         let s0 = (1.25f64 + 1e-5).sqrt();
-        let expected0: Vec<f64> = [1.0, 2.0, 3.0, 4.0].iter().map(|v| 2.0 * (v - 2.5) / s0 + 0.5).collect();
+        let expected0: Vec<f64> = [1.0, 2.0, 3.0, 4.0]
+            .iter()
+            .map(|v| 2.0 * (v - 2.5) / s0 + 0.5)
+            .collect();
         // Channel 1: mean 0, var 1.
         let s1 = (1.0f64 + 1e-5).sqrt();
         let expected1: Vec<f64> = [-1.0, 1.0, -1.0, 1.0].iter().map(|v| v / s1).collect();
@@ -442,13 +507,25 @@ mod tests {
         let device = test_device();
         // Four channels, two groups; each channel has 2 voxels.
         let values = [0.0f32, 2.0, 4.0, 6.0, 1.0, 1.0, 3.0, 3.0];
-        let x = Tensor::<TestBackend, 5>::from_data(TensorData::new(values.to_vec(), [1, 4, 1, 1, 2]), &device);
+        let x = Tensor::<TestBackend, 5>::from_data(
+            TensorData::new(values.to_vec(), [1, 4, 1, 1, 2]),
+            &device,
+        );
         let norm = GroupNorm3d::<TestBackend>::new(4, 2, 1e-5, &device).unwrap();
         let y = tensor_values(norm.forward(x));
         // Group 0 = {0, 2, 4, 6}: mean 3, var 5. Group 1 = {1, 1, 3, 3}: mean 2, var 1.
         let s0 = (5.0f64 + 1e-5).sqrt();
         let s1 = (1.0f64 + 1e-5).sqrt();
-        let expected = [-3.0 / s0, -1.0 / s0, 1.0 / s0, 3.0 / s0, -1.0 / s1, -1.0 / s1, 1.0 / s1, 1.0 / s1];
+        let expected = [
+            -3.0 / s0,
+            -1.0 / s0,
+            1.0 / s0,
+            3.0 / s0,
+            -1.0 / s1,
+            -1.0 / s1,
+            1.0 / s1,
+            1.0 / s1,
+        ];
         assert_close(&y, &expected, 1e-5);
         assert!(GroupNorm3d::<TestBackend>::new(6, 4, 1e-5, &device).is_err());
     }
@@ -457,7 +534,10 @@ mod tests {
     fn avg_pool_averages_non_overlapping_windows_and_drops_the_remainder() {
         let device = test_device();
         let values: Vec<f32> = (0..2 * 5 * 4).map(|v| v as f32).collect();
-        let x = Tensor::<TestBackend, 5>::from_data(TensorData::new(values.clone(), [1, 1, 2, 5, 4]), &device);
+        let x = Tensor::<TestBackend, 5>::from_data(
+            TensorData::new(values.clone(), [1, 1, 2, 5, 4]),
+            &device,
+        );
         let y = avg_pool3d(x, [2, 2, 2]);
         assert_eq!(y.dims(), [1, 1, 1, 2, 2]);
         let at = |d: usize, h: usize, w: usize| values[d * 20 + h * 4 + w] as f64;
@@ -481,7 +561,11 @@ mod tests {
     #[test]
     fn conv_norm_act_and_residual_blocks_have_the_documented_shapes() {
         let device = test_device();
-        let x = Tensor::<TestBackend, 5>::random([2, 3, 8, 8, 8], burn::tensor::Distribution::Default, &device);
+        let x = Tensor::<TestBackend, 5>::random(
+            [2, 3, 8, 8, 8],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
         let mut cfg = ConvNormActConfig::new(3, 4);
         cfg.stride = [2, 2, 1];
         let unit = cfg.init::<TestBackend>(&device);
@@ -501,13 +585,25 @@ mod tests {
         let y = block.forward(x.clone());
         assert_eq!(y.dims(), [2, 6, 4, 4, 4]);
         // conv1 + conv2 (with bias and IN) + 1³ shortcut without bias + IN.
-        assert_eq!(block.num_params(), (6 * 3 * 27 + 6 + 12) + (6 * 6 * 27 + 6 + 12) + (6 * 3 + 12));
+        assert_eq!(
+            block.num_params(),
+            (6 * 3 * 27 + 6 + 12) + (6 * 6 * 27 + 6 + 12) + (6 * 3 + 12)
+        );
         // With the residual branch zero-initialised the block is act(shortcut(x)).
-        let shortcut = block.skip.as_ref().unwrap().forward(avg_pool3d(x.clone(), [2, 2, 2]));
+        let shortcut = block
+            .skip
+            .as_ref()
+            .unwrap()
+            .forward(avg_pool3d(x.clone(), [2, 2, 2]));
         let expected = tensor_values(activation::leaky_relu(shortcut, 0.01));
         assert_close(&tensor_values(y), &expected, 1e-5);
 
-        let identity = BasicBlockDConfig { channels: [3, 3], stride: [1, 1, 1], ..block_cfg }.init::<TestBackend>(&device);
+        let identity = BasicBlockDConfig {
+            channels: [3, 3],
+            stride: [1, 1, 1],
+            ..block_cfg
+        }
+        .init::<TestBackend>(&device);
         assert!(identity.skip.is_none());
         assert_eq!(identity.forward(x).dims(), [2, 3, 8, 8, 8]);
     }
@@ -515,7 +611,13 @@ mod tests {
     #[test]
     fn transposed_upsampling_multiplies_the_size_by_the_stride() {
         let device = test_device();
-        let up = transposed_upsampling::<TestBackend>([4, 2], [2, 2, 1], true, WeightInit::KaimingNormal, &device);
+        let up = transposed_upsampling::<TestBackend>(
+            [4, 2],
+            [2, 2, 1],
+            true,
+            WeightInit::KaimingNormal,
+            &device,
+        );
         let x = Tensor::<TestBackend, 5>::ones([1, 4, 3, 3, 3], &device);
         assert_eq!(up.forward(x).dims(), [1, 2, 6, 6, 3]);
         assert_eq!(up.num_params(), 4 * 2 * 4 + 2);
@@ -524,13 +626,27 @@ mod tests {
     #[test]
     fn kaiming_normal_init_has_the_he_standard_deviation_and_zero_bias() {
         let device = test_device();
-        let conv = conv3d::<TestBackend>([16, 32], [3, 3, 3], [1, 1, 1], true, WeightInit::KaimingNormal, &device);
+        let conv = conv3d::<TestBackend>(
+            [16, 32],
+            [3, 3, 3],
+            [1, 1, 1],
+            true,
+            WeightInit::KaimingNormal,
+            &device,
+        );
         let w = tensor_values(conv.weight.val());
         let n = w.len() as f64;
         let mean = w.iter().sum::<f64>() / n;
         let std = (w.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
         let expected = (2.0f64 / (1.0 + 1e-4)).sqrt() / (16.0f64 * 27.0).sqrt();
-        assert!((std - expected).abs() < 0.05 * expected, "std {std} vs {expected}");
-        assert!(tensor_values(conv.bias.unwrap().val()).iter().all(|&b| b == 0.0));
+        assert!(
+            (std - expected).abs() < 0.05 * expected,
+            "std {std} vs {expected}"
+        );
+        assert!(
+            tensor_values(conv.bias.unwrap().val())
+                .iter()
+                .all(|&b| b == 0.0)
+        );
     }
 }

@@ -17,7 +17,10 @@ type WeightsRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// Save `module`'s parameters to `path` (atomically: temporary file, then rename).
 pub fn save_weights<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<(), NnError> {
-    let error = |reason: String| NnError::Checkpoint { path: path.to_path_buf(), reason };
+    let error = |reason: String| NnError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
     inspect::materialize(module);
     let bytes = WeightsRecorder::default()
         .record(module.clone().into_record(), ())
@@ -26,22 +29,46 @@ pub fn save_weights<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result
 }
 
 /// Load parameters saved by [`save_weights`] into `module` (which fixes the architecture).
-pub fn load_weights<B: Backend, M: Module<B>>(module: M, path: &Path, device: &B::Device) -> Result<M, NnError> {
-    let error = |reason: String| NnError::Checkpoint { path: path.to_path_buf(), reason };
+pub fn load_weights<B: Backend, M: Module<B>>(
+    module: M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<M, NnError> {
+    let error = |reason: String| NnError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))?;
     let record = WeightsRecorder::default()
         .load::<M::Record>(bytes, device)
         .map_err(|e| error(format!("not a weights file of this network: {e}")))?;
-    let expected: Vec<(String, Vec<usize>)> = inspect::parameters(&module).into_iter().map(|p| (p.path, p.shape)).collect();
+    let expected: Vec<(String, Vec<usize>)> = inspect::parameters(&module)
+        .into_iter()
+        .map(|p| (p.path, p.shape))
+        .collect();
     let loaded = module.load_record(record);
-    let found: Vec<(String, Vec<usize>)> = inspect::parameters(&loaded).into_iter().map(|p| (p.path, p.shape)).collect();
+    let found: Vec<(String, Vec<usize>)> = inspect::parameters(&loaded)
+        .into_iter()
+        .map(|p| (p.path, p.shape))
+        .collect();
     if found != expected {
         let first = expected
             .iter()
             .zip(&found)
             .find(|(e, f)| e != f)
-            .map(|(e, f)| format!("parameter `{}` {:?} in the network, `{}` {:?} in the file", e.0, e.1, f.0, f.1))
-            .unwrap_or_else(|| format!("the network has {} parameter tensors, the file {}", expected.len(), found.len()));
+            .map(|(e, f)| {
+                format!(
+                    "parameter `{}` {:?} in the network, `{}` {:?} in the file",
+                    e.0, e.1, f.0, f.1
+                )
+            })
+            .unwrap_or_else(|| {
+                format!(
+                    "the network has {} parameter tensors, the file {}",
+                    expected.len(),
+                    found.len()
+                )
+            });
         return Err(error(format!("does not fit the network: {first}")));
     }
     Ok(loaded)
@@ -64,17 +91,27 @@ mod tests {
         let path = dir.path().join("model.mpk");
         save_weights(&model, &path).unwrap();
         let fresh = cfg.init::<TestBackend>(&device).unwrap();
-        let x = Tensor::<TestBackend, 5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
+        let x =
+            Tensor::<TestBackend, 5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
         let before = tensor_values(model.forward(x.clone()).unwrap().class_logits);
         let differs = tensor_values(fresh.forward(x.clone()).unwrap().class_logits);
         assert!(before != differs, "a fresh network has other weights");
         let loaded = load_weights(fresh, &path, &device).unwrap();
         let out = loaded.forward(x.clone()).unwrap();
         let reference = model.forward(x).unwrap();
-        assert!(tensor_values(out.class_logits) == before, "class logits differ after loading");
-        assert!(tensor_values(out.box_deltas) == tensor_values(reference.box_deltas), "box deltas differ");
+        assert!(
+            tensor_values(out.class_logits) == before,
+            "class logits differ after loading"
+        );
+        assert!(
+            tensor_values(out.box_deltas) == tensor_values(reference.box_deltas),
+            "box deltas differ"
+        );
         let seg = tensor_values(out.segmentation_logits.unwrap());
-        assert!(seg == tensor_values(reference.segmentation_logits.unwrap()), "segmentation logits differ");
+        assert!(
+            seg == tensor_values(reference.segmentation_logits.unwrap()),
+            "segmentation logits differ"
+        );
     }
 
     #[test]
@@ -84,12 +121,23 @@ mod tests {
         let path = dir.path().join("enc.mpk");
         let small = ResEncConfig::tiny(1).init::<TestBackend>(&device).unwrap();
         save_weights(&small, &path).unwrap();
-        let wider = EncoderConfig::Resenc(ResEncConfig { widths: vec![8, 16, 32, 48], ..ResEncConfig::tiny(1) })
-            .init::<TestBackend>(&device)
-            .unwrap();
+        let wider = EncoderConfig::Resenc(ResEncConfig {
+            widths: vec![8, 16, 32, 48],
+            ..ResEncConfig::tiny(1)
+        })
+        .init::<TestBackend>(&device)
+        .unwrap();
         let err = load_weights(wider, &path, &device).unwrap_err().to_string();
-        assert!(err.contains("does not fit") || err.contains("not a weights file"), "{err}");
-        let missing = load_weights(small, &dir.path().join("nope.mpk"), &device).unwrap_err().to_string();
-        assert!(missing.contains("nope.mpk") && missing.contains("cannot read"), "{missing}");
+        assert!(
+            err.contains("does not fit") || err.contains("not a weights file"),
+            "{err}"
+        );
+        let missing = load_weights(small, &dir.path().join("nope.mpk"), &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("nope.mpk") && missing.contains("cannot read"),
+            "{missing}"
+        );
     }
 }

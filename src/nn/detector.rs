@@ -38,15 +38,24 @@ impl<B: Backend> DetectionBatch<B> {
         }
         for (i, (b, c)) in self.boxes.iter().zip(&self.classes).enumerate() {
             if b.len() != c.len() {
-                return Err(NnError::InvalidInput(format!("image {i}: {} boxes but {} classes", b.len(), c.len())));
+                return Err(NnError::InvalidInput(format!(
+                    "image {i}: {} boxes but {} classes",
+                    b.len(),
+                    c.len()
+                )));
             }
             if let Some(bad) = c.iter().find(|&&k| k >= num_classes) {
-                return Err(NnError::InvalidInput(format!("image {i}: class {bad} but the detector has {num_classes} classes")));
+                return Err(NnError::InvalidInput(format!(
+                    "image {i}: class {bad} but the detector has {num_classes} classes"
+                )));
             }
             for bx in b {
-                crate::volume::boxes::validate(bx).map_err(|e| NnError::InvalidInput(format!("image {i}: {e}")))?;
+                crate::volume::boxes::validate(bx)
+                    .map_err(|e| NnError::InvalidInput(format!("image {i}: {e}")))?;
                 if (0..3).any(|a| bx[a + 3] - bx[a] <= 0.0) {
-                    return Err(NnError::InvalidInput(format!("image {i}: box {bx:?} has zero extent")));
+                    return Err(NnError::InvalidInput(format!(
+                        "image {i}: box {bx:?} has zero extent"
+                    )));
                 }
             }
         }
@@ -82,12 +91,21 @@ impl<B: Backend> DetectionLoss<B> {
 
     /// Components as numbers (waits for the device).
     pub fn component_values(&self) -> Vec<(String, f64)> {
-        self.components.iter().map(|(n, t)| (n.clone(), scalar(t))).collect()
+        self.components
+            .iter()
+            .map(|(n, t)| (n.clone(), scalar(t)))
+            .collect()
     }
 }
 
 fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
-    t.clone().into_data().convert::<f64>().to_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::NAN)
+    t.clone()
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f64::NAN)
 }
 
 /// Detections of one patch in patch voxel coordinates, sorted by descending score.
@@ -107,7 +125,11 @@ pub struct PatchDetections {
 /// prediction pass the `valid()` model (no autodiff graph).
 pub trait Detector<B: Backend>: Module<B> + Sized {
     /// Loss of one batch; `rng` drives the hard-negative sampling (seed it for reproducibility).
-    fn loss(&self, batch: &DetectionBatch<B>, rng: &mut dyn RngCore) -> Result<DetectionLoss<B>, NnError>;
+    fn loss(
+        &self,
+        batch: &DetectionBatch<B>,
+        rng: &mut dyn RngCore,
+    ) -> Result<DetectionLoss<B>, NnError>;
 
     /// Detections of every patch of `images` `[N, C, D, H, W]`.
     fn predict(&self, images: Tensor<B, 5>) -> Result<Vec<PatchDetections>, NnError>;

@@ -45,6 +45,9 @@ pub enum NnError {
 impl NnError {
     /// Shorthand for [`NnError::InvalidConfig`].
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        NnError::InvalidConfig { field: field.into(), reason: reason.into() }
+        NnError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }

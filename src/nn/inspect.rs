@@ -41,7 +41,11 @@ impl<B: Backend> ModuleVisitor<B> for Collector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.out.push(ParamInfo { path: self.stack.join("."), shape: param.lazy_shape().to_vec(), id: param.id });
+        self.out.push(ParamInfo {
+            path: self.stack.join("."),
+            shape: param.lazy_shape().to_vec(),
+            id: param.id,
+        });
     }
 }
 
@@ -49,14 +53,20 @@ impl<B: Backend> ModuleVisitor<B> for Collector {
 ///
 /// Does not trigger lazy initialisation of the weights.
 pub fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
-    let mut collector = Collector { stack: Vec::new(), out: Vec::new() };
+    let mut collector = Collector {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
     module.visit(&mut collector);
     collector.out
 }
 
 /// Ids of the parameters whose path starts with one of `prefixes` (`"encoder.stem"` matches
 /// `encoder.stem.…` but not `encoder.stemx`); use with `GradientsParams::from_params`.
-pub fn param_ids_with_prefix<B: Backend, M: Module<B>>(module: &M, prefixes: &[&str]) -> Vec<ParamId> {
+pub fn param_ids_with_prefix<B: Backend, M: Module<B>>(
+    module: &M,
+    prefixes: &[&str],
+) -> Vec<ParamId> {
     parameters(module)
         .into_iter()
         .filter(|p| prefixes.iter().any(|pre| path_has_prefix(&p.path, pre)))
@@ -65,7 +75,9 @@ pub fn param_ids_with_prefix<B: Backend, M: Module<B>>(module: &M, prefixes: &[&
 }
 
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    prefix.is_empty() || path == prefix || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'.'))
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'.'))
 }
 
 struct Materializer;
@@ -109,8 +121,17 @@ pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M 
 pub fn summary<B: Backend, M: Module<B>>(title: &str, module: &M) -> String {
     let params = parameters(module);
     let total: usize = params.iter().map(ParamInfo::numel).sum();
-    let width = params.iter().map(|p| p.path.len()).max().unwrap_or(0).max(9);
-    let mut out = format!("{title}: {} parameters in {} tensors\n", group_digits(total), params.len());
+    let width = params
+        .iter()
+        .map(|p| p.path.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let mut out = format!(
+        "{title}: {} parameters in {} tensors\n",
+        group_digits(total),
+        params.len()
+    );
     let mut groups: Vec<(String, usize)> = Vec::new();
     for p in &params {
         let top = p.path.split('.').next().unwrap_or("").to_string();
@@ -126,7 +147,11 @@ pub fn summary<B: Backend, M: Module<B>>(title: &str, module: &M) -> String {
     out.push_str("parameters:\n");
     for p in &params {
         let shape = format!("{:?}", p.shape);
-        out.push_str(&format!("  {:<width$}  {shape:<22} {:>12}\n", p.path, group_digits(p.numel())));
+        out.push_str(&format!(
+            "  {:<width$}  {shape:<22} {:>12}\n",
+            p.path,
+            group_digits(p.numel())
+        ));
     }
     out
 }
@@ -205,6 +230,9 @@ mod tests {
         let unit = ConvNormActConfig::new(1, 32).init::<TestBackend>(&device);
         let s = summary("stem", &unit);
         assert!(s.starts_with("stem: 960 parameters in 4 tensors"), "{s}");
-        assert!(s.contains("conv.weight") && s.contains("[32, 1, 3, 3, 3]"), "{s}");
+        assert!(
+            s.contains("conv.weight") && s.contains("[32, 1, 3, 3, 3]"),
+            "{s}"
+        );
     }
 }

@@ -13,13 +13,22 @@ pub fn test_device() -> super::DispatchDevice {
 
 /// All values of a float tensor as f64, in row-major order.
 pub fn tensor_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data").into_iter().map(f64::from).collect()
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 /// Assert that two slices agree within an absolute tolerance.
 pub fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64) {
     assert_eq!(actual.len(), expected.len(), "lengths differ");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!((a - e).abs() <= tolerance, "element {i}: {a} vs {e} (tolerance {tolerance})");
+        assert!(
+            (a - e).abs() <= tolerance,
+            "element {i}: {a} vs {e} (tolerance {tolerance})"
+        );
     }
 }

@@ -31,7 +31,11 @@ impl<B: Backend> SmallNet<B> {
     fn new(device: &B::Device) -> Self {
         let convs = [[1, 8], [8, 16], [16, 16]]
             .into_iter()
-            .map(|c| Conv3dConfig::new(c, [3, 3, 3]).with_padding(PaddingConfig3d::Explicit(1, 1, 1)).init(device))
+            .map(|c| {
+                Conv3dConfig::new(c, [3, 3, 3])
+                    .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+                    .init(device)
+            })
             .collect();
         Self { convs }
     }
@@ -97,12 +101,20 @@ pub fn run(args: &[String]) -> i32 {
     if retina {
         return retina_profile(iters);
     }
-    println!("3 × conv3d 3³ + ReLU (1→8→16→16), input 2×1×16³, forward + backward; median of {iters}");
-    println!("{:<12} {:>12} {:>14}", "backend", "forward ms", "fwd+bwd ms");
+    println!(
+        "3 × conv3d 3³ + ReLU (1→8→16→16), input 2×1×16³, forward + backward; median of {iters}"
+    );
+    println!(
+        "{:<12} {:>12} {:>14}",
+        "backend", "forward ms", "fwd+bwd ms"
+    );
     let flex = DispatchDevice::Flex(burn::backend::flex::FlexDevice);
     let (f, t) = time_backend::<ScriptBackend>(&flex, iters);
     println!("{:<12} {:>12.1} {:>14.1}", "flex", f * 1e3, t * 1e3);
-    let (f, t) = time_backend::<burn::backend::Autodiff<burn::backend::Flex>>(&burn::backend::flex::FlexDevice, iters);
+    let (f, t) = time_backend::<burn::backend::Autodiff<burn::backend::Flex>>(
+        &burn::backend::flex::FlexDevice,
+        iters,
+    );
     println!("{:<12} {:>12.1} {:>14.1}", "flex-direct", f * 1e3, t * 1e3);
     #[cfg(feature = "bench-ndarray")]
     {
@@ -138,23 +150,44 @@ fn retina_profile(iters: usize) -> i32 {
             }
         }
     }
-    let images = Tensor::<B, 5>::from_data(TensorData::new(voxels, [1, 1, size, size, size]), &device);
-    let segmentation = Tensor::<B, 4, Int>::from_data(TensorData::new(seg, [1, size, size, size]), &device);
+    let images =
+        Tensor::<B, 5>::from_data(TensorData::new(voxels, [1, 1, size, size, size]), &device);
+    let segmentation =
+        Tensor::<B, 4, Int>::from_data(TensorData::new(seg, [1, size, size, size]), &device);
     let gt = [10.0, 8.0, 12.0, 20.0, 18.0, 22.0];
-    let batch = DetectionBatch { images: images.clone(), boxes: vec![vec![gt]], classes: vec![vec![0]], segmentation: Some(segmentation) };
+    let batch = DetectionBatch {
+        images: images.clone(),
+        boxes: vec![vec![gt]],
+        classes: vec![vec![0]],
+        segmentation: Some(segmentation),
+    };
     let mut optimizer = AdamConfig::new().init::<B, detlab::nn::RetinaUNet<B>>();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let (mut t_forward, mut t_loss, mut t_backward, mut t_step, mut t_host, mut t_predict) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    println!("tiny Retina U-Net {} parameters, input 1×1×32³, median of {iters} steps", model.num_params());
+    let (mut t_forward, mut t_loss, mut t_backward, mut t_step, mut t_host, mut t_predict) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    println!(
+        "tiny Retina U-Net {} parameters, input 1×1×32³, median of {iters} steps",
+        model.num_params()
+    );
     for i in 0..iters + 2 {
         let t0 = Instant::now();
         let out = model.forward(images.clone()).expect("valid input");
         let _ = out.class_logits.clone().into_data();
         let t1 = Instant::now();
-        let anchors = AnchorGrid::new([32, 32, 32], &out.level_grids, &cfg.anchor_sizes).expect("anchors");
+        let anchors =
+            AnchorGrid::new([32, 32, 32], &out.level_grids, &cfg.anchor_sizes).expect("anchors");
         let matches = atss_match(&[gt], &anchors, &cfg.matcher);
-        let scores = out.class_logits.clone().reshape([anchors.len()]).into_data();
+        let scores = out
+            .class_logits
+            .clone()
+            .reshape([anchors.len()])
+            .into_data();
         let _ = (matches.len(), scores.num_elements());
         let t2 = Instant::now();
         drop(out);
@@ -179,13 +212,27 @@ fn retina_profile(iters: usize) -> i32 {
         }
     }
     let ms = |v: &mut Vec<f64>| median(v) * 1e3;
-    let (fwd, loss, bwd, step) = (ms(&mut t_forward), ms(&mut t_loss), ms(&mut t_backward), ms(&mut t_step));
+    let (fwd, loss, bwd, step) = (
+        ms(&mut t_forward),
+        ms(&mut t_loss),
+        ms(&mut t_backward),
+        ms(&mut t_step),
+    );
     println!("forward (network only)                {fwd:>9.1} ms");
-    println!("host: anchors + ATSS + score transfer {:>9.1} ms", ms(&mut t_host));
+    println!(
+        "host: anchors + ATSS + score transfer {:>9.1} ms",
+        ms(&mut t_host)
+    );
     println!("loss (forward + matching + sampling)  {loss:>9.1} ms");
     println!("backward                              {bwd:>9.1} ms");
     println!("Adam step                             {step:>9.1} ms");
-    println!("training step total (loss+bwd+Adam)   {:>9.1} ms", loss + bwd + step);
-    println!("predict (valid model, NMS)            {:>9.1} ms", ms(&mut t_predict));
+    println!(
+        "training step total (loss+bwd+Adam)   {:>9.1} ms",
+        loss + bwd + step
+    );
+    println!(
+        "predict (valid model, NMS)            {:>9.1} ms",
+        ms(&mut t_predict)
+    );
     0
 }

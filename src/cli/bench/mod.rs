@@ -1,9 +1,11 @@
 //! `detlab bench NAME [ARGS]`: timing workloads. Timing targets live here, never in tests.
 
+pub mod backends;
 pub mod eval;
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
+    ("backends", "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile"),
     ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
 ];
 
@@ -11,6 +13,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
 pub fn run(name: &str, args: &[String]) -> i32 {
     let _ = args;
     match name {
+        "backends" => backends::run(args),
         "eval" => eval::run(args),
         "list" => {
             for (n, d) in BENCHMARKS {

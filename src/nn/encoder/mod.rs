@@ -129,28 +129,48 @@ pub(crate) fn validate_stages(
         return Err(NnError::config("encoder.in_channels", "must be at least 1"));
     }
     if widths.is_empty() {
-        return Err(NnError::config("encoder.widths", "needs at least one stage"));
+        return Err(NnError::config(
+            "encoder.widths",
+            "needs at least one stage",
+        ));
     }
     if widths.contains(&0) {
-        return Err(NnError::config("encoder.widths", format!("{widths:?} contains 0")));
+        return Err(NnError::config(
+            "encoder.widths",
+            format!("{widths:?} contains 0"),
+        ));
     }
     if strides.len() != widths.len() {
         return Err(NnError::config(
             "encoder.strides",
-            format!("has {} entries but there are {} stages", strides.len(), widths.len()),
+            format!(
+                "has {} entries but there are {} stages",
+                strides.len(),
+                widths.len()
+            ),
         ));
     }
     if kernel_sizes.len() != widths.len() {
         return Err(NnError::config(
             "encoder.kernel_sizes",
-            format!("has {} entries but there are {} stages", kernel_sizes.len(), widths.len()),
+            format!(
+                "has {} entries but there are {} stages",
+                kernel_sizes.len(),
+                widths.len()
+            ),
         ));
     }
     if strides.iter().flatten().any(|&s| s == 0) {
-        return Err(NnError::config("encoder.strides", "strides must be at least 1"));
+        return Err(NnError::config(
+            "encoder.strides",
+            "strides must be at least 1",
+        ));
     }
     if kernel_sizes.iter().flatten().any(|&k| k % 2 == 0) {
-        return Err(NnError::config("encoder.kernel_sizes", "kernel sizes must be odd"));
+        return Err(NnError::config(
+            "encoder.kernel_sizes",
+            "kernel sizes must be odd",
+        ));
     }
     Ok(())
 }
@@ -280,7 +300,10 @@ impl<B: Backend> Encoder<B> {
 
     /// Stride of the coarsest stage relative to the input.
     pub fn total_stride(&self) -> [usize; 3] {
-        self.cumulative_strides().last().copied().unwrap_or([1, 1, 1])
+        self.cumulative_strides()
+            .last()
+            .copied()
+            .unwrap_or([1, 1, 1])
     }
 
     /// Mark the stem, the stages or both as trainable (`true`) or frozen (`false`).
@@ -324,17 +347,23 @@ mod tests {
             }
             other => panic!("wrong kind {other:?}"),
         }
-        let plain: EncoderConfig = serde_json::from_str(r#"{"kind": "retunet", "in_channels": 2}"#).unwrap();
+        let plain: EncoderConfig =
+            serde_json::from_str(r#"{"kind": "retunet", "in_channels": 2}"#).unwrap();
         assert_eq!(plain.in_channels(), 2);
         assert_eq!(plain.widths(), &[32, 64, 128, 256, 320, 320]);
-        let err = serde_json::from_str::<EncoderConfig>(r#"{"kind": "retunet", "widht": [4]}"#).unwrap_err();
+        let err = serde_json::from_str::<EncoderConfig>(r#"{"kind": "retunet", "widht": [4]}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("widht"), "{err}");
-        let back: EncoderConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        let back: EncoderConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
     }
 
     #[test]
     fn cumulative_strides_multiply_per_axis() {
-        assert_eq!(cumulative(&[[1, 1, 1], [2, 2, 1], [2, 2, 2]]), vec![[1, 1, 1], [2, 2, 1], [4, 4, 2]]);
+        assert_eq!(
+            cumulative(&[[1, 1, 1], [2, 2, 1], [2, 2, 2]]),
+            vec![[1, 1, 1], [2, 2, 1], [4, 4, 2]]
+        );
     }
 }

@@ -52,7 +52,14 @@ impl ResEncConfig {
             in_channels,
             widths: vec![32, 64, 128, 256, 320, 320],
             blocks_per_stage: vec![1, 3, 4, 6, 6, 6],
-            strides: vec![[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+            strides: vec![
+                [1, 1, 1],
+                [2, 2, 2],
+                [2, 2, 2],
+                [2, 2, 2],
+                [2, 2, 2],
+                [2, 2, 2],
+            ],
             kernel_sizes: vec![[3, 3, 3]; 6],
             conv_bias: true,
             activation: Activation::LeakyRelu,
@@ -75,15 +82,27 @@ impl ResEncConfig {
 
     /// Check the settings.
     pub fn validate(&self) -> Result<(), NnError> {
-        validate_stages(&self.widths, &self.strides, &self.kernel_sizes, self.in_channels)?;
+        validate_stages(
+            &self.widths,
+            &self.strides,
+            &self.kernel_sizes,
+            self.in_channels,
+        )?;
         if self.blocks_per_stage.len() != self.widths.len() {
             return Err(NnError::config(
                 "encoder.blocks_per_stage",
-                format!("has {} entries but there are {} stages", self.blocks_per_stage.len(), self.widths.len()),
+                format!(
+                    "has {} entries but there are {} stages",
+                    self.blocks_per_stage.len(),
+                    self.widths.len()
+                ),
             ));
         }
         if self.blocks_per_stage.contains(&0) {
-            return Err(NnError::config("encoder.blocks_per_stage", "every stage needs at least one block"));
+            return Err(NnError::config(
+                "encoder.blocks_per_stage",
+                "every stage needs at least one block",
+            ));
         }
         Ok(())
     }
@@ -123,7 +142,10 @@ impl ResEncConfig {
                     .init(device)
                 })
                 .collect();
-            stages.push(EncoderStage { convs: Vec::new(), blocks });
+            stages.push(EncoderStage {
+                convs: Vec::new(),
+                blocks,
+            });
             prev = width;
         }
         let encoder = Encoder {
@@ -149,19 +171,31 @@ mod tests {
 
     #[test]
     fn resenc_l_has_exactly_90_296_576_parameters() {
-        let enc = ResEncConfig::resenc_l(1).init::<TestBackend>(&test_device()).unwrap();
+        let enc = ResEncConfig::resenc_l(1)
+            .init::<TestBackend>(&test_device())
+            .unwrap();
         assert_eq!(enc.num_params(), 90_296_576);
         assert_eq!(enc.stem.num_params(), 960);
         let per_stage: Vec<usize> = enc.stages.iter().map(|s| s.num_params()).collect();
-        assert_eq!(per_stage, vec![55_488, 611_584, 3_329_280, 20_391_424, 32_718_720, 33_189_120]);
+        assert_eq!(
+            per_stage,
+            vec![
+                55_488, 611_584, 3_329_280, 20_391_424, 32_718_720, 33_189_120
+            ]
+        );
         let blocks: Vec<usize> = enc.stages.iter().map(|s| s.blocks.len()).collect();
         assert_eq!(blocks, vec![1, 3, 4, 6, 6, 6]);
     }
 
     #[test]
     fn resenc_parameter_paths_follow_the_pytorch_layout() {
-        let enc = ResEncConfig::tiny(1).init::<TestBackend>(&test_device()).unwrap();
-        let paths: Vec<String> = inspect::parameters(&enc).into_iter().map(|p| p.path).collect();
+        let enc = ResEncConfig::tiny(1)
+            .init::<TestBackend>(&test_device())
+            .unwrap();
+        let paths: Vec<String> = inspect::parameters(&enc)
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
         for expected in [
             "stem.convs.0.conv.weight",
             "stem.convs.0.norm.bias",
@@ -170,10 +204,18 @@ mod tests {
             "stages.1.blocks.0.skip.conv.weight",
             "stages.3.blocks.1.conv2.conv.bias",
         ] {
-            assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:?}");
+            assert!(
+                paths.iter().any(|p| p == expected),
+                "missing {expected} in {paths:?}"
+            );
         }
         assert!(!paths.iter().any(|p| p.contains("skip.conv.bias")));
-        assert!(!paths.iter().any(|p| p.starts_with("stages.0.blocks.0.skip")), "stage 0 keeps channels and stride");
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.starts_with("stages.0.blocks.0.skip")),
+            "stage 0 keeps channels and stride"
+        );
     }
 
     #[test]
@@ -182,9 +224,21 @@ mod tests {
         let enc = ResEncConfig::tiny(3).init::<TestBackend>(&device).unwrap();
         let x = Tensor::<TestBackend, 5>::ones([2, 3, 16, 16, 8], &device);
         let dims: Vec<[usize; 5]> = enc.forward(x).iter().map(|s| s.dims()).collect();
-        assert_eq!(dims, vec![[2, 8, 16, 16, 8], [2, 16, 8, 8, 4], [2, 32, 4, 4, 2], [2, 64, 2, 2, 1]]);
+        assert_eq!(
+            dims,
+            vec![
+                [2, 8, 16, 16, 8],
+                [2, 16, 8, 8, 4],
+                [2, 32, 4, 4, 2],
+                [2, 64, 2, 2, 1]
+            ]
+        );
         assert_eq!(enc.stem.convs[0].conv.weight.dims(), [8, 3, 3, 3, 3]);
         let one = ResEncConfig::tiny(1).init::<TestBackend>(&device).unwrap();
-        assert_eq!(enc.num_params() - one.num_params(), 2 * 8 * 27, "only the stem depends on the input channels");
+        assert_eq!(
+            enc.num_params() - one.num_params(),
+            2 * 8 * 27,
+            "only the stem depends on the input channels"
+        );
     }
 }

@@ -44,13 +44,21 @@ impl RetUNetEncoderConfig {
     /// nnDetection's encoder for an isotropic plan: `num_stages` stages, widths 32·2^s capped
     /// at 320, stride 2 from stage 1 on, 3³ kernels.
     pub fn nndetection(in_channels: usize, num_stages: usize) -> Self {
-        let strides = (0..num_stages).map(|s| if s == 0 { [1, 1, 1] } else { [2, 2, 2] }).collect();
+        let strides = (0..num_stages)
+            .map(|s| if s == 0 { [1, 1, 1] } else { [2, 2, 2] })
+            .collect();
         Self::planned(in_channels, strides, vec![[3, 3, 3]; num_stages])
     }
 
     /// The encoder for planned strides and kernels (widths 32·2^s capped at 320).
-    pub fn planned(in_channels: usize, strides: Vec<[usize; 3]>, kernel_sizes: Vec<[usize; 3]>) -> Self {
-        let widths = (0..strides.len()).map(|s| (32usize << s.min(16)).min(320)).collect();
+    pub fn planned(
+        in_channels: usize,
+        strides: Vec<[usize; 3]>,
+        kernel_sizes: Vec<[usize; 3]>,
+    ) -> Self {
+        let widths = (0..strides.len())
+            .map(|s| (32usize << s.min(16)).min(320))
+            .collect();
         Self {
             in_channels,
             widths,
@@ -65,14 +73,25 @@ impl RetUNetEncoderConfig {
 
     /// A tiny 4-stage variant for tests and tutorials: widths [8, 16, 32, 64], total stride 8.
     pub fn tiny(in_channels: usize) -> Self {
-        Self { widths: vec![8, 16, 32, 64], ..Self::nndetection(in_channels, 4) }
+        Self {
+            widths: vec![8, 16, 32, 64],
+            ..Self::nndetection(in_channels, 4)
+        }
     }
 
     /// Check the settings.
     pub fn validate(&self) -> Result<(), NnError> {
-        validate_stages(&self.widths, &self.strides, &self.kernel_sizes, self.in_channels)?;
+        validate_stages(
+            &self.widths,
+            &self.strides,
+            &self.kernel_sizes,
+            self.in_channels,
+        )?;
         if self.strides[0] != [1, 1, 1] {
-            return Err(NnError::config("encoder.strides", "the first stage of a retunet encoder must have stride 1"));
+            return Err(NnError::config(
+                "encoder.strides",
+                "the first stage of a retunet encoder must have stride 1",
+            ));
         }
         if self.convs_per_stage < 2 {
             return Err(NnError::config(
@@ -96,7 +115,9 @@ impl RetUNetEncoderConfig {
             init: self.init,
             zero_norm_weight: false,
         };
-        let stem = Stem { convs: vec![unit(self.in_channels, self.widths[0], 0, [1, 1, 1]).init(device)] };
+        let stem = Stem {
+            convs: vec![unit(self.in_channels, self.widths[0], 0, [1, 1, 1]).init(device)],
+        };
         let mut stages = Vec::with_capacity(self.widths.len());
         let mut prev = self.widths[0];
         for (s, &width) in self.widths.iter().enumerate() {
@@ -108,7 +129,10 @@ impl RetUNetEncoderConfig {
                     unit(cin, width, s, stride).init(device)
                 })
                 .collect();
-            stages.push(EncoderStage { convs, blocks: Vec::new() });
+            stages.push(EncoderStage {
+                convs,
+                blocks: Vec::new(),
+            });
             prev = width;
         }
         let encoder = Encoder {
@@ -134,14 +158,29 @@ mod tests {
     #[test]
     fn tiny_retunet_returns_one_skip_per_stage_with_halving_sizes() {
         let device = test_device();
-        let enc = RetUNetEncoderConfig::tiny(2).init::<TestBackend>(&device).unwrap();
+        let enc = RetUNetEncoderConfig::tiny(2)
+            .init::<TestBackend>(&device)
+            .unwrap();
         let x = Tensor::<TestBackend, 5>::ones([1, 2, 16, 16, 16], &device);
         let skips = enc.forward(x);
         let dims: Vec<[usize; 5]> = skips.iter().map(|s| s.dims()).collect();
-        assert_eq!(dims, vec![[1, 8, 16, 16, 16], [1, 16, 8, 8, 8], [1, 32, 4, 4, 4], [1, 64, 2, 2, 2]]);
+        assert_eq!(
+            dims,
+            vec![
+                [1, 8, 16, 16, 16],
+                [1, 16, 8, 8, 8],
+                [1, 32, 4, 4, 4],
+                [1, 64, 2, 2, 2]
+            ]
+        );
         assert_eq!(enc.stem.convs.len(), 1);
         assert_eq!(enc.stages[0].convs.len(), 1);
-        assert!(enc.stages.iter().skip(1).all(|s| s.convs.len() == 2 && s.blocks.is_empty()));
+        assert!(
+            enc.stages
+                .iter()
+                .skip(1)
+                .all(|s| s.convs.len() == 2 && s.blocks.is_empty())
+        );
         assert!(enc.check_input([1, 2, 16, 16, 12]).is_err());
         assert!(enc.check_input([1, 1, 16, 16, 16]).is_err());
     }
@@ -168,8 +207,21 @@ mod tests {
     fn invalid_settings_are_rejected_with_the_field_name() {
         let mut cfg = RetUNetEncoderConfig::tiny(1);
         cfg.strides[0] = [2, 2, 2];
-        assert!(cfg.init::<TestBackend>(&test_device()).unwrap_err().to_string().contains("encoder.strides"));
-        let cfg = RetUNetEncoderConfig { kernel_sizes: vec![[3, 3, 3]], ..RetUNetEncoderConfig::tiny(1) };
-        assert!(cfg.validate().unwrap_err().to_string().contains("encoder.kernel_sizes"));
+        assert!(
+            cfg.init::<TestBackend>(&test_device())
+                .unwrap_err()
+                .to_string()
+                .contains("encoder.strides")
+        );
+        let cfg = RetUNetEncoderConfig {
+            kernel_sizes: vec![[3, 3, 3]],
+            ..RetUNetEncoderConfig::tiny(1)
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("encoder.kernel_sizes")
+        );
     }
 }

@@ -17,7 +17,8 @@ use crate::volume::boxes::Box3;
 pub type AnchorSizes = [[f64; 3]; 3];
 
 /// nnDetection's initial base extents: 4, 8 and 16 voxels on every axis.
-pub const DEFAULT_ANCHOR_SIZES: AnchorSizes = [[4.0, 8.0, 16.0], [4.0, 8.0, 16.0], [4.0, 8.0, 16.0]];
+pub const DEFAULT_ANCHOR_SIZES: AnchorSizes =
+    [[4.0, 8.0, 16.0], [4.0, 8.0, 16.0], [4.0, 8.0, 16.0]];
 
 /// Anchors per feature-map position.
 pub const ANCHORS_PER_POSITION: usize = 27;
@@ -56,14 +57,29 @@ impl AnchorLevel {
         let w = position % self.grid[2];
         let h = (position / self.grid[2]) % self.grid[1];
         let d = position / (self.grid[2] * self.grid[1]);
-        [(d * self.stride[0]) as f64, (h * self.stride[1]) as f64, (w * self.stride[2]) as f64]
+        [
+            (d * self.stride[0]) as f64,
+            (h * self.stride[1]) as f64,
+            (w * self.stride[2]) as f64,
+        ]
     }
 
     /// Box of cell anchor `k` (0..27) at `position`.
     pub fn anchor(&self, position: usize, k: usize) -> Box3 {
         let c = self.position_center(position);
-        let e = [self.sizes[0][k / 9], self.sizes[1][(k / 3) % 3], self.sizes[2][k % 3]];
-        [c[0] - e[0] / 2.0, c[1] - e[1] / 2.0, c[2] - e[2] / 2.0, c[0] + e[0] / 2.0, c[1] + e[1] / 2.0, c[2] + e[2] / 2.0]
+        let e = [
+            self.sizes[0][k / 9],
+            self.sizes[1][(k / 3) % 3],
+            self.sizes[2][k % 3],
+        ];
+        [
+            c[0] - e[0] / 2.0,
+            c[1] - e[1] / 2.0,
+            c[2] - e[2] / 2.0,
+            c[0] + e[0] / 2.0,
+            c[1] + e[1] / 2.0,
+            c[2] + e[2] / 2.0,
+        ]
     }
 }
 
@@ -78,13 +94,23 @@ pub struct AnchorGrid {
 
 impl AnchorGrid {
     /// Anchors for a patch whose detection levels have feature maps `level_grids` (finest first).
-    pub fn new(patch_size: [usize; 3], level_grids: &[[usize; 3]], base_sizes: &AnchorSizes) -> Result<Self, NnError> {
+    pub fn new(
+        patch_size: [usize; 3],
+        level_grids: &[[usize; 3]],
+        base_sizes: &AnchorSizes,
+    ) -> Result<Self, NnError> {
         if level_grids.is_empty() {
-            return Err(NnError::config("detection_levels", "at least one detection level is needed"));
+            return Err(NnError::config(
+                "detection_levels",
+                "at least one detection level is needed",
+            ));
         }
         for (axis, sizes) in base_sizes.iter().enumerate() {
             if sizes.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                return Err(NnError::config("anchor_sizes", format!("axis {axis} has a non-positive extent {sizes:?}")));
+                return Err(NnError::config(
+                    "anchor_sizes",
+                    format!("axis {axis} has a non-positive extent {sizes:?}"),
+                ));
             }
         }
         let strides: Vec<[usize; 3]> = level_grids
@@ -93,7 +119,11 @@ impl AnchorGrid {
                 if g.contains(&0) {
                     Err(NnError::InvalidInput(format!("empty feature map {g:?}")))
                 } else {
-                    Ok([patch_size[0] / g[0], patch_size[1] / g[1], patch_size[2] / g[2]])
+                    Ok([
+                        patch_size[0] / g[0],
+                        patch_size[1] / g[1],
+                        patch_size[2] / g[2],
+                    ])
                 }
             })
             .collect::<Result<_, _>>()?;
@@ -110,7 +140,12 @@ impl AnchorGrid {
                         *s *= rel;
                     }
                 }
-                let level = AnchorLevel { grid, stride, sizes, offset };
+                let level = AnchorLevel {
+                    grid,
+                    stride,
+                    sizes,
+                    offset,
+                };
                 offset += level.len();
                 level
             })
@@ -164,7 +199,13 @@ pub struct AnchorPlanOptions {
 
 impl Default for AnchorPlanOptions {
     fn default() -> Self {
-        Self { initial: [4.0, 8.0, 16.0], restarts: 3, drop_outliers: true, max_boxes: 4000, seed: 0 }
+        Self {
+            initial: [4.0, 8.0, 16.0],
+            restarts: 3,
+            drop_outliers: true,
+            max_boxes: 4000,
+            seed: 0,
+        }
     }
 }
 
@@ -189,12 +230,26 @@ pub struct AnchorPlan {
 /// centred at the origin; it is maximised over 9 integers ≥ 1 by coordinate descent with
 /// multiplicative and ±1/±2 steps, from `options.initial`, then from `options.restarts`
 /// seeded perturbations of the best result (nnDetection uses nevergrad's TwoPointsDE).
-pub fn plan_anchors(boxes: &[Box3], level_strides: &[[usize; 3]], options: &AnchorPlanOptions) -> Result<AnchorPlan, NnError> {
+pub fn plan_anchors(
+    boxes: &[Box3],
+    level_strides: &[[usize; 3]],
+    options: &AnchorPlanOptions,
+) -> Result<AnchorPlan, NnError> {
     if level_strides.is_empty() || level_strides.iter().flatten().any(|&s| s == 0) {
-        return Err(NnError::config("level_strides", format!("{level_strides:?} must be non-empty and positive")));
+        return Err(NnError::config(
+            "level_strides",
+            format!("{level_strides:?} must be non-empty and positive"),
+        ));
     }
-    if options.initial.iter().any(|v| !(v.is_finite() && *v >= 1.0)) {
-        return Err(NnError::config("initial", format!("{:?} must be at least 1", options.initial)));
+    if options
+        .initial
+        .iter()
+        .any(|v| !(v.is_finite() && *v >= 1.0))
+    {
+        return Err(NnError::config(
+            "initial",
+            format!("{:?} must be at least 1", options.initial),
+        ));
     }
     let mut extents: Vec<[f64; 3]> = boxes
         .iter()
@@ -202,7 +257,9 @@ pub fn plan_anchors(boxes: &[Box3], level_strides: &[[usize; 3]], options: &Anch
         .filter(|e| e.iter().all(|v| v.is_finite() && *v > 0.0))
         .collect();
     if extents.is_empty() {
-        return Err(NnError::InvalidInput("anchor planning needs at least one box with positive extent".into()));
+        return Err(NnError::InvalidInput(
+            "anchor planning needs at least one box with positive extent".into(),
+        ));
     }
     if options.drop_outliers {
         let mut bounds = [[0.0; 2]; 3];
@@ -222,11 +279,15 @@ pub fn plan_anchors(boxes: &[Box3], level_strides: &[[usize; 3]], options: &Anch
     }
     if options.max_boxes > 0 && extents.len() > options.max_boxes {
         let step = extents.len() as f64 / options.max_boxes as f64;
-        extents = (0..options.max_boxes).map(|i| extents[(i as f64 * step) as usize]).collect();
+        extents = (0..options.max_boxes)
+            .map(|i| extents[(i as f64 * step) as usize])
+            .collect();
     }
     let first = level_strides[0];
-    let relative: Vec<[f64; 3]> =
-        level_strides.iter().map(|s| [0, 1, 2].map(|a| s[a] as f64 / first[a] as f64)).collect();
+    let relative: Vec<[f64; 3]> = level_strides
+        .iter()
+        .map(|s| [0, 1, 2].map(|a| s[a] as f64 / first[a] as f64))
+        .collect();
     let objective = |sizes: &AnchorSizes| mean_best_iou(&extents, sizes, &relative);
 
     let initial: AnchorSizes = [options.initial; 3];
@@ -250,7 +311,12 @@ pub fn plan_anchors(boxes: &[Box3], level_strides: &[[usize; 3]], options: &Anch
     for axis in &mut best {
         axis.sort_by(f64::total_cmp);
     }
-    Ok(AnchorPlan { base_sizes: best, mean_best_iou: best_score, initial_mean_best_iou: initial_score, num_boxes: extents.len() })
+    Ok(AnchorPlan {
+        base_sizes: best,
+        mean_best_iou: best_score,
+        initial_mean_best_iou: initial_score,
+        num_boxes: extents.len(),
+    })
 }
 
 /// Numpy-style linear-interpolation percentile of sorted values (`q` in 0..=100).
@@ -262,7 +328,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Mean over boxes of the best centred IoU with any anchor extent of any level.
-pub fn mean_best_iou(extents: &[[f64; 3]], sizes: &AnchorSizes, relative_strides: &[[f64; 3]]) -> f64 {
+pub fn mean_best_iou(
+    extents: &[[f64; 3]],
+    sizes: &AnchorSizes,
+    relative_strides: &[[f64; 3]],
+) -> f64 {
     let mut anchors = Vec::with_capacity(27 * relative_strides.len());
     for r in relative_strides {
         for &a in &sizes[0] {
@@ -290,7 +360,11 @@ pub fn mean_best_iou(extents: &[[f64; 3]], sizes: &AnchorSizes, relative_strides
     total / extents.len() as f64
 }
 
-fn coordinate_descent(mut sizes: AnchorSizes, mut score: f64, objective: &dyn Fn(&AnchorSizes) -> f64) -> (AnchorSizes, f64) {
+fn coordinate_descent(
+    mut sizes: AnchorSizes,
+    mut score: f64,
+    objective: &dyn Fn(&AnchorSizes) -> f64,
+) -> (AnchorSizes, f64) {
     const FACTORS: [f64; 8] = [0.5, 0.67, 0.8, 0.9, 1.1, 1.25, 1.5, 2.0];
     const STEPS: [f64; 4] = [-2.0, -1.0, 1.0, 2.0];
     for _sweep in 0..100 {
@@ -337,7 +411,11 @@ mod tests {
         assert_eq!(grid.len(), (64 + 8) * 27);
         assert_eq!(grid.levels[0].stride, [2, 2, 2]);
         assert_eq!(grid.levels[1].stride, [4, 4, 4]);
-        assert_eq!(grid.levels[1].sizes[0], [2.0, 4.0, 6.0], "level 1 doubles the base extents");
+        assert_eq!(
+            grid.levels[1].sizes[0],
+            [2.0, 4.0, 6.0],
+            "level 1 doubles the base extents"
+        );
         // First anchor: position (0,0,0), extents (1, 4, 7), centred at the cell corner 0.
         assert_eq!(grid.anchor(0), [-0.5, -2.0, -3.5, 0.5, 2.0, 3.5]);
         // Anchor k = 1 varies the w extent fastest; k = 9 the d extent slowest.
@@ -369,15 +447,29 @@ mod tests {
             boxes.push([o, o, o, o + 11.0, o + 11.0, o + 11.0]);
             boxes.push([o, o, o, o + 6.0, o + 6.0, o + 20.0]);
         }
-        let options = AnchorPlanOptions { drop_outliers: false, ..Default::default() };
+        let options = AnchorPlanOptions {
+            drop_outliers: false,
+            ..Default::default()
+        };
         let plan = plan_anchors(&boxes, &[[4, 4, 4]], &options).unwrap();
-        assert!(plan.mean_best_iou > plan.initial_mean_best_iou + 0.05, "{plan:?}");
+        assert!(
+            plan.mean_best_iou > plan.initial_mean_best_iou + 0.05,
+            "{plan:?}"
+        );
         assert!(plan.mean_best_iou > 0.97, "{plan:?}");
         for axis in 0..3 {
             assert!(plan.base_sizes[axis].contains(&6.0), "{plan:?}");
         }
-        assert!(plan.base_sizes[0].contains(&11.0) && plan.base_sizes[2].contains(&20.0), "{plan:?}");
-        assert!(plan.base_sizes.iter().flatten().all(|v| *v >= 1.0 && v.fract() == 0.0));
+        assert!(
+            plan.base_sizes[0].contains(&11.0) && plan.base_sizes[2].contains(&20.0),
+            "{plan:?}"
+        );
+        assert!(
+            plan.base_sizes
+                .iter()
+                .flatten()
+                .all(|v| *v >= 1.0 && v.fract() == 0.0)
+        );
     }
 
     #[test]
@@ -386,10 +478,16 @@ mod tests {
         let boxes: Vec<Box3> = (0..20)
             .flat_map(|i| {
                 let o = i as f64;
-                [[o, o, o, o + 5.0, o + 5.0, o + 5.0], [o, o, o, o + 40.0, o + 40.0, o + 40.0]]
+                [
+                    [o, o, o, o + 5.0, o + 5.0, o + 5.0],
+                    [o, o, o, o + 40.0, o + 40.0, o + 40.0],
+                ]
             })
             .collect();
-        let options = AnchorPlanOptions { drop_outliers: false, ..Default::default() };
+        let options = AnchorPlanOptions {
+            drop_outliers: false,
+            ..Default::default()
+        };
         let plan = plan_anchors(&boxes, &[[2, 2, 2], [16, 16, 16]], &options).unwrap();
         assert!(plan.mean_best_iou > 0.99, "{plan:?}");
         assert!(mean_best_iou(&[[40.0; 3]], &plan.base_sizes, &[[1.0; 3], [8.0; 3]]) > 0.99);
@@ -402,13 +500,26 @@ mod tests {
         let mut boxes: Vec<Box3> = (0..200)
             .map(|i| {
                 let f = i as f64;
-                [0.0, 0.0, 0.0, 8.0 + 0.01 * f, 9.0 + 0.013 * f, 7.0 + 0.017 * f]
+                [
+                    0.0,
+                    0.0,
+                    0.0,
+                    8.0 + 0.01 * f,
+                    9.0 + 0.013 * f,
+                    7.0 + 0.017 * f,
+                ]
             })
             .collect();
         boxes.push([0.0, 0.0, 0.0, 500.0, 500.0, 500.0]);
         let plan = plan_anchors(&boxes, &[[1, 1, 1]], &AnchorPlanOptions::default()).unwrap();
-        assert!(plan.num_boxes < boxes.len(), "the 500-voxel outlier is dropped");
-        assert!(plan.base_sizes.iter().flatten().all(|v| *v < 100.0), "{plan:?}");
+        assert!(
+            plan.num_boxes < boxes.len(),
+            "the 500-voxel outlier is dropped"
+        );
+        assert!(
+            plan.base_sizes.iter().flatten().all(|v| *v < 100.0),
+            "{plan:?}"
+        );
     }
 
     #[test]

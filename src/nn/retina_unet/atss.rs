@@ -25,7 +25,10 @@ pub struct AtssConfig {
 
 impl Default for AtssConfig {
     fn default() -> Self {
-        Self { num_candidates: 4, center_in_gt: false }
+        Self {
+            num_candidates: 4,
+            center_in_gt: false,
+        }
     }
 }
 
@@ -58,9 +61,13 @@ pub fn atss_match(targets: &[Box3], anchors: &AnchorGrid, config: &AtssConfig) -
             distances.clear();
             distances.extend((0..level.num_positions()).map(|p| {
                 let pc = level.position_center(p);
-                ((pc[0] - c[0]).powi(2) + (pc[1] - c[1]).powi(2) + (pc[2] - c[2]).powi(2), p)
+                (
+                    (pc[0] - c[0]).powi(2) + (pc[1] - c[1]).powi(2) + (pc[2] - c[2]).powi(2),
+                    p,
+                )
             }));
-            let order = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            let order =
+                |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
             if positions < distances.len() {
                 distances.select_nth_unstable_by(positions - 1, order);
                 distances.truncate(positions);
@@ -80,7 +87,10 @@ pub fn atss_match(targets: &[Box3], anchors: &AnchorGrid, config: &AtssConfig) -
         if candidates.is_empty() {
             continue;
         }
-        let ious: Vec<f64> = candidates.iter().map(|&a| iou(target, &anchors.anchor(a))).collect();
+        let ious: Vec<f64> = candidates
+            .iter()
+            .map(|&a| iou(target, &anchors.anchor(a)))
+            .collect();
         let n = ious.len() as f64;
         let mean = ious.iter().sum::<f64>() / n;
         let std = if ious.len() > 1 {
@@ -105,7 +115,13 @@ pub fn atss_match(targets: &[Box3], anchors: &AnchorGrid, config: &AtssConfig) -
             }
         }
     }
-    best.into_iter().map(|(anchor, (iou, target))| AnchorMatch { anchor, target, iou }).collect()
+    best.into_iter()
+        .map(|(anchor, (iou, target))| AnchorMatch {
+            anchor,
+            target,
+            iou,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -139,7 +155,10 @@ mod tests {
                 }
             }
         }
-        best.iter().enumerate().filter_map(|(a, m)| m.map(|(_, t)| (a, t))).collect()
+        best.iter()
+            .enumerate()
+            .filter_map(|(a, m)| m.map(|(_, t)| (a, t)))
+            .collect()
     }
 
     #[test]
@@ -149,14 +168,20 @@ mod tests {
         let grid = AnchorGrid::new([16, 16, 16], &[[4, 4, 4]], &sizes).unwrap();
         // An 8³ box centred on position (1, 1, 1) = voxel (4, 4, 4).
         let target = [0.0, 0.0, 0.0, 8.0, 8.0, 8.0];
-        let config = AtssConfig { num_candidates: 1, center_in_gt: false };
+        let config = AtssConfig {
+            num_candidates: 1,
+            center_in_gt: false,
+        };
         let matches = atss_match(&[target], &grid, &config);
         // The candidates are the 27 anchors at (1,1,1), all centred on the box: IoU = abc/512
         // for extents a, b, c ∈ {2, 4, 8}. Mean 0.1985, unbiased std 0.2146 → threshold 0.413:
         // the 8³ anchor (IoU 1, k = 26) and the three 8·8·4 ones (IoU 0.5, k = 17, 23, 25).
         let p = (4 + 1) * 4 + 1;
         let anchors: Vec<usize> = matches.iter().map(|m| m.anchor).collect();
-        assert_eq!(anchors, vec![p * 27 + 17, p * 27 + 23, p * 27 + 25, p * 27 + 26]);
+        assert_eq!(
+            anchors,
+            vec![p * 27 + 17, p * 27 + 23, p * 27 + 25, p * 27 + 26]
+        );
         assert!(matches.iter().all(|m| m.target == 0));
         let ious: Vec<f64> = matches.iter().map(|m| m.iou).collect();
         assert_eq!(ious, vec![0.5, 0.5, 0.5, 1.0]);
@@ -164,7 +189,13 @@ mod tests {
         let config = AtssConfig::default();
         let matches = atss_match(&[target], &grid, &config);
         assert!(matches.iter().any(|m| m.anchor == p * 27 + 26));
-        assert_eq!(matches.iter().map(|m| (m.anchor, m.target)).collect::<Vec<_>>(), brute_force(&[target], &grid, 4));
+        assert_eq!(
+            matches
+                .iter()
+                .map(|m| (m.anchor, m.target))
+                .collect::<Vec<_>>(),
+            brute_force(&[target], &grid, 4)
+        );
         assert!(atss_match(&[], &grid, &config).is_empty());
     }
 
@@ -178,22 +209,47 @@ mod tests {
         let b = [5.0, 5.0, 5.0, 13.0, 13.0, 12.0];
         let exact = ((2 * 4 + 2) * 4 + 2) * 27 + 13; // position (2,2,2), extents (8, 8, 8)
         let alone = atss_match(&[b], &grid, &AtssConfig::default());
-        assert!(alone.iter().any(|m| m.anchor == exact), "b alone claims the anchor");
+        assert!(
+            alone.iter().any(|m| m.anchor == exact),
+            "b alone claims the anchor"
+        );
         let matches = atss_match(&[a, b], &grid, &AtssConfig::default());
-        let m = matches.iter().find(|m| m.anchor == exact).expect("exact anchor is positive");
+        let m = matches
+            .iter()
+            .find(|m| m.anchor == exact)
+            .expect("exact anchor is positive");
         assert_eq!(m.target, 0);
-        assert!(matches.iter().any(|m| m.target == 1), "b keeps other anchors");
-        assert_eq!(matches.iter().map(|m| (m.anchor, m.target)).collect::<Vec<_>>(), brute_force(&[a, b], &grid, 4));
+        assert!(
+            matches.iter().any(|m| m.target == 1),
+            "b keeps other anchors"
+        );
+        assert_eq!(
+            matches
+                .iter()
+                .map(|m| (m.anchor, m.target))
+                .collect::<Vec<_>>(),
+            brute_force(&[a, b], &grid, 4)
+        );
     }
 
     #[test]
     fn matches_agree_with_a_brute_force_reference_on_two_levels() {
         let sizes: AnchorSizes = [[3.0, 6.0, 9.0], [2.0, 5.0, 7.0], [4.0, 8.0, 12.0]];
         let grid = AnchorGrid::new([16, 16, 32], &[[8, 8, 16], [4, 4, 8]], &sizes).unwrap();
-        let targets = [[1.0, 2.0, 3.0, 7.5, 9.0, 12.0], [6.0, 0.0, 14.0, 15.0, 11.0, 31.0], [3.3, 3.3, 3.3, 4.4, 4.4, 4.4]];
+        let targets = [
+            [1.0, 2.0, 3.0, 7.5, 9.0, 12.0],
+            [6.0, 0.0, 14.0, 15.0, 11.0, 31.0],
+            [3.3, 3.3, 3.3, 4.4, 4.4, 4.4],
+        ];
         let matches = atss_match(&targets, &grid, &AtssConfig::default());
         let reference = brute_force(&targets, &grid, 4);
         assert!(!reference.is_empty());
-        assert_eq!(matches.iter().map(|m| (m.anchor, m.target)).collect::<Vec<_>>(), reference);
+        assert_eq!(
+            matches
+                .iter()
+                .map(|m| (m.anchor, m.target))
+                .collect::<Vec<_>>(),
+            reference
+        );
     }
 }

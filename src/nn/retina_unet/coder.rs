@@ -23,7 +23,10 @@ pub struct BoxCoder {
 
 impl Default for BoxCoder {
     fn default() -> Self {
-        Self { weights: [1.0; 6], size_clamp: (1000.0f64 / 16.0).ln() }
+        Self {
+            weights: [1.0; 6],
+            size_clamp: (1000.0f64 / 16.0).ln(),
+        }
     }
 }
 
@@ -49,7 +52,10 @@ impl BoxCoder {
             let ea = anchor[a + 3] - anchor[a];
             let ca = anchor[a] + 0.5 * ea;
             let c = deltas[a] / self.weights[a] * ea + ca;
-            let size = (deltas[a + 3] / self.weights[a + 3]).min(self.size_clamp).exp() * ea;
+            let size = (deltas[a + 3] / self.weights[a + 3])
+                .min(self.size_clamp)
+                .exp()
+                * ea;
             out[a] = c - 0.5 * size;
             out[a + 3] = c + 0.5 * size;
         }
@@ -60,12 +66,18 @@ impl BoxCoder {
     ///
     /// # Shapes
     /// - deltas, anchors: `[P, 6]`; output boxes: `[P, 6]`
-    pub fn decode_tensor<B: Backend>(&self, deltas: Tensor<B, 2>, anchors: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn decode_tensor<B: Backend>(
+        &self,
+        deltas: Tensor<B, 2>,
+        anchors: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         let [p, _] = deltas.dims();
         let device = deltas.device();
         let inv = self.weights.map(|w| (1.0 / w) as f32);
-        let inv_center = Tensor::<B, 1>::from_floats([inv[0], inv[1], inv[2]], &device).reshape([1, 3]);
-        let inv_size = Tensor::<B, 1>::from_floats([inv[3], inv[4], inv[5]], &device).reshape([1, 3]);
+        let inv_center =
+            Tensor::<B, 1>::from_floats([inv[0], inv[1], inv[2]], &device).reshape([1, 3]);
+        let inv_size =
+            Tensor::<B, 1>::from_floats([inv[3], inv[4], inv[5]], &device).reshape([1, 3]);
         let lo = anchors.clone().slice([0..p, 0..3]);
         let extent = anchors.slice([0..p, 3..6]) - lo.clone();
         let center = lo + extent.clone().mul_scalar(0.5);
@@ -85,9 +97,21 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trips_with_and_without_weights() {
-        let anchors = [[-2.0, -4.0, -8.0, 2.0, 4.0, 8.0], [10.0, 3.0, 0.5, 18.0, 7.0, 16.5]];
-        let targets = [[0.5, -1.0, -3.0, 6.0, 2.0, 9.0], [9.0, 2.0, 1.0, 12.0, 30.0, 14.0]];
-        for coder in [BoxCoder::default(), BoxCoder { weights: [10.0, 10.0, 10.0, 5.0, 5.0, 5.0], ..Default::default() }] {
+        let anchors = [
+            [-2.0, -4.0, -8.0, 2.0, 4.0, 8.0],
+            [10.0, 3.0, 0.5, 18.0, 7.0, 16.5],
+        ];
+        let targets = [
+            [0.5, -1.0, -3.0, 6.0, 2.0, 9.0],
+            [9.0, 2.0, 1.0, 12.0, 30.0, 14.0],
+        ];
+        for coder in [
+            BoxCoder::default(),
+            BoxCoder {
+                weights: [10.0, 10.0, 10.0, 5.0, 5.0, 5.0],
+                ..Default::default()
+            },
+        ] {
             for (a, t) in anchors.iter().zip(&targets) {
                 let d = coder.encode(t, a);
                 let back = coder.decode(&d, a);
@@ -106,19 +130,32 @@ mod tests {
         let coder = BoxCoder::default();
         let anchor = [0.0, 0.0, 0.0, 16.0, 16.0, 16.0];
         let huge = coder.decode(&[0.0, 0.0, 0.0, 50.0, 0.0, 0.0], &anchor);
-        assert!((huge[3] - huge[0] - 1000.0).abs() < 1e-6, "clamped to 1000 / 16 × 16");
+        assert!(
+            (huge[3] - huge[0] - 1000.0).abs() < 1e-6,
+            "clamped to 1000 / 16 × 16"
+        );
 
-        let deltas = [[0.1, -0.2, 0.3, 0.5, -0.4, 50.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]];
+        let deltas = [
+            [0.1, -0.2, 0.3, 0.5, -0.4, 50.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ];
         let anchors = [anchor, [2.0, 4.0, 6.0, 5.0, 9.0, 13.0]];
         let device = test_device();
         let t = |rows: &[[f64; 6]; 2]| {
             Tensor::<TestBackend, 2>::from_data(
-                TensorData::new(rows.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(), [2, 6]),
+                TensorData::new(
+                    rows.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(),
+                    [2, 6],
+                ),
                 &device,
             )
         };
         let decoded = tensor_values(coder.decode_tensor(t(&deltas), t(&anchors)));
-        let expected: Vec<f64> = deltas.iter().zip(&anchors).flat_map(|(d, a)| coder.decode(d, a)).collect();
+        let expected: Vec<f64> = deltas
+            .iter()
+            .zip(&anchors)
+            .flat_map(|(d, a)| coder.decode(d, a))
+            .collect();
         assert_close(&decoded, &expected, 1e-3);
     }
 }

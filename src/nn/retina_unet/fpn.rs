@@ -11,13 +11,20 @@ use crate::nn::blocks::{WeightInit, conv3d, transposed_upsampling};
 
 /// Output channels per level: `fpn_channels` for levels ≥ `first_detection_level`, halving per
 /// finer level down to `min_channels` (nnDetection: 128 → levels 0..5 = 32, 64, 128, 128, 128, 128).
-pub fn fpn_level_channels(num_levels: usize, first_detection_level: usize, fpn_channels: usize, min_channels: usize) -> Vec<usize> {
+pub fn fpn_level_channels(
+    num_levels: usize,
+    first_detection_level: usize,
+    fpn_channels: usize,
+    min_channels: usize,
+) -> Vec<usize> {
     (0..num_levels)
         .map(|l| {
             if l >= first_detection_level {
                 fpn_channels
             } else {
-                (fpn_channels >> (first_detection_level - l).min(63)).max(min_channels).min(fpn_channels)
+                (fpn_channels >> (first_detection_level - l).min(63))
+                    .max(min_channels)
+                    .min(fpn_channels)
             }
         })
         .collect()
@@ -56,7 +63,10 @@ impl<B: Backend> UFpn<B> {
     ) -> Result<Self, NnError> {
         let num_levels = encoder_channels.len();
         if output_levels.is_empty() || output_levels.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(NnError::config("detection_levels", format!("levels {output_levels:?} must be sorted and unique")));
+            return Err(NnError::config(
+                "detection_levels",
+                format!("levels {output_levels:?} must be sorted and unique"),
+            ));
         }
         if *output_levels.last().unwrap() >= num_levels {
             return Err(NnError::config(
@@ -66,16 +76,49 @@ impl<B: Backend> UFpn<B> {
         }
         let first_level = output_levels[0];
         let laterals = (first_level..num_levels)
-            .map(|l| conv3d([encoder_channels[l], level_channels[l]], [1, 1, 1], [1, 1, 1], true, init, device))
+            .map(|l| {
+                conv3d(
+                    [encoder_channels[l], level_channels[l]],
+                    [1, 1, 1],
+                    [1, 1, 1],
+                    true,
+                    init,
+                    device,
+                )
+            })
             .collect();
         let upsamplings = (first_level..num_levels - 1)
-            .map(|l| transposed_upsampling([level_channels[l + 1], level_channels[l]], strides[l + 1], true, init, device))
+            .map(|l| {
+                transposed_upsampling(
+                    [level_channels[l + 1], level_channels[l]],
+                    strides[l + 1],
+                    true,
+                    init,
+                    device,
+                )
+            })
             .collect();
         let outputs = output_levels
             .iter()
-            .map(|&l| conv3d([level_channels[l], level_channels[l]], kernel_sizes[l], [1, 1, 1], true, init, device))
+            .map(|&l| {
+                conv3d(
+                    [level_channels[l], level_channels[l]],
+                    kernel_sizes[l],
+                    [1, 1, 1],
+                    true,
+                    init,
+                    device,
+                )
+            })
             .collect();
-        Ok(Self { laterals, upsamplings, outputs, output_levels: output_levels.to_vec(), first_level, channels: level_channels.to_vec() })
+        Ok(Self {
+            laterals,
+            upsamplings,
+            outputs,
+            output_levels: output_levels.to_vec(),
+            first_level,
+            channels: level_channels.to_vec(),
+        })
     }
 
     /// Top-down pass over the encoder skips.
@@ -89,7 +132,8 @@ impl<B: Backend> UFpn<B> {
         let mut skips: Vec<Option<Tensor<B, 5>>> = skips.into_iter().map(Some).collect();
         let mut above: Option<Tensor<B, 5>> = None;
         for l in (self.first_level..num_levels).rev() {
-            let lateral = self.laterals[l - self.first_level].forward(skips[l].take().expect("each skip used once"));
+            let lateral = self.laterals[l - self.first_level]
+                .forward(skips[l].take().expect("each skip used once"));
             let p = match above.take() {
                 Some(coarser) => lateral + self.upsamplings[l - self.first_level].forward(coarser),
                 None => lateral,
@@ -112,7 +156,10 @@ mod tests {
 
     #[test]
     fn level_channels_halve_below_the_detection_levels() {
-        assert_eq!(fpn_level_channels(6, 2, 128, 8), vec![32, 64, 128, 128, 128, 128]);
+        assert_eq!(
+            fpn_level_channels(6, 2, 128, 8),
+            vec![32, 64, 128, 128, 128, 128]
+        );
         assert_eq!(fpn_level_channels(4, 1, 16, 8), vec![8, 16, 16, 16]);
         assert_eq!(fpn_level_channels(5, 4, 32, 8), vec![8, 8, 8, 16, 32]);
     }
@@ -123,17 +170,69 @@ mod tests {
         let enc = [4, 8, 16, 32];
         let strides = [[1, 1, 1], [2, 2, 2], [2, 2, 1], [2, 2, 2]];
         let channels = fpn_level_channels(4, 1, 16, 8);
-        let fpn = UFpn::<TestBackend>::new(&enc, &strides, &[[3, 3, 3]; 4], &channels, &[0, 1, 2, 3], WeightInit::KaimingNormal, &device).unwrap();
+        let fpn = UFpn::<TestBackend>::new(
+            &enc,
+            &strides,
+            &[[3, 3, 3]; 4],
+            &channels,
+            &[0, 1, 2, 3],
+            WeightInit::KaimingNormal,
+            &device,
+        )
+        .unwrap();
         let sizes = [[16, 16, 8], [8, 8, 4], [4, 4, 4], [2, 2, 2]];
-        let skips = enc.iter().zip(sizes).map(|(&c, s)| Tensor::<TestBackend, 5>::ones([2, c, s[0], s[1], s[2]], &device)).collect();
+        let skips = enc
+            .iter()
+            .zip(sizes)
+            .map(|(&c, s)| Tensor::<TestBackend, 5>::ones([2, c, s[0], s[1], s[2]], &device))
+            .collect();
         let out = fpn.forward(skips);
         let dims: Vec<[usize; 5]> = out.iter().map(|t| t.dims()).collect();
-        assert_eq!(dims, vec![[2, 8, 16, 16, 8], [2, 16, 8, 8, 4], [2, 16, 4, 4, 4], [2, 16, 2, 2, 2]]);
+        assert_eq!(
+            dims,
+            vec![
+                [2, 8, 16, 16, 8],
+                [2, 16, 8, 8, 4],
+                [2, 16, 4, 4, 4],
+                [2, 16, 2, 2, 2]
+            ]
+        );
         // Only detection levels 2 and 3: no laterals for the finer levels.
-        let coarse = UFpn::<TestBackend>::new(&enc, &strides, &[[3, 3, 3]; 4], &channels, &[2, 3], WeightInit::KaimingNormal, &device).unwrap();
+        let coarse = UFpn::<TestBackend>::new(
+            &enc,
+            &strides,
+            &[[3, 3, 3]; 4],
+            &channels,
+            &[2, 3],
+            WeightInit::KaimingNormal,
+            &device,
+        )
+        .unwrap();
         assert_eq!(coarse.laterals.len(), 2);
         assert_eq!(coarse.upsamplings.len(), 1);
-        assert!(UFpn::<TestBackend>::new(&enc, &strides, &[[3, 3, 3]; 4], &channels, &[3, 2], WeightInit::KaimingNormal, &device).is_err());
-        assert!(UFpn::<TestBackend>::new(&enc, &strides, &[[3, 3, 3]; 4], &channels, &[4], WeightInit::KaimingNormal, &device).is_err());
+        assert!(
+            UFpn::<TestBackend>::new(
+                &enc,
+                &strides,
+                &[[3, 3, 3]; 4],
+                &channels,
+                &[3, 2],
+                WeightInit::KaimingNormal,
+                &device
+            )
+            .is_err()
+        );
+        assert!(
+            UFpn::<TestBackend>::new(
+                &enc,
+                &strides,
+                &[[3, 3, 3]; 4],
+                &channels,
+                &[4],
+                WeightInit::KaimingNormal,
+                &device
+            )
+            .is_err()
+        );
     }
 }

@@ -20,7 +20,13 @@ fn hidden_convs<B: Backend>(
     (0..num_convs)
         .map(|i| {
             let cin = if i == 0 { in_channels } else { channels };
-            ConvGroupNormAct::new([cin, channels], num_groups, Activation::Relu, HEAD_INIT, device)
+            ConvGroupNormAct::new(
+                [cin, channels],
+                num_groups,
+                Activation::Relu,
+                HEAD_INIT,
+                device,
+            )
         })
         .collect()
 }
@@ -57,12 +63,33 @@ impl<B: Backend> ClassifierHead<B> {
         device: &B::Device,
     ) -> Result<Self, NnError> {
         let convs = hidden_convs(in_channels, channels, num_convs, num_groups, device)?;
-        let last = if num_convs == 0 { in_channels } else { channels };
+        let last = if num_convs == 0 {
+            in_channels
+        } else {
+            channels
+        };
         let out_channels = anchors_per_position * num_classes;
-        let mut output = conv3d([last, out_channels], [3, 3, 3], [1, 1, 1], true, HEAD_INIT, device);
+        let mut output = conv3d(
+            [last, out_channels],
+            [3, 3, 3],
+            [1, 1, 1],
+            true,
+            HEAD_INIT,
+            device,
+        );
         let prior: f64 = 0.01;
-        output.bias = Some(Initializer::Constant { value: -((1.0 - prior) / prior).ln() }.init([out_channels], device));
-        Ok(Self { convs, output, num_classes, anchors_per_position })
+        output.bias = Some(
+            Initializer::Constant {
+                value: -((1.0 - prior) / prior).ln(),
+            }
+            .init([out_channels], device),
+        );
+        Ok(Self {
+            convs,
+            output,
+            num_classes,
+            anchors_per_position,
+        })
     }
 
     /// Class logits of every anchor of every level.
@@ -110,9 +137,25 @@ impl<B: Backend> RegressorHead<B> {
         device: &B::Device,
     ) -> Result<Self, NnError> {
         let convs = hidden_convs(in_channels, channels, num_convs, num_groups, device)?;
-        let last = if num_convs == 0 { in_channels } else { channels };
-        let output = conv3d([last, anchors_per_position * 6], [3, 3, 3], [1, 1, 1], true, HEAD_INIT, device);
-        Ok(Self { convs, output, scales: Initializer::Ones.init([num_levels], device), anchors_per_position })
+        let last = if num_convs == 0 {
+            in_channels
+        } else {
+            channels
+        };
+        let output = conv3d(
+            [last, anchors_per_position * 6],
+            [3, 3, 3],
+            [1, 1, 1],
+            true,
+            HEAD_INIT,
+            device,
+        );
+        Ok(Self {
+            convs,
+            output,
+            scales: Initializer::Ones.init([num_levels], device),
+            anchors_per_position,
+        })
     }
 
     /// Box deltas of every anchor of every level.
@@ -147,8 +190,22 @@ pub struct SegmentationHead<B: Backend> {
 
 impl<B: Backend> SegmentationHead<B> {
     /// A head mapping `in_channels` to `out_channels` logits.
-    pub fn new(in_channels: usize, out_channels: usize, init: WeightInit, device: &B::Device) -> Self {
-        Self { conv: conv3d([in_channels, out_channels], [1, 1, 1], [1, 1, 1], true, init, device) }
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        init: WeightInit,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            conv: conv3d(
+                [in_channels, out_channels],
+                [1, 1, 1],
+                [1, 1, 1],
+                true,
+                init,
+                device,
+            ),
+        }
     }
 
     /// # Shapes
@@ -170,8 +227,16 @@ mod tests {
         let cls = ClassifierHead::<TestBackend>::new(8, 8, 2, 2, 27, 3, &device).unwrap();
         let reg = RegressorHead::<TestBackend>::new(8, 8, 2, 2, 27, 2, &device).unwrap();
         let levels = vec![
-            Tensor::<TestBackend, 5>::random([2, 8, 4, 4, 2], burn::tensor::Distribution::Default, &device),
-            Tensor::<TestBackend, 5>::random([2, 8, 2, 2, 1], burn::tensor::Distribution::Default, &device),
+            Tensor::<TestBackend, 5>::random(
+                [2, 8, 4, 4, 2],
+                burn::tensor::Distribution::Default,
+                &device,
+            ),
+            Tensor::<TestBackend, 5>::random(
+                [2, 8, 2, 2, 1],
+                burn::tensor::Distribution::Default,
+                &device,
+            ),
         ];
         assert_eq!(cls.forward(&levels).dims(), [2, (32 + 4) * 27, 3]);
         assert_eq!(reg.forward(&levels).dims(), [2, (32 + 4) * 27, 6]);
@@ -181,11 +246,19 @@ mod tests {
         assert!((mean + (99.0f64).ln()).abs() < 0.1, "{mean}");
 
         // Flattening: channel a·K + k of position p lands at row p·A + a, column k.
-        let x = Tensor::<TestBackend, 5>::from_data(TensorData::new((0..2 * 3 * 2).map(|v| v as f32).collect::<Vec<_>>(), [1, 4, 1, 1, 3]), &device);
+        let x = Tensor::<TestBackend, 5>::from_data(
+            TensorData::new(
+                (0..2 * 3 * 2).map(|v| v as f32).collect::<Vec<_>>(),
+                [1, 4, 1, 1, 3],
+            ),
+            &device,
+        );
         // 4 channels = A 2 × K 2, three positions (w = 0, 1, 2).
         let flat = tensor_values(flatten_level(x, 2));
         // channel c at position w has value c·3 + w.
-        let expected: Vec<f64> = (0..3).flat_map(|w| (0..4).map(move |c| (c * 3 + w) as f64)).collect();
+        let expected: Vec<f64> = (0..3)
+            .flat_map(|w| (0..4).map(move |c| (c * 3 + w) as f64))
+            .collect();
         assert_eq!(flat, expected);
     }
 }

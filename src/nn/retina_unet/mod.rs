@@ -129,7 +129,13 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { topk_candidates: 10_000, score_threshold: 0.0, min_box_size: 0.01, nms_iou: 0.6, detections_per_image: 100 }
+        Self {
+            topk_candidates: 10_000,
+            score_threshold: 0.0,
+            min_box_size: 0.01,
+            nms_iou: 0.6,
+            detections_per_image: 100,
+        }
     }
 }
 
@@ -200,7 +206,11 @@ impl burn::config::Config for RetinaUNetConfig {}
 impl RetinaUNetConfig {
     /// nnDetection's Retina U-Net over any encoder, with `num_classes` classes.
     pub fn new(encoder: EncoderConfig, num_classes: usize) -> Self {
-        Self { encoder, num_classes, ..Default::default() }
+        Self {
+            encoder,
+            num_classes,
+            ..Default::default()
+        }
     }
 
     /// A tiny network for tests and tutorials: the tiny retunet encoder (widths 8–64, total
@@ -222,7 +232,9 @@ impl RetinaUNetConfig {
             return self.detection_levels.clone();
         }
         let stages = self.encoder.widths().len();
-        let start = (stages.saturating_sub(4).max(1)).min(2).min(stages.saturating_sub(1));
+        let start = (stages.saturating_sub(4).max(1))
+            .min(2)
+            .min(stages.saturating_sub(1));
         (start..stages).collect()
     }
 
@@ -243,13 +255,20 @@ impl RetinaUNetConfig {
         }
         let stages = self.encoder.widths().len();
         let levels = self.resolved_detection_levels();
-        if levels.is_empty() || levels.windows(2).any(|w| w[0] >= w[1]) || *levels.last().unwrap() >= stages {
+        if levels.is_empty()
+            || levels.windows(2).any(|w| w[0] >= w[1])
+            || *levels.last().unwrap() >= stages
+        {
             return Err(NnError::config(
                 "detection_levels",
                 format!("{levels:?} must be sorted, unique and below the {stages} encoder stages"),
             ));
         }
-        for (name, v) in [("fpn_channels", self.fpn_channels), ("head_channels", self.head_channels), ("fpn_min_channels", self.fpn_min_channels)] {
+        for (name, v) in [
+            ("fpn_channels", self.fpn_channels),
+            ("head_channels", self.head_channels),
+            ("fpn_min_channels", self.fpn_min_channels),
+        ] {
             if v == 0 {
                 return Err(NnError::config(name, "must be at least 1"));
             }
@@ -258,14 +277,25 @@ impl RetinaUNetConfig {
         if per_group == 0 || self.head_channels % per_group != 0 {
             return Err(NnError::config(
                 "head_channels_per_group",
-                format!("{per_group} does not divide head_channels = {}", self.head_channels),
+                format!(
+                    "{per_group} does not divide head_channels = {}",
+                    self.head_channels
+                ),
             ));
         }
         self.sampler.validate()?;
         if self.matcher.num_candidates == 0 {
-            return Err(NnError::config("matcher.num_candidates", "must be at least 1"));
+            return Err(NnError::config(
+                "matcher.num_candidates",
+                "must be at least 1",
+            ));
         }
-        if self.coder.weights.iter().any(|w| !(w.is_finite() && *w > 0.0)) {
+        if self
+            .coder
+            .weights
+            .iter()
+            .any(|w| !(w.is_finite() && *w > 0.0))
+        {
             return Err(NnError::config("coder.weights", "must be positive"));
         }
         Ok(())
@@ -277,12 +307,21 @@ impl RetinaUNetConfig {
         let encoder = self.encoder.init::<B>(device)?;
         let levels = self.resolved_detection_levels();
         let stages = encoder.widths.len();
-        let channels = fpn_level_channels(stages, levels[0], self.fpn_channels, self.fpn_min_channels);
+        let channels =
+            fpn_level_channels(stages, levels[0], self.fpn_channels, self.fpn_min_channels);
         let mut outputs = levels.clone();
         if self.segmentation != SegmentationMode::None && levels[0] != 0 {
             outputs.insert(0, 0);
         }
-        let decoder = UFpn::new(&encoder.widths, &encoder.strides, self.encoder.kernel_sizes(), &channels, &outputs, self.decoder_init, device)?;
+        let decoder = UFpn::new(
+            &encoder.widths,
+            &encoder.strides,
+            self.encoder.kernel_sizes(),
+            &channels,
+            &outputs,
+            self.decoder_init,
+            device,
+        )?;
         let groups = self.head_channels / self.head_channels_per_group;
         let classifier = ClassifierHead::new(
             self.fpn_channels,
@@ -293,11 +332,32 @@ impl RetinaUNetConfig {
             self.num_classes,
             device,
         )?;
-        let regressor =
-            RegressorHead::new(self.fpn_channels, self.head_channels, self.head_convs, groups, ANCHORS_PER_POSITION, levels.len(), device)?;
-        let segmenter = (self.segmentation != SegmentationMode::None)
-            .then(|| SegmentationHead::new(channels[0], self.segmentation_channels(), self.decoder_init, device));
-        let model = RetinaUNet { encoder, decoder, classifier, regressor, segmenter, detection_levels: levels, config: self.clone() };
+        let regressor = RegressorHead::new(
+            self.fpn_channels,
+            self.head_channels,
+            self.head_convs,
+            groups,
+            ANCHORS_PER_POSITION,
+            levels.len(),
+            device,
+        )?;
+        let segmenter = (self.segmentation != SegmentationMode::None).then(|| {
+            SegmentationHead::new(
+                channels[0],
+                self.segmentation_channels(),
+                self.decoder_init,
+                device,
+            )
+        });
+        let model = RetinaUNet {
+            encoder,
+            decoder,
+            classifier,
+            regressor,
+            segmenter,
+            detection_levels: levels,
+            config: self.clone(),
+        };
         inspect::materialize(&model);
         Ok(model)
     }
@@ -347,7 +407,11 @@ impl<B: Backend> RetinaUNet<B> {
         let mut features = self.decoder.forward(skips);
         let segmentation_logits = match &self.segmenter {
             Some(head) => {
-                let finest = if self.detection_levels[0] == 0 { features[0].clone() } else { features.remove(0) };
+                let finest = if self.detection_levels[0] == 0 {
+                    features[0].clone()
+                } else {
+                    features.remove(0)
+                };
                 Some(head.forward(finest))
             }
             None => None,
@@ -382,24 +446,39 @@ impl<B: Backend> RetinaUNet<B> {
         let cfg = &self.config.loss;
         match cfg.classification {
             ClassificationLoss::Bce => losses::binary_cross_entropy_with_logits(logits, targets),
-            ClassificationLoss::Focal => losses::sigmoid_focal_loss(logits, targets, cfg.focal_alpha, cfg.focal_gamma),
+            ClassificationLoss::Focal => {
+                losses::sigmoid_focal_loss(logits, targets, cfg.focal_alpha, cfg.focal_gamma)
+            }
         }
     }
 
-    fn regression_loss(&self, deltas: Tensor<B, 2>, anchors: &[Box3], targets: &[Box3]) -> Tensor<B, 1> {
+    fn regression_loss(
+        &self,
+        deltas: Tensor<B, 2>,
+        anchors: &[Box3],
+        targets: &[Box3],
+    ) -> Tensor<B, 1> {
         let device = deltas.device();
         let p = anchors.len();
-        let boxes_tensor = |rows: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(rows, [p, 6]), &device);
+        let boxes_tensor =
+            |rows: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(rows, [p, 6]), &device);
         let sum = match self.config.loss.regression {
             RegressionLoss::Giou => {
                 let anchors_t = boxes_tensor(anchors.iter().flatten().map(|&v| v as f32).collect());
                 let targets_t = boxes_tensor(targets.iter().flatten().map(|&v| v as f32).collect());
                 let decoded = self.config.coder.decode_tensor(deltas, anchors_t);
-                losses::generalized_iou(decoded, targets_t).neg().add_scalar(1.0).sum()
+                losses::generalized_iou(decoded, targets_t)
+                    .neg()
+                    .add_scalar(1.0)
+                    .sum()
             }
             RegressionLoss::L1 | RegressionLoss::SmoothL1 => {
-                let encoded: Vec<f32> =
-                    anchors.iter().zip(targets).flat_map(|(a, t)| self.config.coder.encode(t, a)).map(|v| v as f32).collect();
+                let encoded: Vec<f32> = anchors
+                    .iter()
+                    .zip(targets)
+                    .flat_map(|(a, t)| self.config.coder.encode(t, a))
+                    .map(|v| v as f32)
+                    .collect();
                 let diff = (deltas - boxes_tensor(encoded)).abs();
                 if self.config.loss.regression == RegressionLoss::L1 {
                     diff.sum()
@@ -420,14 +499,28 @@ impl<B: Backend> RetinaUNet<B> {
                 let fg = target.greater_elem(0).float().unsqueeze_dim::<5>(1);
                 Tensor::cat(vec![fg.clone().neg().add_scalar(1.0), fg], 1)
             }
-            _ => Tensor::cat((0..channels).map(|s| target.clone().equal_elem(s as i64).float().unsqueeze_dim::<5>(1)).collect(), 1),
+            _ => Tensor::cat(
+                (0..channels)
+                    .map(|s| {
+                        target
+                            .clone()
+                            .equal_elem(s as i64)
+                            .float()
+                            .unsqueeze_dim::<5>(1)
+                    })
+                    .collect(),
+                1,
+            ),
         }
     }
 }
 
 /// Host copy of a float tensor's values.
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default()
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
 }
 
 fn index_tensor<B: Backend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
@@ -440,7 +533,9 @@ fn top_k(values: &[f32], k: usize, skip_sorted: &[usize]) -> Vec<usize> {
     let mut idx: Vec<usize> = if skip_sorted.is_empty() {
         (0..values.len()).collect()
     } else {
-        (0..values.len()).filter(|i| skip_sorted.binary_search(i).is_err()).collect()
+        (0..values.len())
+            .filter(|i| skip_sorted.binary_search(i).is_err())
+            .collect()
     };
     let k = k.min(idx.len());
     if k == 0 {
@@ -456,7 +551,11 @@ fn top_k(values: &[f32], k: usize, skip_sorted: &[usize]) -> Vec<usize> {
 }
 
 impl<B: Backend> Detector<B> for RetinaUNet<B> {
-    fn loss(&self, batch: &DetectionBatch<B>, rng: &mut dyn RngCore) -> Result<DetectionLoss<B>, NnError> {
+    fn loss(
+        &self,
+        batch: &DetectionBatch<B>,
+        rng: &mut dyn RngCore,
+    ) -> Result<DetectionLoss<B>, NnError> {
         let num_classes = self.config.num_classes;
         batch.validate(num_classes)?;
         let [n, _, d, h, w] = batch.images.dims();
@@ -471,30 +570,48 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
         for i in 0..n {
             for m in atss_match(&batch.boxes[i], &anchors, &self.config.matcher) {
                 positives.push(i * per_image + m.anchor);
-                matched.push((anchors.anchor(m.anchor), batch.boxes[i][m.target], batch.classes[i][m.target]));
+                matched.push((
+                    anchors.anchor(m.anchor),
+                    batch.boxes[i][m.target],
+                    batch.classes[i][m.target],
+                ));
             }
         }
 
         // Hard negatives: highest max-over-classes logit (sigmoid is monotonic).
-        let flat_logits = out.class_logits.clone().reshape([n * per_image, num_classes]);
+        let flat_logits = out
+            .class_logits
+            .clone()
+            .reshape([n * per_image, num_classes]);
         let sampled = self.config.sampler.sample(
             n,
             n * per_image,
             &positives,
             |k| {
-                let scores = flat_logits.clone().detach().max_dim(1).reshape([n * per_image]);
+                let scores = flat_logits
+                    .clone()
+                    .detach()
+                    .max_dim(1)
+                    .reshape([n * per_image]);
                 top_k(&host_f32(scores), k, &positives)
             },
             rng,
         );
 
         // Classification on the sampled anchors.
-        let selected: Vec<usize> = sampled.positives.iter().chain(&sampled.negatives).copied().collect();
+        let selected: Vec<usize> = sampled
+            .positives
+            .iter()
+            .chain(&sampled.negatives)
+            .copied()
+            .collect();
         let mut targets = vec![0.0f32; selected.len() * num_classes];
         let mut pos_anchors = Vec::with_capacity(sampled.positives.len());
         let mut pos_targets = Vec::with_capacity(sampled.positives.len());
         for (row, flat) in sampled.positives.iter().enumerate() {
-            let j = positives.binary_search(flat).expect("sampled positive is a positive");
+            let j = positives
+                .binary_search(flat)
+                .expect("sampled positive is a positive");
             let (anchor, target, class) = matched[j];
             targets[row * num_classes + class] = 1.0;
             pos_anchors.push(anchor);
@@ -504,8 +621,15 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
         let mut components: Vec<(String, Tensor<B, 1>)> = Vec::new();
         if !selected.is_empty() {
             let logits = flat_logits.select(0, index_tensor::<B>(&selected, &device));
-            let target_t = Tensor::<B, 2>::from_data(TensorData::new(targets, [selected.len(), num_classes]), &device);
-            components.push(("cls".into(), self.classification_loss(logits, target_t).mul_scalar(weights.cls_weight)));
+            let target_t = Tensor::<B, 2>::from_data(
+                TensorData::new(targets, [selected.len(), num_classes]),
+                &device,
+            );
+            components.push((
+                "cls".into(),
+                self.classification_loss(logits, target_t)
+                    .mul_scalar(weights.cls_weight),
+            ));
         }
         if !pos_anchors.is_empty() {
             let deltas = out
@@ -513,9 +637,14 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
                 .clone()
                 .reshape([n * per_image, 6])
                 .select(0, index_tensor::<B>(&sampled.positives, &device));
-            components.push(("reg".into(), self.regression_loss(deltas, &pos_anchors, &pos_targets).mul_scalar(weights.reg_weight)));
+            components.push((
+                "reg".into(),
+                self.regression_loss(deltas, &pos_anchors, &pos_targets)
+                    .mul_scalar(weights.reg_weight),
+            ));
         }
-        if let (Some(logits), Some(target)) = (out.segmentation_logits, batch.segmentation.clone()) {
+        if let (Some(logits), Some(target)) = (out.segmentation_logits, batch.segmentation.clone())
+        {
             let channels = logits.dims()[1];
             let one_hot = self.segmentation_one_hot(target, channels);
             let ce = losses::dense_cross_entropy(logits.clone(), one_hot.clone());
@@ -531,11 +660,24 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
         let statistics = vec![
             ("num_anchors".to_string(), (n * per_image) as f64),
             ("num_positives".to_string(), positives.len() as f64),
-            ("num_sampled_positives".to_string(), sampled.positives.len() as f64),
-            ("num_sampled_negatives".to_string(), sampled.negatives.len() as f64),
+            (
+                "num_sampled_positives".to_string(),
+                sampled.positives.len() as f64,
+            ),
+            (
+                "num_sampled_negatives".to_string(),
+                sampled.negatives.len() as f64,
+            ),
         ];
-        let components = components.into_iter().map(|(name, t)| (name, t.detach())).collect();
-        Ok(DetectionLoss { total, components, statistics })
+        let components = components
+            .into_iter()
+            .map(|(name, t)| (name, t.detach()))
+            .collect();
+        Ok(DetectionLoss {
+            total,
+            components,
+            statistics,
+        })
     }
 
     fn predict(&self, images: Tensor<B, 5>) -> Result<Vec<PatchDetections>, NnError> {
@@ -559,14 +701,22 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
                 }
             }
         }
-        let flat: Vec<usize> = candidates.iter().map(|&(i, a, _, _)| i * per_image + a).collect();
+        let flat: Vec<usize> = candidates
+            .iter()
+            .map(|&(i, a, _, _)| i * per_image + a)
+            .collect();
         let deltas = if flat.is_empty() {
             Vec::new()
         } else {
-            host_f32(out.box_deltas.reshape([n * per_image, 6]).select(0, index_tensor::<B>(&flat, &device)))
+            host_f32(
+                out.box_deltas
+                    .reshape([n * per_image, 6])
+                    .select(0, index_tensor::<B>(&flat, &device)),
+            )
         };
         let mut results = vec![PatchDetections::default(); n];
-        let mut per_image_boxes: Vec<(Vec<Box3>, Vec<f64>, Vec<usize>)> = vec![Default::default(); n];
+        let mut per_image_boxes: Vec<(Vec<Box3>, Vec<f64>, Vec<usize>)> =
+            vec![Default::default(); n];
         for (k, &(i, a, class, score)) in candidates.iter().enumerate() {
             let delta: [f64; 6] = std::array::from_fn(|j| deltas[k * 6 + j] as f64);
             let mut b = self.config.coder.decode(&delta, &anchors.anchor(a));
@@ -601,7 +751,8 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
             EncoderConfig::Resenc(_) => "resenc",
         };
         let strides = self.encoder.cumulative_strides();
-        let level_strides: Vec<[usize; 3]> = self.detection_levels.iter().map(|&l| strides[l]).collect();
+        let level_strides: Vec<[usize; 3]> =
+            self.detection_levels.iter().map(|&l| strides[l]).collect();
         let mut out = format!(
             "Retina U-Net: {kind} encoder, widths {:?}, {} input channel(s), {} class(es)\n\
              U-FPN channels {:?}; detection levels {:?} (strides {:?}); segmentation {:?}\n\

@@ -27,7 +27,12 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { batch_size_per_image: 32, positive_fraction: 0.33, pool_size: 20.0, min_negatives: 1 }
+        Self {
+            batch_size_per_image: 32,
+            positive_fraction: 0.33,
+            pool_size: 20.0,
+            min_negatives: 1,
+        }
     }
 }
 
@@ -44,19 +49,30 @@ impl SamplerConfig {
     /// Check the settings.
     pub fn validate(&self) -> Result<(), NnError> {
         if !(self.positive_fraction > 0.0 && self.positive_fraction < 1.0) {
-            return Err(NnError::config("sampler.positive_fraction", "must lie in (0, 1)"));
+            return Err(NnError::config(
+                "sampler.positive_fraction",
+                "must lie in (0, 1)",
+            ));
         }
         if !(self.pool_size >= 1.0) {
             return Err(NnError::config("sampler.pool_size", "must be at least 1"));
         }
         if self.batch_size_per_image == 0 {
-            return Err(NnError::config("sampler.batch_size_per_image", "must be at least 1"));
+            return Err(NnError::config(
+                "sampler.batch_size_per_image",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
 
     /// Number of positives and negatives drawn for `num_positive` / `num_negative` candidates.
-    pub fn counts(&self, batch_size: usize, num_positive: usize, num_negative: usize) -> (usize, usize) {
+    pub fn counts(
+        &self,
+        batch_size: usize,
+        num_positive: usize,
+        num_negative: usize,
+    ) -> (usize, usize) {
         let budget = self.batch_size_per_image * batch_size;
         let num_pos = num_positive.min((budget as f64 * self.positive_fraction) as usize);
         let ratio = (1.0 - 1.0 / self.positive_fraction).abs();
@@ -88,14 +104,23 @@ impl SamplerConfig {
         let pool = hardest_negatives(self.pool(num_neg, num_negative));
         let chosen_neg = rand::seq::index::sample(rng, pool.len(), num_neg.min(pool.len()));
         let negatives = chosen_neg.iter().map(|i| pool[i]).collect();
-        SampledAnchors { positives, negatives }
+        SampledAnchors {
+            positives,
+            negatives,
+        }
     }
 }
 
 /// The `k` highest-scoring indices of `scores` that are not in `sorted_positives` (host version
 /// of the device-side selection; for tests and small problems).
-pub fn hardest_negatives_from_scores(scores: &[f32], sorted_positives: &[usize], k: usize) -> Vec<usize> {
-    let mut candidates: Vec<usize> = (0..scores.len()).filter(|i| sorted_positives.binary_search(i).is_err()).collect();
+pub fn hardest_negatives_from_scores(
+    scores: &[f32],
+    sorted_positives: &[usize],
+    k: usize,
+) -> Vec<usize> {
+    let mut candidates: Vec<usize> = (0..scores.len())
+        .filter(|i| sorted_positives.binary_search(i).is_err())
+        .collect();
     let k = k.min(candidates.len());
     if k == 0 {
         return Vec::new();
@@ -144,20 +169,32 @@ mod tests {
         );
         assert_eq!(sampled.positives.len(), 42);
         assert_eq!(sampled.negatives.len(), 85);
-        let ratio = sampled.positives.len() as f64 / (sampled.positives.len() + sampled.negatives.len()) as f64;
+        let ratio = sampled.positives.len() as f64
+            / (sampled.positives.len() + sampled.negatives.len()) as f64;
         assert!((ratio - 0.33).abs() < 0.01, "{ratio}");
         assert!(sampled.positives.iter().all(|p| positives.contains(p)));
         // Every negative comes from the pool of the 1700 highest-scoring non-positives.
         let pool = hardest_negatives_from_scores(&scores, &positives, 1700);
         let min_pool = *pool.iter().min().unwrap();
         assert!(min_pool > num_anchors - 1800, "{min_pool}");
-        assert!(sampled.negatives.iter().all(|n| pool.contains(n) && positives.binary_search(n).is_err()));
+        assert!(
+            sampled
+                .negatives
+                .iter()
+                .all(|n| pool.contains(n) && positives.binary_search(n).is_err())
+        );
         let mut unique = sampled.negatives.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 85, "drawn without replacement");
         // Same seed, same draw.
-        let again = s.sample(4, num_anchors, &positives, |k| hardest_negatives_from_scores(&scores, &positives, k), &mut ChaCha8Rng::seed_from_u64(7));
+        let again = s.sample(
+            4,
+            num_anchors,
+            &positives,
+            |k| hardest_negatives_from_scores(&scores, &positives, k),
+            &mut ChaCha8Rng::seed_from_u64(7),
+        );
         assert_eq!(again, sampled);
     }
 
@@ -168,6 +205,13 @@ mod tests {
         h.sort();
         assert_eq!(h, vec![0, 2, 4]);
         assert_eq!(hardest_negatives_from_scores(&scores, &[], 10).len(), 5);
-        assert!(SamplerConfig { positive_fraction: 1.0, ..Default::default() }.validate().is_err());
+        assert!(
+            SamplerConfig {
+                positive_fraction: 1.0,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }
