@@ -20,7 +20,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// A temporary path next to `path` (same folder, so a rename is atomic), unique per process.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let unique = format!(
         ".{}.tmp-{}-{}",
         name,
@@ -43,7 +46,49 @@ mod tests {
         atomic_write(&p, b"first").unwrap();
         atomic_write(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1);
+    }
+}
+
+/// Cooperative interruption (Ctrl-C): the front end sets the flag, long computations poll it.
+///
+/// Domain code (training loops, preprocessing) calls [`interrupt::check`] between units of
+/// work so that a Ctrl-C stops a long native call cleanly, not only the script around it.
+pub mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    /// The error returned by [`check`] once an interruption was requested.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    #[error("interrupted by Ctrl-C")]
+    pub struct Interrupted;
+
+    /// Ask running computations to stop at their next check point.
+    pub fn request() {
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an interruption has been requested and not yet cleared.
+    pub fn is_requested() -> bool {
+        REQUESTED.load(Ordering::Relaxed)
+    }
+
+    /// Clear a pending request (the REPL does this after each command).
+    pub fn clear() {
+        REQUESTED.store(false, Ordering::SeqCst);
+    }
+
+    /// Return `Err(Interrupted)` if an interruption was requested.
+    pub fn check() -> Result<(), Interrupted> {
+        if is_requested() {
+            Err(Interrupted)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -2,12 +2,17 @@
 
 pub mod bench;
 pub mod eval;
+pub mod repl;
+pub mod run;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 /// detlab: a scripting lab for 3D medical object detection with large-scale pre-training.
+///
+/// With no command, starts the interactive REPL.
 #[derive(Parser, Debug)]
-#[command(name = "detlab", version, about)]
+#[command(name = "detlab", version, about, disable_help_subcommand = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -15,6 +20,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a Rhai script; `--set key=value` values reach the script as the map ARGS.
+    Run {
+        /// The script file.
+        file: PathBuf,
+        /// A script argument, `key=value` (numbers, booleans and JSON arrays are parsed).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Compile a script without running it and report syntax errors with line:column.
+    Check {
+        /// The script file.
+        file: PathBuf,
+    },
+    /// List the script primitives, or show one in full.
+    Help {
+        /// A primitive name, e.g. `resample`.
+        name: Option<String>,
+    },
+    /// Start the interactive REPL (the default).
+    Repl,
     /// Evaluate detections: nnDetection-exact AP/mAP/FROC, or LUNA16 CPM (`--luna`).
     Eval(eval::EvalArgs),
     /// Time a named workload (`detlab bench list` shows them).
@@ -31,11 +56,11 @@ enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Run { file, set }) => run::run(&file, &set),
+        Some(Command::Check { file }) => run::check(&file),
+        Some(Command::Help { name }) => run::help(name.as_deref()),
         Some(Command::Bench { name, args }) => bench::run(&name, &args),
         Some(Command::Eval(args)) => eval::run(args),
-        None => {
-            eprintln!("the REPL is not built yet");
-            2
-        }
+        Some(Command::Repl) | None => repl::run(),
     }
 }

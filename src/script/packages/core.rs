@@ -1,0 +1,279 @@
+//! Core primitives: help, and results I/O (JSON, CSV).
+
+use crate::script::convert::{ScriptResult, dynamic_to_json, json_to_dynamic, runtime_error};
+use crate::script::help::HelpIndex;
+use crate::script::registrar::Registrar;
+use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// Column names of an array of maps, in order of first appearance.
+pub fn columns_of(rows: &Array) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for r in rows {
+        if let Some(m) = r.read_lock::<Map>() {
+            for k in m.keys() {
+                if !cols.iter().any(|c| c == k.as_str()) {
+                    cols.push(k.to_string());
+                }
+            }
+        }
+    }
+    cols
+}
+
+/// A cell as text: numbers compact, strings bare, unit empty.
+pub fn cell_text(value: &Dynamic) -> String {
+    if value.is_unit() {
+        return String::new();
+    }
+    if let Ok(f) = value.as_float() {
+        if f.is_finite() && f != 0.0 && (f.abs() < 1e-3 || f.abs() >= 1e6) {
+            return format!("{f:.4e}");
+        }
+        return format!("{}", (f * 1e6).round() / 1e6);
+    }
+    if value.is_string() {
+        return value.clone().into_string().unwrap_or_default();
+    }
+    if value.is_array() || value.is_map() {
+        return dynamic_to_json(value).to_string();
+    }
+    value.to_string()
+}
+
+fn rows_checked(ctx: &NativeCallContext, what: &str, rows: &Array) -> ScriptResult<()> {
+    for (i, r) in rows.iter().enumerate() {
+        if !r.is_map() {
+            return Err(runtime_error(
+                format!(
+                    "{what}: row {i} must be a map like #{{method: \"a\", ap: 0.5}}, got {}",
+                    r.type_name()
+                ),
+                ctx.call_position(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn write_file(ctx: &NativeCallContext, path: &str, bytes: &[u8]) -> ScriptResult<()> {
+    let p = Path::new(path);
+    if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            runtime_error(
+                format!("cannot create folder {}: {e}", parent.display()),
+                ctx.call_position(),
+            )
+        })?;
+    }
+    crate::util::atomic_write(p, bytes)
+        .map_err(|e| runtime_error(format!("cannot write {path}: {e}"), ctx.call_position()))
+}
+
+/// Structural equality of script values; numbers compare by value (1 == 1.0).
+pub fn values_equal(a: &Dynamic, b: &Dynamic) -> bool {
+    use crate::script::convert::as_f64;
+    if let (Some(x), Some(y)) = (as_f64(a), as_f64(b)) {
+        if !a.is_string() && !b.is_string() {
+            return x == y;
+        }
+    }
+    dynamic_to_json(a) == dynamic_to_json(b)
+}
+
+/// Register the core package.
+pub fn register(
+    engine: &mut Engine,
+    help: &mut HelpIndex,
+    help_cell: Arc<OnceLock<Arc<HelpIndex>>>,
+) {
+    let mut r = Registrar::new(engine, help, "core", "help and results I/O (JSON, CSV)");
+    let cell = help_cell.clone();
+    r.func(
+        "help()",
+        "List every detlab primitive, grouped by domain.",
+        "help()",
+        move || {
+            if let Some(h) = cell.get() {
+                println!("{}", h.overview());
+            }
+        },
+    );
+    let cell = help_cell;
+    r.func(
+        "help(name: String)",
+        "Show one primitive in full: its signatures, description and an example.",
+        "help(\"resample\")",
+        move |ctx: NativeCallContext, name: &str| -> ScriptResult<()> {
+            let Some(h) = cell.get() else { return Ok(()) };
+            match h.get(name) {
+                Some(e) => {
+                    println!("{}", e.render());
+                    Ok(())
+                }
+                None => {
+                    let close: Vec<String> = h
+                        .entries()
+                        .filter(|e| e.name.contains(name) || name.contains(&e.name))
+                        .map(|e| e.name.clone())
+                        .take(8)
+                        .collect();
+                    let hint = if close.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; did you mean: {}?", close.join(", "))
+                    };
+                    Err(runtime_error(
+                        format!("no primitive named '{name}'{hint}"),
+                        ctx.call_position(),
+                    ))
+                }
+            }
+        },
+    );
+    r.func(
+        "to_json(value: Dynamic) -> String",
+        "Render a value (map, array, number, string) as pretty-printed JSON.",
+        "print(to_json(#{ap: 0.71, cases: 10}))",
+        |value: Dynamic| -> String {
+            serde_json::to_string_pretty(&dynamic_to_json(&value)).unwrap_or_default()
+        },
+    );
+    r.func(
+        "save_json(value: Dynamic, path: String)",
+        "Write a value as pretty JSON to `path` (atomically; parent folders are created).",
+        "save_json(#{ap: 0.71}, \"runs/demo/metrics.json\")",
+        |ctx: NativeCallContext, value: Dynamic, path: &str| -> ScriptResult<()> {
+            let text =
+                serde_json::to_string_pretty(&dynamic_to_json(&value)).unwrap_or_default() + "\n";
+            write_file(&ctx, path, text.as_bytes())
+        },
+    );
+    r.func(
+        "load_json(path: String) -> Dynamic",
+        "Read a JSON file into maps, arrays, numbers and strings.",
+        "let m = load_json(\"runs/demo/metrics.json\");\nprint(m.ap);",
+        |ctx: NativeCallContext, path: &str| -> ScriptResult<Dynamic> {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                runtime_error(format!("cannot read {path}: {e}"), ctx.call_position())
+            })?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                runtime_error(
+                    format!("{path}:{}:{}: invalid JSON: {e}", e.line(), e.column()),
+                    ctx.call_position(),
+                )
+            })?;
+            Ok(json_to_dynamic(&value))
+        },
+    );
+    r.func(
+        "save_csv(rows: Array, path: String)",
+        "Write an array of maps as CSV: one column per key (in order of first appearance).",
+        "save_csv([#{method: \"scratch\", ap: 0.61}, #{method: \"mae\", ap: 0.70}], \"runs/ap.csv\")",
+        |ctx: NativeCallContext, rows: Array, path: &str| -> ScriptResult<()> {
+            rows_checked(&ctx, "save_csv", &rows)?;
+            let cols = columns_of(&rows);
+            let mut w = csv::Writer::from_writer(Vec::new());
+            w.write_record(&cols).map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
+            for row in &rows {
+                let m = row.read_lock::<Map>().unwrap();
+                let rec: Vec<String> = cols.iter().map(|c| m.get(c.as_str()).map(cell_text).unwrap_or_default()).collect();
+                w.write_record(&rec).map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
+            }
+            let bytes = w.into_inner().map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
+            write_file(&ctx, path, &bytes)
+        },
+    );
+    r.func(
+        "load_csv(path: String) -> Array",
+        "Read a CSV file with a header row into an array of maps (numbers parsed).",
+        "let rows = load_csv(\"runs/ap.csv\");",
+        |ctx: NativeCallContext, path: &str| -> ScriptResult<Array> {
+            let mut rd = csv::Reader::from_path(path).map_err(|e| {
+                runtime_error(format!("cannot read {path}: {e}"), ctx.call_position())
+            })?;
+            let headers = rd
+                .headers()
+                .map_err(|e| runtime_error(format!("{path}: {e}"), ctx.call_position()))?
+                .clone();
+            let mut out = Array::new();
+            for (i, rec) in rd.records().enumerate() {
+                let rec = rec.map_err(|e| {
+                    runtime_error(format!("{path}: row {}: {e}", i + 2), ctx.call_position())
+                })?;
+                let mut m = Map::new();
+                for (h, v) in headers.iter().zip(rec.iter()) {
+                    m.insert(h.into(), crate::script::parse_arg_value(v));
+                }
+                out.push(m.into());
+            }
+            Ok(out)
+        },
+    );
+    r.func(
+        "assert(condition: bool, message: String)",
+        "Stop the script with `message` unless `condition` is true.",
+        "assert(run.best.ap > 0.5, \"training did not learn\");",
+        |ctx: NativeCallContext, condition: bool, message: &str| -> ScriptResult<()> {
+            if condition {
+                Ok(())
+            } else {
+                Err(runtime_error(
+                    format!("assertion failed: {message}"),
+                    ctx.call_position(),
+                ))
+            }
+        },
+    );
+    r.func(
+        "assert_eq(actual: Dynamic, expected: Dynamic, message: String)",
+        "Stop the script unless `actual` equals `expected` (numbers compare by value, arrays and maps element-wise).",
+        "assert_eq(v.shape, [1, 32, 32, 32], \"shape\");",
+        |ctx: NativeCallContext, actual: Dynamic, expected: Dynamic, message: &str| -> ScriptResult<()> {
+            if values_equal(&actual, &expected) {
+                Ok(())
+            } else {
+                Err(runtime_error(
+                    format!("assertion failed: {message}: got {}, expected {}", dynamic_to_json(&actual), dynamic_to_json(&expected)),
+                    ctx.call_position(),
+                ))
+            }
+        },
+    );
+    r.func(
+        "assert_close(actual: f64, expected: f64, tolerance: f64, message: String)",
+        "Stop the script unless |actual - expected| <= tolerance.",
+        "assert_close(stats.mean, 0.0, 1e-6, \"z-scored mean\");",
+        |ctx: NativeCallContext,
+         actual: Dynamic,
+         expected: Dynamic,
+         tolerance: Dynamic,
+         message: &str|
+         -> ScriptResult<()> {
+            use crate::script::convert::as_f64;
+            let (Some(a), Some(e), Some(t)) =
+                (as_f64(&actual), as_f64(&expected), as_f64(&tolerance))
+            else {
+                return Err(runtime_error(
+                    "assert_close needs numbers",
+                    ctx.call_position(),
+                ));
+            };
+            if (a - e).abs() <= t {
+                Ok(())
+            } else {
+                Err(runtime_error(
+                    format!("assertion failed: {message}: got {a}, expected {e} ± {t}"),
+                    ctx.call_position(),
+                ))
+            }
+        },
+    );
+    r.func(
+        "file_exists(path: String) -> bool",
+        "Whether a file or folder exists at `path`.",
+        "if !file_exists(\"data/Task000\") { synthetic_dataset(\"data/Task000\", #{cases: 8}); }",
+        |path: &str| Path::new(path).exists(),
+    );
+}

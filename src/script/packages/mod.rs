@@ -1,0 +1,19 @@
+//! One package per domain module, like rhai's `src/packages`: each file registers the
+//! primitives of one domain through a [`Registrar`](super::registrar::Registrar).
+
+pub mod core;
+
+use super::help::HelpIndex;
+use rhai::Engine;
+use std::sync::{Arc, OnceLock};
+
+/// Register every package into `engine`, recording help into `help`.
+///
+/// `help_cell` receives the finished index after registration, for the `help` primitive.
+pub fn register_all(
+    engine: &mut Engine,
+    help: &mut HelpIndex,
+    help_cell: Arc<OnceLock<Arc<HelpIndex>>>,
+) {
+    core::register(engine, help, help_cell);
+}
