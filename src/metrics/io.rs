@@ -629,41 +629,6 @@ pub fn read_instances(path: &Path) -> Result<BTreeMap<u32, usize>, MetricsError>
     Ok(out)
 }
 
-/// The boxes of an instance mask with nnDetection's convention: per instance, per axis
-/// `(min − 1, max + 1)` voxel indices; instances are listed in increasing id order.
-pub fn instance_boxes(mask: &ndarray::ArrayView3<'_, f32>) -> BTreeMap<u32, Box3> {
-    let mut ranges: BTreeMap<u32, [usize; 6]> = BTreeMap::new();
-    for ((d, h, w), &v) in mask.indexed_iter() {
-        if v <= 0.0 {
-            continue;
-        }
-        let id = v.round() as u32;
-        let r = ranges.entry(id).or_insert([d, h, w, d, h, w]);
-        r[0] = r[0].min(d);
-        r[1] = r[1].min(h);
-        r[2] = r[2].min(w);
-        r[3] = r[3].max(d);
-        r[4] = r[4].max(h);
-        r[5] = r[5].max(w);
-    }
-    ranges
-        .into_iter()
-        .map(|(id, r)| {
-            (
-                id,
-                [
-                    r[0] as f64 - 1.0,
-                    r[1] as f64 - 1.0,
-                    r[2] as f64 - 1.0,
-                    r[3] as f64 + 1.0,
-                    r[4] as f64 + 1.0,
-                    r[5] as f64 + 1.0,
-                ],
-            )
-        })
-        .collect()
-}
-
 /// The number of classes of an nnDetection dataset: the size of the `labels` map of its
 /// `dataset.json` or `dataset.yaml`; `None` when neither file exists.
 pub fn read_dataset_num_classes(dataset: &Path) -> Result<Option<usize>, MetricsError> {
@@ -705,7 +670,11 @@ pub fn read_dataset_gt(dataset: &Path, case: &str) -> Result<ImageGt, MetricsErr
     let instances = read_instances(&json)?;
     let volume = crate::volume::read_nifti(&label).map_err(|e| MetricsError::file(&label, e))?;
     let view = volume.data.index_axis(ndarray::Axis(0), 0);
-    let found = instance_boxes(&view);
+    let found = crate::volume::boxes::mask_to_boxes(
+        &view,
+        crate::volume::boxes::BoxConvention::NnDetection,
+    )
+    .map_err(|e| MetricsError::file(&label, e))?;
     let mut gt = ImageGt::default();
     for (id, b) in found {
         let class = *instances.get(&id).ok_or_else(|| {
@@ -853,16 +822,5 @@ mod tests {
         std::fs::write(&path, r#"{"case": "case_1", "boxes": [[1,2,3,4,5]], "scores": [0.5], "classes": [0], "spacing": [1,1,1], "shape": [1,1,1]}"#).unwrap();
         let e = PredictionFile::read(&path).unwrap_err().to_string();
         assert!(e.contains("case_1") && e.contains("boxes[0]"), "{e}");
-    }
-
-    #[test]
-    fn instance_boxes_use_the_nndetection_convention() {
-        let mut mask = ndarray::Array3::<f32>::zeros((4, 5, 6));
-        mask[[1, 2, 3]] = 1.0;
-        mask[[2, 0, 0]] = 2.0;
-        mask[[3, 1, 0]] = 2.0;
-        let b = instance_boxes(&mask.view());
-        assert_eq!(b[&1], [0.0, 1.0, 2.0, 2.0, 3.0, 4.0]);
-        assert_eq!(b[&2], [1.0, -1.0, -1.0, 4.0, 2.0, 1.0]);
     }
 }
