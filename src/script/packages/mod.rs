@@ -2,6 +2,7 @@
 //! primitives of one domain through a [`Registrar`](super::registrar::Registrar).
 
 pub mod core;
+pub mod volume;
 
 use super::help::HelpIndex;
 use rhai::Engine;
@@ -16,4 +17,5 @@ pub fn register_all(
     help_cell: Arc<OnceLock<Arc<HelpIndex>>>,
 ) {
     core::register(engine, help, help_cell);
+    volume::register(engine, help);
 }
