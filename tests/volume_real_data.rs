@@ -13,7 +13,8 @@ use detlab::volume::{
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SETUP: &str = "run `bash .ci/setup-data.sh` (apt: mricron-data insighttoolkit5-examples; pip: nibabel==5.4.2 dipy==1.12.1 scipy)";
+const SETUP: &str =
+    "run `bash .ci/setup-data.sh` (apt: mricron-data insighttoolkit5-examples; pip: nibabel==5.4.2 dipy==1.12.1 scipy)";
 
 fn require(path: PathBuf) -> PathBuf {
     assert!(path.exists(), "real-data file {} is missing: {SETUP}", path.display());
@@ -25,10 +26,17 @@ fn python_package_dir(package: &str, env: &str) -> PathBuf {
         return PathBuf::from(dir);
     }
     let out = Command::new("python3")
-        .args(["-c", &format!("import {package}, os; print(os.path.dirname({package}.__file__))")])
+        .args([
+            "-c",
+            &format!("import {package}, os; print(os.path.dirname({package}.__file__))"),
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 to locate {package} ({e}): {SETUP}"));
-    assert!(out.status.success(), "python3 cannot import {package}: {SETUP}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python3 cannot import {package}: {SETUP}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -37,11 +45,19 @@ fn mricron(name: &str) -> PathBuf {
 }
 
 fn nibabel_data(name: &str) -> PathBuf {
-    require(python_package_dir("nibabel", "DETLAB_NIBABEL_DIR").join("tests/data").join(name))
+    require(
+        python_package_dir("nibabel", "DETLAB_NIBABEL_DIR")
+            .join("tests/data")
+            .join(name),
+    )
 }
 
 fn dipy_data(name: &str) -> PathBuf {
-    require(python_package_dir("dipy", "DETLAB_DIPY_DIR").join("data/files").join(name))
+    require(
+        python_package_dir("dipy", "DETLAB_DIPY_DIR")
+            .join("data/files")
+            .join(name),
+    )
 }
 
 fn itk_data(name: &str) -> PathBuf {
@@ -65,7 +81,11 @@ fn check(
     let what = vol.describe();
     assert_eq!(vol.shape(), shape, "{what}: shape");
     for k in 0..3 {
-        assert!(close(vol.spacing[k], spacing[k], 1e-6), "{what}: spacing {:?} vs {spacing:?}", vol.spacing);
+        assert!(
+            close(vol.spacing[k], spacing[k], 1e-6),
+            "{what}: spacing {:?} vs {spacing:?}",
+            vol.spacing
+        );
     }
     for r in 0..3 {
         for c in 0..4 {
@@ -81,7 +101,10 @@ fn check(
     let s = vol.stats();
     let got = [s.min, s.max, s.mean, s.std];
     for k in 0..4 {
-        assert!(close(got[k], stats[k], 1e-9), "{what}: stats (min, max, mean, std) {got:?} vs nibabel {stats:?}");
+        assert!(
+            close(got[k], stats[k], 1e-9),
+            "{what}: stats (min, max, mean, std) {got:?} vs nibabel {stats:?}"
+        );
     }
     assert_eq!(vol.data[probe.0], probe.1, "{what}: voxel {:?}", probe.0);
     vol.check_finite().unwrap();
@@ -98,7 +121,10 @@ fn colin27_t1_matches_nibabel() {
         [0.0, 254.0, 44.61177355282364, 46.769246611280444],
         ([0, 90, 108, 60], 110.0),
     );
-    assert_eq!(read_nifti_header(&ch2.source[0]).unwrap().affine_source, AffineSource::Sform);
+    assert_eq!(
+        read_nifti_header(&ch2.source[0]).unwrap().affine_source,
+        AffineSource::Sform
+    );
 }
 
 #[test]
@@ -117,22 +143,36 @@ fn aal_labels_give_116_boxes_inside_the_ch2_grid() {
     aal.check_integer_labels().unwrap();
     let instances = aal.instances(BoxConvention::HalfOpen).unwrap();
     assert_eq!(instances.len(), 116);
-    assert_eq!(instances.keys().copied().collect::<Vec<_>>(), (1..=116).collect::<Vec<u32>>());
+    assert_eq!(
+        instances.keys().copied().collect::<Vec<_>>(),
+        (1..=116).collect::<Vec<u32>>()
+    );
     for (id, info) in &instances {
-        assert!(box_inside(&info.bbox, aal.spatial_shape()), "label {id}: {:?}", info.bbox);
+        assert!(
+            box_inside(&info.bbox, aal.spatial_shape()),
+            "label {id}: {:?}",
+            info.bbox
+        );
     }
     // scipy.ndimage.find_objects on the [k, j, i] array, and (aal == id).sum().
     assert_eq!(instances[&1].bbox, [86.0, 94.0, 26.0, 154.0, 142.0, 77.0]);
     assert_eq!(instances[&58].bbox, [85.0, 70.0, 98.0, 156.0, 130.0, 161.0]);
     assert_eq!(instances[&116].bbox, [31.0, 73.0, 84.0, 48.0, 86.0, 99.0]);
-    assert_eq!((instances[&1].voxels, instances[&58].voxels, instances[&116].voxels), (28174, 30652, 874));
+    assert_eq!(
+        (instances[&1].voxels, instances[&58].voxels, instances[&116].voxels),
+        (28174, 30652, 874)
+    );
     let nnd = aal.instance_boxes(BoxConvention::NnDetection).unwrap();
     assert_eq!(nnd[&116], [30.0, 72.0, 83.0, 48.0, 86.0, 99.0]);
     // The atlas regions lie on the brain: ch2 is non-zero in every box.
     let (_, crop) = ch2.crop_to_nonzero();
     for info in instances.values() {
         let cropped = crop.box_to_cropped(&info.bbox);
-        assert!(box_inside(&cropped, crop.shape), "{:?} outside the brain crop {crop:?}", info.bbox);
+        assert!(
+            box_inside(&cropped, crop.shape),
+            "{:?} outside the brain crop {crop:?}",
+            info.bbox
+        );
     }
 }
 
@@ -144,9 +184,15 @@ fn resampling_real_data_matches_scipy_zoom() {
     let r = ch2.resample([2.0, 2.5, 3.0], Interpolation::Linear).unwrap();
     assert_eq!(r.shape(), [1, 90, 87, 60]);
     let s = r.stats();
-    assert!(close(s.mean, 44.615515619171326, 1e-6) && close(s.std, 46.39509783003649, 1e-6), "{s:?}");
+    assert!(
+        close(s.mean, 44.615515619171326, 1e-6) && close(s.std, 46.39509783003649, 1e-6),
+        "{s:?}"
+    );
     assert!(close(s.max, 249.9166717529297, 1e-6) && s.min == 0.0, "{s:?}");
-    for (idx, v) in [([0, 45, 43, 30], 94.73819732666016f32), ([0, 10, 20, 5], 19.565797805786133)] {
+    for (idx, v) in [
+        ([0, 45, 43, 30], 94.73819732666016f32),
+        ([0, 10, 20, 5], 19.565797805786133),
+    ] {
         assert!((r.data[idx] - v).abs() < 1e-4, "{idx:?}: {} vs scipy {v}", r.data[idx]);
     }
     let aal = read_nifti(&mricron("aal.nii.gz")).unwrap();
@@ -200,8 +246,18 @@ fn four_d_file_becomes_two_channels() {
         [2.199999, 2.0, 2.0],
         [
             [-2.0, 6.714715653593746e-19, 9.081024511081715e-18, 117.8551025390625],
-            [-6.714715653593746e-19, 1.9737114906311035, -0.35552823543548584, -35.72294235229492],
-            [8.25548088896093e-18, 0.3232076168060303, 2.171081781387329, -7.248798370361328],
+            [
+                -6.714715653593746e-19,
+                1.9737114906311035,
+                -0.35552823543548584,
+                -35.72294235229492,
+            ],
+            [
+                8.25548088896093e-18,
+                0.3232076168060303,
+                2.171081781387329,
+                -7.248798370361328,
+            ],
         ],
         [0.0, 1162.0, 172.90811496310764, 238.768099508597],
         ([0, 12, 48, 42], 448.0),
@@ -216,9 +272,24 @@ fn oblique_affine_matches_nibabel_and_world_boxes_enclose() {
         [1, 24, 58, 58],
         [5.0, 4.0, 4.0],
         [
-            [-3.999786615371704, -5.817553756060079e-06, -0.05163605883717537, 118.76344299316406],
-            [0.023993905633687973, -3.2563929557800293, -2.9034810066223145, 132.19818115234375],
-            [-0.03362608328461647, -2.322908639907837, 4.070274353027344, 22.819555282592773],
+            [
+                -3.999786615371704,
+                -5.817553756060079e-06,
+                -0.05163605883717537,
+                118.76344299316406,
+            ],
+            [
+                0.023993905633687973,
+                -3.2563929557800293,
+                -2.9034810066223145,
+                132.19818115234375,
+            ],
+            [
+                -0.03362608328461647,
+                -2.322908639907837,
+                4.070274353027344,
+                22.819555282592773,
+            ],
         ],
         [0.0, 2149.0, 96.1563614744352, 168.79628929037477],
         ([0, 12, 29, 19], 372.0),
@@ -235,7 +306,10 @@ fn oblique_affine_matches_nibabel_and_world_boxes_enclose() {
         }
     }
     let back = detlab::volume::boxes::boxes_from_world(&[world], &vol.affine).unwrap()[0];
-    assert!((0..3).all(|k| back[k] <= b[k] + 1e-9 && back[k + 3] >= b[k + 3] - 1e-9), "{back:?} must enclose {b:?}");
+    assert!(
+        (0..3).all(|k| back[k] <= b[k] + 1e-9 && back[k + 3] >= b[k + 3] - 1e-9),
+        "{back:?} must enclose {b:?}"
+    );
 }
 
 #[test]
@@ -244,7 +318,10 @@ fn nifti2_is_rejected_with_a_clear_message() {
     let err = read_nifti(&path).unwrap_err();
     assert!(matches!(err, VolumeError::Nifti2 { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("example_nifti2.nii.gz") && msg.contains("NIfTI-2"), "{msg}");
+    assert!(
+        msg.contains("example_nifti2.nii.gz") && msg.contains("NIfTI-2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -268,8 +345,15 @@ fn files_written_by_detlab_read_back_identically_in_nibabel() {
         img = img_path.to_str().unwrap(),
         lab = lab_path.to_str().unwrap()
     );
-    let out = Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
-    assert!(out.status.success(), "nibabel failed: {}\n{SETUP}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "nibabel failed: {}\n{SETUP}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     let sum: f64 = aniso.data.iter().map(|&v| v as f64).sum();

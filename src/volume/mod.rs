@@ -37,11 +37,12 @@ pub use nifti::{
 };
 pub use normalize::{
     CtNormalization, IntensityStats, NormalizationScheme, foreground_samples, intensity_stats, normalize, normalize_ct,
-    normalize_zscore, pooled_intensity_stats,
+    normalize_ct_in_place, normalize_ct_with, normalize_in_place, normalize_zscore, percentile, pooled_intensity_stats,
+    threshold_samples,
 };
 pub use resample::{Interpolation, resample_array, resampled_shape};
 
-use ndarray::{Array4, Axis};
+use ndarray::Array4;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -259,29 +260,32 @@ pub(crate) fn is_label_value(v: f32) -> bool {
 
 /// Count voxels matching `bad` (in parallel over `[c, d]` slices) and find the first in C order.
 pub(crate) fn find_voxels(data: &Array4<f32>, bad: impl Fn(f32) -> bool + Sync) -> Option<(u64, [usize; 4], f32)> {
-    let [c, d, _, _] = [data.shape()[0], data.shape()[1], data.shape()[2], data.shape()[3]];
-    let per_slice: Vec<(u64, Option<([usize; 2], f32)>)> = (0..c * d)
-        .into_par_iter()
-        .map(|i| {
-            let slice = data.index_axis(Axis(0), i / d);
-            let slice = slice.index_axis(Axis(0), i % d);
+    let [_, d, h, w] = [data.shape()[0], data.shape()[1], data.shape()[2], data.shape()[3]];
+    let standard = data.as_standard_layout();
+    let all = standard.as_slice().expect("a standard-layout array is contiguous");
+    // Fast check first (a branch-free fold vectorises); details only when something is found.
+    let any = all
+        .par_chunks(1 << 16)
+        .any(|c| c.iter().fold(false, |acc, &v| acc | bad(v)));
+    if !any {
+        return None;
+    }
+    let plane = (h * w).max(1);
+    let per_slice: Vec<(u64, Option<(usize, f32)>)> = all
+        .par_chunks(plane)
+        .map(|slice| {
             let mut count = 0u64;
             let mut first = None;
-            for ((y, x), &v) in slice.indexed_iter() {
+            for (k, &v) in slice.iter().enumerate() {
                 if bad(v) {
                     count += 1;
-                    if first.is_none() {
-                        first = Some(([y, x], v));
-                    }
+                    first.get_or_insert((k, v));
                 }
             }
             (count, first)
         })
         .collect();
     let total: u64 = per_slice.iter().map(|p| p.0).sum();
-    if total == 0 {
-        return None;
-    }
-    let (i, ([y, x], v)) = per_slice.iter().enumerate().find_map(|(i, p)| p.1.map(|f| (i, f)))?;
-    Some((total, [i / d, i % d, y, x], v))
+    let (i, (k, v)) = per_slice.iter().enumerate().find_map(|(i, p)| p.1.map(|f| (i, f)))?;
+    Some((total, [i / d.max(1), i % d.max(1), k / w.max(1), k % w.max(1)], v))
 }

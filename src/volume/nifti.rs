@@ -522,21 +522,26 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
 
 /// Append the voxels in `bytes` (stored type `ty`) to `out` as f32, applying the scaling.
 fn convert_into(bytes: &[u8], out: &mut Vec<f32>, ty: StoredType, big_endian: bool, scaling: Option<(f64, f64)>) {
+    // The byte order and the scaling are decided outside the loops, so each loop is a plain
+    // (vectorisable) conversion.
     macro_rules! conv {
         ($t:ty, $n:expr) => {{
-            let decode = |b: &[u8]| -> $t {
+            let it = bytes.chunks_exact($n);
+            let le = |b: &[u8]| {
                 let mut a = [0u8; $n];
                 a.copy_from_slice(b);
-                if big_endian {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }
+                <$t>::from_le_bytes(a)
             };
-            let it = bytes.chunks_exact($n);
-            match scaling {
-                None => out.extend(it.map(|b| decode(b) as f32)),
-                Some((slope, inter)) => out.extend(it.map(|b| (decode(b) as f64 * slope + inter) as f32)),
+            let be = |b: &[u8]| {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(b);
+                <$t>::from_be_bytes(a)
+            };
+            match (scaling, big_endian) {
+                (None, false) => out.extend(it.map(|b| le(b) as f32)),
+                (None, true) => out.extend(it.map(|b| be(b) as f32)),
+                (Some((slope, inter)), false) => out.extend(it.map(|b| (le(b) as f64 * slope + inter) as f32)),
+                (Some((slope, inter)), true) => out.extend(it.map(|b| (be(b) as f64 * slope + inter) as f32)),
             }
         }};
     }
@@ -1044,7 +1049,9 @@ mod tests {
     impl Raw {
         /// A 2×3×4 (i, j, k) int16 volume with values 0..24 and no transforms.
         fn new(big_endian: bool) -> Raw {
-            let data = (0..24i16).flat_map(|v| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() }).collect();
+            let data = (0..24i16)
+                .flat_map(|v| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() })
+                .collect();
             Raw {
                 big_endian,
                 sizeof_hdr: 348,
@@ -1147,19 +1154,29 @@ mod tests {
                     raw.datatype = $code;
                     raw.data = values
                         .iter()
-                        .map(|&v| if v < 0.0 && (<$t>::MIN as f64) >= 0.0 { 3.0 } else { v })
+                        .map(|&v| {
+                            if v < 0.0 && (<$t>::MIN as f64) >= 0.0 {
+                                3.0
+                            } else {
+                                v
+                            }
+                        })
                         .flat_map(|v| {
                             let x = v as $t;
-                            if be { x.to_be_bytes().to_vec() } else { x.to_le_bytes().to_vec() }
+                            if be {
+                                x.to_be_bytes().to_vec()
+                            } else {
+                                x.to_le_bytes().to_vec()
+                            }
                         })
                         .collect();
                     let p = raw.write(dir.path(), &format!("t{}_{be}.nii", $code));
                     let v = read_nifti(&p).unwrap();
                     let got: Vec<f32> = v.data.iter().copied().collect();
                     let want: Vec<f32> = values
-                        .iter()
-                        .map(|&v| if v < 0.0 && (<$t>::MIN as f64) >= 0.0 { 3.0 } else { v } as f32)
-                        .collect();
+                                    .iter()
+                                    .map(|&v| if v < 0.0 && (<$t>::MIN as f64) >= 0.0 { 3.0 } else { v } as f32)
+                                    .collect();
                     assert_eq!(got, want, "datatype {}", $code);
                 }
             }};
@@ -1222,7 +1239,12 @@ mod tests {
         assert!((flipped.affine[2][2] + 2.0).abs() < 1e-6);
         raw.qform_code = 0;
         raw.pixdim[0] = 1.0;
-        assert_eq!(read_nifti_header(&raw.write(dir.path(), "none.nii")).unwrap().affine_source, AffineSource::Pixdim);
+        assert_eq!(
+            read_nifti_header(&raw.write(dir.path(), "none.nii"))
+                .unwrap()
+                .affine_source,
+            AffineSource::Pixdim
+        );
     }
 
     #[test]
@@ -1246,7 +1268,10 @@ mod tests {
             let q = dir.path().join(name);
             std::fs::write(&q, &bytes[..keep]).unwrap();
             let e = read_nifti(&q).unwrap_err().to_string();
-            assert!(e.contains(name) && (e.contains("truncated") || e.contains("NIfTI-1")), "{e}");
+            assert!(
+                e.contains(name) && (e.contains("truncated") || e.contains("NIfTI-1")),
+                "{e}"
+            );
         }
         // Corrupt deflate data in the middle of the stream.
         let mut bad = bytes.clone();
@@ -1261,7 +1286,10 @@ mod tests {
         let mut raw = Raw::new(false);
         raw.data.truncate(10);
         let e = err_of(&raw, "short.nii");
-        assert!(e.contains("truncated") && e.contains("48 bytes") && e.contains("only 10"), "{e}");
+        assert!(
+            e.contains("truncated") && e.contains("48 bytes") && e.contains("only 10"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1332,11 +1360,17 @@ mod tests {
         let mut r = Raw::new(false);
         r.datatype = 16;
         r.dim = [3, 3, 1, 1, 1, 1, 1, 1];
-        r.data = [1.0f32, f32::NAN, f32::NEG_INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+        r.data = [1.0f32, f32::NAN, f32::NEG_INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let p = r.write(dir.path(), "nan.nii");
         let v = read_nifti(&p).unwrap();
         let e = v.check_finite().unwrap_err().to_string();
-        assert!(e.contains("nan.nii") && e.contains("2 non-finite") && e.contains("[0, 0, 0, 1]"), "{e}");
+        assert!(
+            e.contains("nan.nii") && e.contains("2 non-finite") && e.contains("[0, 0, 0, 1]"),
+            "{e}"
+        );
         assert!(v.stats().mean.is_nan());
     }
 
@@ -1356,7 +1390,10 @@ mod tests {
         shifted.srow = [[0.5, 0.0, 0.0, 1.0], [0.0, 0.75, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]];
         let c = shifted.write(dir.path(), "case_0002.nii.gz");
         let e = read_channels(&[a.clone(), c]).unwrap_err().to_string();
-        assert!(e.contains("case_0000.nii.gz") && e.contains("case_0002.nii.gz") && e.contains("affines differ"), "{e}");
+        assert!(
+            e.contains("case_0000.nii.gz") && e.contains("case_0002.nii.gz") && e.contains("affines differ"),
+            "{e}"
+        );
         let mut small = Raw::new(false);
         small.dim = [3, 2, 3, 2, 1, 1, 1, 1];
         small.data.truncate(24);

@@ -169,6 +169,40 @@ pub fn foreground_samples_array(image: ArrayView3<f32>, mask: ArrayView3<f32>, s
     parts.concat()
 }
 
+/// Every `step`-th voxel (C order, starting with the first) whose intensity is above `threshold`:
+/// foreground samples without a label map (e.g. the body in CT: `threshold = -500`).
+pub fn threshold_samples(image: ArrayView3<f32>, threshold: f32, step: usize) -> Vec<f32> {
+    let step = step.max(1);
+    let d = image.shape()[0];
+    let counts: Vec<usize> = (0..d)
+        .into_par_iter()
+        .map(|z| image.index_axis(Axis(0), z).iter().filter(|&&v| v > threshold).count())
+        .collect();
+    let mut offsets = Vec::with_capacity(d);
+    let mut total = 0;
+    for c in &counts {
+        offsets.push(total);
+        total += c;
+    }
+    let parts: Vec<Vec<f32>> = (0..d)
+        .into_par_iter()
+        .map(|z| {
+            let mut rank = offsets[z];
+            let mut out = Vec::with_capacity(counts[z] / step + 1);
+            for &v in image.index_axis(Axis(0), z).iter() {
+                if v > threshold {
+                    if rank % step == 0 {
+                        out.push(v);
+                    }
+                    rank += 1;
+                }
+            }
+            out
+        })
+        .collect();
+    parts.concat()
+}
+
 /// Foreground samples of each channel of `image` where the single-channel `mask` is `> 0`.
 ///
 /// Returns one vector per channel; `step` is [`DEFAULT_SAMPLE_STEP`] (10) in nnDetection.
@@ -296,6 +330,19 @@ pub fn normalize_zscore(volume: &Volume, mask: Option<&Array3<bool>>) -> Result<
 
 /// Normalise each channel with its own scheme (`schemes.len()` must equal the channel count).
 pub fn normalize(volume: &Volume, schemes: &[NormalizationScheme]) -> Result<Volume, VolumeError> {
+    let mut out = volume.clone();
+    normalize_in_place(&mut out, schemes)?;
+    Ok(out)
+}
+
+/// CT-normalise every channel in place (no copy of the volume); see [`normalize_ct_with`].
+pub fn normalize_ct_in_place(volume: &mut Volume, params: &CtNormalization) -> Result<(), VolumeError> {
+    let schemes = vec![NormalizationScheme::Ct(params.clone()); volume.channels()];
+    normalize_in_place(volume, &schemes)
+}
+
+/// [`normalize`] in place: the volume is left unchanged when an error is returned.
+pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) -> Result<(), VolumeError> {
     if schemes.len() != volume.channels() {
         return Err(VolumeError::InvalidArgument(format!(
             "{}: {} normalisation schemes given for {} channels",
@@ -305,7 +352,29 @@ pub fn normalize(volume: &Volume, schemes: &[NormalizationScheme]) -> Result<Vol
         )));
     }
     volume.check_finite()?;
-    let mut out = volume.clone();
+    make_standard(volume);
+    // Validate everything first, so that an error leaves the volume untouched.
+    let mut ct2 = vec![None; schemes.len()];
+    for (c, scheme) in schemes.iter().enumerate() {
+        if let NormalizationScheme::Ct(p) | NormalizationScheme::Ct2(p) = scheme {
+            p.validate()?;
+        }
+        if let NormalizationScheme::Ct2(p) = scheme {
+            let (lo, hi) = (p.clip_lower, p.clip_upper);
+            let inside: Vec<f32> = channel_slice(volume, c)
+                .par_chunks(1 << 16)
+                .flat_map_iter(|ch| ch.iter().copied().filter(|&v| (v as f64) > lo && (v as f64) < hi))
+                .collect();
+            let (mean, std) = mean_std(inside.par_chunks(1 << 16));
+            if inside.is_empty() || !(std > 0.0) {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{}: CT2 normalisation of channel {c}: no voxels (or no spread) strictly inside ({lo}, {hi})",
+                    volume.describe()
+                )));
+            }
+            ct2[c] = Some((mean, std));
+        }
+    }
     let needs_mask = schemes
         .iter()
         .any(|s| matches!(s, NormalizationScheme::ZScore { use_nonzero_mask: true }));
@@ -317,36 +386,35 @@ pub fn normalize(volume: &Volume, schemes: &[NormalizationScheme]) -> Result<Vol
     for (c, scheme) in schemes.iter().enumerate() {
         match scheme {
             NormalizationScheme::Ct(p) => {
-                p.validate()?;
                 let (lo, hi, mean, std) = (p.clip_lower, p.clip_upper, p.mean, p.std);
-                map_channel(&mut out, c, |v| ((v as f64).clamp(lo, hi) - mean) / std);
+                map_channel(volume, c, |v| ((v as f64).clamp(lo, hi) - mean) / std);
             }
             NormalizationScheme::Ct2(p) => {
-                p.validate()?;
                 let (lo, hi) = (p.clip_lower, p.clip_upper);
-                let inside: Vec<f32> = out
-                    .data
-                    .index_axis(Axis(0), c)
-                    .iter()
-                    .copied()
-                    .filter(|&v| (v as f64) > lo && (v as f64) < hi)
-                    .collect();
-                let (mean, std) = mean_std(inside.par_chunks(1 << 16));
-                if inside.is_empty() || std <= 0.0 {
-                    return Err(VolumeError::InvalidArgument(format!(
-                        "{}: CT2 normalisation of channel {c}: no voxels (or no spread) strictly inside ({lo}, {hi})",
-                        volume.describe()
-                    )));
-                }
-                map_channel(&mut out, c, |v| ((v as f64).clamp(lo, hi) - mean) / std);
+                let (mean, std) = ct2[c].expect("computed above");
+                map_channel(volume, c, |v| ((v as f64).clamp(lo, hi) - mean) / std);
             }
             NormalizationScheme::ZScore { use_nonzero_mask } => {
-                zscore_channel(&mut out, c, if *use_nonzero_mask { mask.as_ref() } else { None })
+                zscore_channel(volume, c, if *use_nonzero_mask { mask.as_ref() } else { None })
             }
             NormalizationScheme::None => {}
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The contiguous voxels of channel `c` (volumes are kept in standard layout).
+fn channel_slice(vol: &Volume, c: usize) -> &[f32] {
+    let n: usize = vol.spatial_shape().iter().product();
+    let all = vol.data.as_slice().expect("Volume data is kept in standard layout");
+    &all[c * n..(c + 1) * n]
+}
+
+/// Make sure the data is in standard layout (someone may have assigned a transposed array).
+fn make_standard(vol: &mut Volume) {
+    if !vol.data.is_standard_layout() {
+        vol.data = vol.data.as_standard_layout().into_owned();
+    }
 }
 
 fn check_mask(volume: &Volume, mask: &Array3<bool>) -> Result<(), VolumeError> {
@@ -372,13 +440,10 @@ fn map_channel(vol: &mut Volume, c: usize, f: impl Fn(f32) -> f64 + Sync) {
 }
 
 fn zscore_channel(vol: &mut Volume, c: usize, mask: Option<&Array3<bool>>) {
+    make_standard(vol);
     let channel = vol.data.index_axis(Axis(0), c);
     let (mean, std) = match mask {
-        None => {
-            let standard = channel.as_standard_layout();
-            let s = standard.as_slice().expect("a standard-layout array is contiguous");
-            mean_std(s.par_chunks(1 << 16))
-        }
+        None => mean_std(channel_slice(vol, c).par_chunks(1 << 16)),
         Some(m) => {
             let inside: Vec<f32> = channel
                 .iter()
@@ -465,6 +530,10 @@ mod tests {
             .collect();
         assert_eq!(samples, vec![expected.clone()]);
         assert_eq!(expected.len(), 3); // 30 foreground voxels
+        let by_threshold = threshold_samples(image.data.index_axis(Axis(0), 0), 29.5, 4);
+        let expected: Vec<f32> = image.data.iter().copied().filter(|&v| v > 29.5).step_by(4).collect();
+        assert_eq!(by_threshold, expected);
+        assert_eq!(expected.first(), Some(&30.0));
         let wrong = Volume::from_array(Array4::zeros((1, 3, 4, 4)), [1.0; 3]);
         assert!(foreground_samples(&image, &wrong, 10).is_err());
     }

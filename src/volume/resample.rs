@@ -98,89 +98,96 @@ fn nearest_indices(n_in: usize, n_out: usize) -> Vec<usize> {
         .collect()
 }
 
-/// One linear pass along axis `axis` (0 = D, 1 = H, 2 = W) of a C-order `[D, H, W]` buffer.
-fn linear_pass(input: &[f32], dims: [usize; 3], axis: usize, n_out: usize) -> (Vec<f32>, [usize; 3]) {
-    let taps = linear_taps(dims[axis], n_out);
-    let mut out_dims = dims;
-    out_dims[axis] = n_out;
-    let [_, h, w] = dims;
-    let mut out = vec![0.0f32; out_dims.iter().product()];
-    match axis {
-        2 => {
-            // Rows are contiguous: gather two taps per output voxel; parallel over D slices.
-            out.par_chunks_mut(h * n_out)
-                .zip(input.par_chunks(h * w))
-                .for_each(|(o_slice, i_slice)| {
-                    for (o_row, i_row) in o_slice.chunks_exact_mut(n_out).zip(i_slice.chunks_exact(w)) {
-                        for (o, &(i0, i1, w0, w1)) in o_row.iter_mut().zip(&taps) {
-                            *o = i_row[i0] * w0 + i_row[i1] * w1;
-                        }
-                    }
-                });
-        }
-        1 => {
-            // Whole rows are blended: vectorises over W; parallel over D slices.
-            out.par_chunks_mut(n_out * w)
-                .zip(input.par_chunks(h * w))
-                .for_each(|(o_slice, i_slice)| {
-                    for (o_row, &(i0, i1, w0, w1)) in o_slice.chunks_exact_mut(w).zip(&taps) {
-                        let a = &i_slice[i0 * w..(i0 + 1) * w];
-                        let b = &i_slice[i1 * w..(i1 + 1) * w];
-                        for ((o, &x), &y) in o_row.iter_mut().zip(a).zip(b) {
-                            *o = x * w0 + y * w1;
-                        }
-                    }
-                });
-        }
-        _ => {
-            // Whole planes are blended; parallel over output planes.
-            let plane = h * w;
-            out.par_chunks_mut(plane)
-                .zip(taps.par_iter())
-                .for_each(|(o_plane, &(i0, i1, w0, w1))| {
-                    let a = &input[i0 * plane..(i0 + 1) * plane];
-                    let b = &input[i1 * plane..(i1 + 1) * plane];
-                    for ((o, &x), &y) in o_plane.iter_mut().zip(a).zip(b) {
-                        *o = x * w0 + y * w1;
-                    }
-                });
+/// Per output index of one axis: `(i0, i1, w0, w1)`.
+type Taps = Vec<(usize, usize, f32, f32)>;
+
+/// Linear pass along W on one `[h][w]` plane into `[h][w2]` (two taps gathered per voxel).
+fn plane_w(input: &[f32], w: usize, taps: &Taps, out: &mut [f32]) {
+    let w2 = taps.len();
+    for (o_row, i_row) in out.chunks_exact_mut(w2).zip(input.chunks_exact(w)) {
+        for (o, &(i0, i1, a, b)) in o_row.iter_mut().zip(taps) {
+            *o = i_row[i0] * a + i_row[i1] * b;
         }
     }
-    (out, out_dims)
 }
 
-/// The order of the three 1D passes that touches the fewest voxels (shrinking axes first).
-fn pass_order(dims: [usize; 3], shape: [usize; 3]) -> Vec<usize> {
-    const ORDERS: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
-    let cost = |order: &[usize; 3]| {
-        let mut cur = dims;
-        let mut total = 0usize;
-        for &a in order {
-            if cur[a] != shape[a] {
-                cur[a] = shape[a];
-                total += cur.iter().product::<usize>();
-            }
+/// Linear pass along H on one `[h][w]` plane into `[h2][w]` (whole rows blended: vectorises).
+fn plane_h(input: &[f32], w: usize, taps: &Taps, out: &mut [f32]) {
+    for (o_row, &(i0, i1, a, b)) in out.chunks_exact_mut(w).zip(taps) {
+        let x = &input[i0 * w..(i0 + 1) * w];
+        let y = &input[i1 * w..(i1 + 1) * w];
+        for ((o, &p), &q) in o_row.iter_mut().zip(x).zip(y) {
+            *o = p * a + q * b;
         }
-        total
-    };
-    // Ties keep the first order found, (D, H, W).
-    let best = ORDERS.iter().min_by_key(|o| cost(o)).copied().unwrap_or([0, 1, 2]);
-    best.into_iter().filter(|&a| dims[a] != shape[a]).collect()
+    }
+}
+
+/// Resample every D slice in plane, `[d][h][w]` → `[d][h2][w2]`, in parallel over slices; the
+/// two in-plane passes run back to back on one slice (the cheaper one first), so the
+/// intermediate plane stays in cache.
+fn in_plane(input: &[f32], dims: [usize; 3], h2: usize, w2: usize, out: &mut [f32]) {
+    let [_, h, w] = dims;
+    let tw = (w != w2).then(|| linear_taps(w, w2));
+    let th = (h != h2).then(|| linear_taps(h, h2));
+    out.par_chunks_mut(h2 * w2)
+        .zip(input.par_chunks(h * w))
+        .for_each_init(Vec::new, |scratch, (o, i)| match (&tw, &th) {
+            (None, None) => o.copy_from_slice(i),
+            (Some(tw), None) => plane_w(i, w, tw, o),
+            (None, Some(th)) => plane_h(i, w, th, o),
+            (Some(tw), Some(th)) => {
+                if w2 * h <= h2 * w {
+                    scratch.resize(h * w2, 0.0);
+                    plane_w(i, w, tw, scratch);
+                    plane_h(scratch, w2, th, o);
+                } else {
+                    scratch.resize(h2 * w, 0.0);
+                    plane_h(i, w, th, scratch);
+                    plane_w(scratch, w, tw, o);
+                }
+            }
+        });
+}
+
+/// Linear pass along D, `[d][plane]` → `[d2][plane]`: whole planes blended, parallel over outputs.
+fn depth_pass(input: &[f32], d: usize, plane: usize, d2: usize, out: &mut [f32]) {
+    let taps = linear_taps(d, d2);
+    out.par_chunks_mut(plane)
+        .zip(taps.par_iter())
+        .for_each(|(o, &(i0, i1, a, b))| {
+            let x = &input[i0 * plane..(i0 + 1) * plane];
+            let y = &input[i1 * plane..(i1 + 1) * plane];
+            for ((o, &p), &q) in o.iter_mut().zip(x).zip(y) {
+                *o = p * a + q * b;
+            }
+        });
+}
+
+/// Whether to run the D pass before the in-plane passes: when that makes the intermediate smaller.
+fn depth_first(dims: [usize; 3], shape: [usize; 3]) -> bool {
+    shape[0] * dims[1] * dims[2] < dims[0] * shape[1] * shape[2]
 }
 
 /// Resample one `[D, H, W]` array to `shape` with the module's grid-mode convention.
 pub fn resample_array(data: ArrayView3<f32>, shape: [usize; 3], order: Interpolation) -> Array3<f32> {
+    let mut out = vec![0.0f32; shape.iter().product()];
+    resample_into(data, shape, order, &mut out);
+    Array3::from_shape_vec(shape, out).expect("the output buffer has the output shape")
+}
+
+/// Resample `data` into `out` (C order, `shape`), the last pass writing there directly.
+fn resample_into(data: ArrayView3<f32>, shape: [usize; 3], order: Interpolation, out: &mut [f32]) {
     let dims = [data.shape()[0], data.shape()[1], data.shape()[2]];
     if dims.contains(&0) || shape.contains(&0) {
-        return Array3::zeros(shape);
+        out.fill(0.0);
+        return;
     }
     let standard = data.as_standard_layout();
     let input = standard.as_slice().expect("a standard-layout array is contiguous");
-    let out = match order {
+    match order {
         Interpolation::Nearest => {
             let idx: Vec<Vec<usize>> = (0..3).map(|a| nearest_indices(dims[a], shape[a])).collect();
             let [_, h, w] = dims;
-            let mut out = vec![0.0f32; shape.iter().product()];
             out.par_chunks_mut(shape[1] * shape[2])
                 .zip(idx[0].par_iter())
                 .for_each(|(o_slice, &z)| {
@@ -192,21 +199,26 @@ pub fn resample_array(data: ArrayView3<f32>, shape: [usize; 3], order: Interpola
                         }
                     }
                 });
-            out
         }
         Interpolation::Linear => {
-            let mut cur: Option<Vec<f32>> = None;
-            let mut cur_dims = dims;
-            for axis in pass_order(dims, shape) {
-                let src = cur.as_deref().unwrap_or(input);
-                let (next, next_dims) = linear_pass(src, cur_dims, axis, shape[axis]);
-                cur = Some(next);
-                cur_dims = next_dims;
+            let ([d, h, w], [d2, h2, w2]) = (dims, shape);
+            match (d != d2, (h, w) != (h2, w2)) {
+                (false, false) => out.copy_from_slice(input),
+                (false, true) => in_plane(input, dims, h2, w2, out),
+                (true, false) => depth_pass(input, d, h * w, d2, out),
+                (true, true) if depth_first(dims, shape) => {
+                    let mut tmp = vec![0.0f32; d2 * h * w];
+                    depth_pass(input, d, h * w, d2, &mut tmp);
+                    in_plane(&tmp, [d2, h, w], h2, w2, out);
+                }
+                (true, true) => {
+                    let mut tmp = vec![0.0f32; d * h2 * w2];
+                    in_plane(input, dims, h2, w2, &mut tmp);
+                    depth_pass(&tmp, d, h2 * w2, d2, out);
+                }
             }
-            cur.unwrap_or_else(|| input.to_vec())
         }
-    };
-    Array3::from_shape_vec(shape, out).expect("the output buffer has the output shape")
+    }
 }
 
 /// The affine of a grid resampled from `from` to `to` voxels per axis (`[D, H, W]` order).
@@ -262,11 +274,13 @@ impl Volume {
         }
         self.check_spacing()?;
         let c = self.channels();
-        let mut data = Array4::zeros((c, shape[0], shape[1], shape[2]));
-        for ch in 0..c {
-            let out = resample_array(self.data.index_axis(Axis(0), ch), shape, order);
-            data.index_axis_mut(Axis(0), ch).assign(&out);
+        let n: usize = shape.iter().product();
+        let mut buffer = vec![0.0f32; c * n];
+        for (ch, out) in buffer.chunks_exact_mut(n).enumerate() {
+            resample_into(self.data.index_axis(Axis(0), ch), shape, order, out);
         }
+        let data = Array4::from_shape_vec((c, shape[0], shape[1], shape[2]), buffer)
+            .expect("the output buffer has the output shape");
         let spacing = [0, 1, 2].map(|a| self.spacing[a] * from[a] as f64 / shape[a] as f64);
         Ok(Volume {
             data,
@@ -435,10 +449,32 @@ mod tests {
     }
 
     #[test]
-    fn pass_order_shrinks_first() {
-        // D grows, H and W shrink: the W and H passes run before the D pass.
-        let order = pass_order([300, 512, 512], [750, 358, 358]);
-        assert_eq!(order.last(), Some(&0));
-        assert_eq!(pass_order([4, 4, 4], [4, 4, 4]), Vec::<usize>::new());
+    fn the_pass_that_shrinks_runs_first_and_both_orders_agree() {
+        // D grows, H and W shrink: the in-plane passes run before the D pass.
+        assert!(!depth_first([300, 512, 512], [750, 358, 358]));
+        assert!(depth_first([300, 512, 512], [100, 600, 600]));
+        let data = Array3::from_shape_fn((6, 5, 7), |(d, h, w)| ((d * 13 + h * 7 + w * 3) % 10) as f32);
+        for shape in [[3, 9, 4], [12, 2, 3], [6, 5, 11], [2, 5, 7]] {
+            let got = resample_array(data.view(), shape, Interpolation::Linear);
+            // Reference: three separate 1D passes in D, H, W order.
+            let mut cur = data.clone();
+            for axis in 0..3 {
+                let mut s = [cur.shape()[0], cur.shape()[1], cur.shape()[2]];
+                s[axis] = shape[axis];
+                cur = Array3::from_shape_fn((s[0], s[1], s[2]), |(a, b, c)| {
+                    let mut idx = [a, b, c];
+                    let lane: Vec<f64> = (0..cur.shape()[axis])
+                        .map(|k| {
+                            idx[axis] = k;
+                            cur[idx] as f64
+                        })
+                        .collect();
+                    zoom1d_reference(&lane, shape[axis])[[a, b, c][axis]] as f32
+                });
+            }
+            for (g, e) in got.iter().zip(cur.iter()) {
+                assert!((g - e).abs() < 1e-5, "{shape:?}");
+            }
+        }
     }
 }

@@ -2,11 +2,13 @@
 
 pub mod backends;
 pub mod eval;
+pub mod preprocess;
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
     ("backends", "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile"),
     ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
+    ("preprocess", "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy"),
 ];
 
 /// Run the benchmark `name` with its extra arguments; returns the exit code.
@@ -15,6 +17,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     match name {
         "backends" => backends::run(args),
         "eval" => eval::run(args),
+        "preprocess" => preprocess::run(args),
         "list" => {
             for (n, d) in BENCHMARKS {
                 println!("{n:<14} {d}");
