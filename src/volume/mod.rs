@@ -14,8 +14,20 @@
 //! Boxes are `[d0, h0, w0, d1, h1, w1]` in voxels (see [`boxes`]).
 //!
 //! # Files
-//! [`read_nifti`], [`read_channels`] and [`write_nifti`] read and write NIfTI-1; the
-//! qform/sform precedence and the data-type rules are documented in [`nifti`].
+//! [`read_nifti`], [`read_channels`] and [`write_nifti`] read and write NIfTI-1 (details in
+//! [`nifti`]). **qform/sform precedence:** `sform_code > 0` → the sform; else `qform_code > 0` →
+//! the qform; else `diag(pixdim)` with origin 0 (the NIfTI standard's method 1). The first two
+//! are nibabel's `get_best_affine`; nibabel's fallback (x flipped, centred) is not used.
+//! `scl_slope = 0` means no scaling. NIfTI-2 is rejected with a message naming the file.
+//!
+//! # Resampling
+//! [`Volume::resample`] (to a spacing) and [`Volume::resample_to_shape`] use the pixel-edge
+//! aligned ("grid mode") convention with clamped borders: output voxel `o` samples input
+//! position `clamp((o + 0.5) · n_in / n_out − 0.5, 0, n_in − 1)`. Linear (images) equals scipy
+//! `zoom(order=1, grid_mode=True, mode='nearest')` = torch `trilinear, align_corners=False` =
+//! nnU-Net v1's order-1 resampler; nearest (labels) equals scipy `zoom(order=0, grid_mode=True,
+//! mode='nearest')`, i.e. index `floor(x + 0.5)`. Sizes are `round(n · old / new)` (halves to
+//! even). The affine is updated exactly; see [`resample`].
 //!
 //! # Non-finite values
 //! Reading keeps NaN and ±Inf voxels as they are; [`Volume::check_finite`] reports them
@@ -220,7 +232,7 @@ impl Volume {
         (out, count)
     }
 
-    /// Error unless every voxel is a whole number in the `u32`/`i32` label range (label maps).
+    /// Error unless every voxel is a whole number in `[i32::MIN, u32::MAX]` (label maps).
     pub fn check_integer_labels(&self) -> Result<(), VolumeError> {
         match find_voxels(&self.data, |v| !is_label_value(v)) {
             None => Ok(()),
@@ -251,6 +263,28 @@ impl Volume {
         }
         out
     }
+
+    /// Map RAS world coordinates `[x, y, z]` (mm) to a continuous voxel position `[d, h, w]`.
+    ///
+    /// `None` when the affine is not invertible.
+    pub fn world_to_voxel(&self, world: [f64; 3]) -> Option<[f64; 3]> {
+        let inv = boxes::invert_affine(&self.affine)?;
+        let mut ijk = [0.0; 3];
+        for (r, o) in ijk.iter_mut().enumerate() {
+            *o = inv[r][0] * world[0] + inv[r][1] * world[1] + inv[r][2] * world[2] + inv[r][3];
+        }
+        Some([ijk[2], ijk[1], ijk[0]])
+    }
+}
+
+/// Read a label (instance or class) map: a NIfTI file whose voxels must all be whole numbers.
+///
+/// Errors name the file and the first offending voxel, e.g. a label map saved after linear
+/// interpolation.
+pub fn read_label_map(path: &std::path::Path) -> Result<Volume, VolumeError> {
+    let vol = read_nifti(path)?;
+    vol.check_integer_labels()?;
+    Ok(vol)
 }
 
 /// Whether a value is a valid integer label: finite, whole, within `[i32::MIN, u32::MAX]`.

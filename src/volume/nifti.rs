@@ -1375,6 +1375,24 @@ mod tests {
     }
 
     #[test]
+    fn label_maps_must_hold_whole_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Raw::new(false);
+        r.datatype = 16;
+        r.dim = [3, 4, 1, 1, 1, 1, 1, 1];
+        r.data = [0.0f32, 1.0, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let good = r.write(dir.path(), "labels_ok.nii.gz");
+        assert_eq!(super::super::read_label_map(&good).unwrap().stats().max, 3.0);
+        r.data = [0.0f32, 1.0, 0.5, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bad = r.write(dir.path(), "labels_interpolated.nii.gz");
+        let e = super::super::read_label_map(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("labels_interpolated.nii.gz") && e.contains("0.5") && e.contains("[0, 0, 0, 2]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn read_channels_stacks_and_names_both_files_on_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let a = Raw::new(false).write(dir.path(), "case_0000.nii.gz");

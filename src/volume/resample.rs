@@ -274,7 +274,19 @@ impl Volume {
         }
         self.check_spacing()?;
         let c = self.channels();
-        let n: usize = shape.iter().product();
+        let n = shape
+            .iter()
+            .try_fold(c.max(1), |acc, &k| acc.checked_mul(k))
+            .map(|total| total / c.max(1));
+        let n = match n {
+            Some(n) if n.checked_mul(c * 4).is_some_and(|bytes| bytes <= isize::MAX as usize) => n,
+            _ => {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{}: resampling to shape {shape:?} would need more memory than can be addressed",
+                    self.describe()
+                )));
+            }
+        };
         let mut buffer = vec![0.0f32; c * n];
         for (ch, out) in buffer.chunks_exact_mut(n).enumerate() {
             resample_into(self.data.index_axis(Axis(0), ch), shape, order, out);
@@ -400,6 +412,10 @@ mod tests {
         }
         assert!(vol.resample([0.0, 1.0, 1.0], Interpolation::Linear).is_err());
         assert!(vol.resample_to_shape([0, 1, 1], Interpolation::Linear).is_err());
+        assert!(
+            vol.resample_to_shape([usize::MAX / 2, 4, 4], Interpolation::Linear)
+                .is_err()
+        );
     }
 
     fn read_f32(path: &std::path::Path) -> Vec<f32> {
