@@ -101,6 +101,8 @@ fn config(args: &EvalArgs, num_classes: Option<usize>) -> EvalConfig {
     let mut cfg = EvalConfig {
         skip_empty_classes: args.skip_empty_classes,
         num_classes: args.num_classes.or(num_classes),
+        // The JSON output has no per-detection PR curves.
+        pr_curves: false,
         ..EvalConfig::default()
     };
     if let Some(iou) = &args.iou {

@@ -123,6 +123,19 @@ impl MetricReport {
     }
 }
 
+/// A key whose ascending order is the descending order of `score` (NaN-free); -0.0 and 0.0
+/// get the same key, as they compare equal in numpy's sort.
+fn descending_key(score: f64) -> u64 {
+    let score = if score == 0.0 { 0.0 } else { score };
+    let bits = score.to_bits();
+    let ascending = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    !ascending
+}
+
 /// Detections sorted by descending score (stable over the image-order concatenation).
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
@@ -132,15 +145,23 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn from_entries(mut entries: Vec<(u32, u64, f64)>) -> Pool {
-        // Stable: ties stay in image order, then in within-image (score) order.
-        entries.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+    fn from_entries(entries: Vec<(u32, u64, f64)>) -> Pool {
+        // A stable descending sort by score: ties stay in image order, then in within-image
+        // (score) order. Sorting (order-preserving key, input index) pairs is equivalent and
+        // faster than a stable comparison sort.
+        let mut keys: Vec<u128> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ((descending_key(e.2) as u128) << 64) | i as u128)
+            .collect();
+        keys.sort_unstable();
         let mut pool = Pool {
             image: Vec::with_capacity(entries.len()),
             flags: Vec::with_capacity(entries.len()),
             score: Vec::with_capacity(entries.len()),
         };
-        for (i, f, s) in entries {
+        for k in keys {
+            let (i, f, s) = entries[k as u64 as usize];
             pool.image.push(i);
             pool.flags.push(f);
             pool.score.push(s);
@@ -248,12 +269,133 @@ impl Want {
     }
 }
 
-/// Reusable buffers of the AP computation.
-#[derive(Debug, Default)]
+/// Reusable buffers of the aggregation.
+#[derive(Debug)]
 pub(crate) struct Scratch {
     rc: Vec<f64>,
     pr: Vec<f64>,
     src: Vec<u32>,
+    /// Per threshold bit: the 1-based position of each TP in the sorted detections.
+    tp_positions: Vec<Vec<u64>>,
+    suffix_max: Vec<f64>,
+    fps: Vec<u64>,
+    tps: Vec<u64>,
+    ths: Vec<f64>,
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+    grid: Vec<f64>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            rc: vec![],
+            pr: vec![],
+            src: vec![],
+            tp_positions: vec![Vec::new(); 64],
+            suffix_max: vec![],
+            fps: vec![],
+            tps: vec![],
+            ths: vec![],
+            xs: vec![],
+            ys: vec![],
+            grid: numeric::recall_grid(),
+        }
+    }
+}
+
+/// Precision after `tp` TPs and `fp` FPs, as nnDetection computes it (f32, or f64 with numpy 2).
+fn precision(tp: u64, fp: u64, numpy2: bool) -> f64 {
+    let (tpf, fpf) = (tp as f32, fp as f32);
+    if numpy2 {
+        tpf as f64 / ((fpf + tpf) as f64 + f64::EPSILON)
+    } else {
+        (tpf / ((fpf + tpf) + EPS_F32)) as f64
+    }
+}
+
+/// Record, for every threshold bit in `need`, the position of each TP of `pool` (runs of one
+/// image repeated by its multiplicity).
+fn collect_tp_positions(pool: &Pool, need: u64, weights: Option<&[u32]>, scratch: &mut Scratch) {
+    let mut bits = need;
+    while bits != 0 {
+        scratch.tp_positions[bits.trailing_zeros() as usize].clear();
+        bits &= bits - 1;
+    }
+    let positions = &mut scratch.tp_positions;
+    let mut n = 0u64;
+    let mut record = |f: u64, n: u64| {
+        let mut b = f & need;
+        while b != 0 {
+            positions[b.trailing_zeros() as usize].push(n);
+            b &= b - 1;
+        }
+    };
+    match weights {
+        None => {
+            for &f in &pool.flags {
+                n += 1;
+                record(f, n);
+            }
+        }
+        Some(w) => {
+            let len = pool.len();
+            let mut i = 0;
+            while i < len {
+                let (img, s) = (pool.image[i], pool.score[i]);
+                let mut j = i + 1;
+                while j < len && pool.image[j] == img && pool.score[j] == s {
+                    j += 1;
+                }
+                for _ in 0..w[img as usize] {
+                    for &f in &pool.flags[i..j] {
+                        n += 1;
+                        record(f, n);
+                    }
+                }
+                i = j;
+            }
+        }
+    }
+}
+
+/// The 101 interpolated precisions from the TP positions of one class at one threshold.
+///
+/// Only TP positions matter: the first position reaching a recall point is a TP (recall grows
+/// only there; for the point 0 it is the first detection, whose envelope is the overall
+/// maximum), and the precision after a FP is below that of the preceding TP, so the envelope
+/// (a suffix maximum) is a maximum over TP positions.
+fn grid_from_tp_positions(
+    positions: &[u64],
+    num_gt: u64,
+    numpy2: bool,
+    scratch_suffix: &mut Vec<f64>,
+    grid: &[f64],
+    out: &mut [f64],
+) {
+    let g = num_gt as f32;
+    scratch_suffix.clear();
+    scratch_suffix.resize(positions.len(), 0.0);
+    let mut best = 0.0f64;
+    for (idx, &n) in positions.iter().enumerate().rev() {
+        let m = idx as u64 + 1;
+        let p = precision(m, n - m, numpy2);
+        if p > best {
+            best = p;
+        }
+        scratch_suffix[idx] = best;
+    }
+    let mut idx = 0;
+    for (o, &rho) in out.iter_mut().zip(grid) {
+        while idx < positions.len() && (((idx as u64 + 1) as f32 / g) as f64) < rho {
+            idx += 1;
+        }
+        *o = if idx < positions.len() {
+            scratch_suffix[idx]
+        } else {
+            0.0
+        };
+    }
 }
 
 const EPS_F32: f32 = f64::EPSILON as f32;
@@ -403,6 +545,7 @@ pub(crate) fn froc_for(
     ti: usize,
     class: Option<usize>,
     curves: bool,
+    scratch: &mut Scratch,
 ) -> FrocCurve {
     let pool = match class {
         Some(c) => &prep.classes[c],
@@ -411,46 +554,84 @@ pub(crate) fn froc_for(
     let num_gt = prep.gt_weighted(weights, class);
     let num_images = prep.num_images_weighted(weights);
     // Cumulative counts at each distinct score (ties grouped, as sklearn's roc_curve).
-    let (mut fps, mut tps, mut ths) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut tp, mut fp, mut any) = (0u64, 0u64, false);
+    let (fps, tps, ths) = (&mut scratch.fps, &mut scratch.tps, &mut scratch.ths);
+    fps.clear();
+    tps.clear();
+    ths.clear();
     let n = pool.len();
-    for k in 0..n {
-        let w = weights.map_or(1, |w| w[pool.image[k] as usize] as u64);
-        let hit = (pool.flags[k] >> ti) & 1;
-        tp += w * hit;
-        fp += w * (1 - hit);
-        any |= w > 0;
-        if (k + 1 == n || pool.score[k + 1] != pool.score[k]) && any {
-            fps.push(fp);
-            tps.push(tp);
-            ths.push(pool.score[k]);
-            any = false;
+    let (mut tp, mut total) = (0u64, 0u64);
+    match weights {
+        None => {
+            for k in 0..n {
+                tp += (pool.flags[k] >> ti) & 1;
+                if k + 1 == n || pool.score[k + 1] != pool.score[k] {
+                    fps.push(k as u64 + 1 - tp);
+                    tps.push(tp);
+                    ths.push(pool.score[k]);
+                }
+            }
+            total = n as u64;
+        }
+        Some(w) => {
+            let mut any = false;
+            for k in 0..n {
+                let weight = w[pool.image[k] as usize] as u64;
+                tp += weight * ((pool.flags[k] >> ti) & 1);
+                total += weight;
+                any |= weight > 0;
+                // Groups whose images were all left out of the resample do not exist in it.
+                if (k + 1 == n || pool.score[k + 1] != pool.score[k]) && any {
+                    fps.push(total - tp);
+                    tps.push(tp);
+                    ths.push(pool.score[k]);
+                    any = false;
+                }
+            }
         }
     }
     let grid = cfg.fppi.clone();
-    let total_fp = fps.last().copied().unwrap_or(0);
     let total_tp = tps.last().copied().unwrap_or(0);
+    let total_fp = fps.last().copied().unwrap_or(0);
     let mut curve = FrocCurve {
         iou: prep.thresholds[ti],
         class,
-        fppi: vec![0.0],
-        sensitivity: vec![0.0],
-        score_thresholds: vec![f64::INFINITY],
+        fppi: vec![],
+        sensitivity: vec![],
+        score_thresholds: vec![],
         grid_sensitivity: vec![0.0; grid.len()],
         fppi_grid: grid,
         score: 0.0,
         num_images: num_images as usize,
         num_gt: num_gt as usize,
-        num_detections: (total_fp + total_tp) as usize,
+        num_detections: total as usize,
         num_tp: total_tp as usize,
     };
     // No GT, or no detection: nnDetection returns a zero curve and score 0.
     if num_gt == 0 || fps.is_empty() {
+        if curves {
+            (curve.fppi, curve.sensitivity, curve.score_thresholds) =
+                (vec![0.0], vec![0.0], vec![f64::INFINITY]);
+        }
         return curve;
     }
-    let keep = numeric::roc_keep_indices(&fps, &tps);
     let no_tp_nan = total_tp == 0 && cfg.froc_nan_without_tp;
-    for &k in &keep {
+    let (xs, ys) = (&mut scratch.xs, &mut scratch.ys);
+    xs.clear();
+    ys.clear();
+    // sklearn prepends the origin; with no TP its TPR is 0/0 everywhere, the origin included.
+    xs.push(0.0);
+    ys.push(if no_tp_nan { f64::NAN } else { 0.0 });
+    let mut kept_thresholds = Vec::new();
+    let len = fps.len();
+    for k in 0..len {
+        // sklearn's drop_intermediate: keep the ends and every bend.
+        if len > 2 && k > 0 && k + 1 < len {
+            let d2f = fps[k + 1] as i128 - 2 * fps[k] as i128 + fps[k - 1] as i128;
+            let d2t = tps[k + 1] as i128 - 2 * tps[k] as i128 + tps[k - 1] as i128;
+            if d2f == 0 && d2t == 0 {
+                continue;
+            }
+        }
         let fppi = if cfg.nndetection_froc_rounding {
             if total_fp == 0 {
                 0.0
@@ -462,27 +643,27 @@ pub(crate) fn froc_for(
         };
         let sens = if no_tp_nan {
             f64::NAN
-        } else if cfg.nndetection_froc_rounding && total_tp > 0 {
+        } else if cfg.nndetection_froc_rounding {
             (tps[k] as f64 / total_tp as f64) * total_tp as f64 / num_gt as f64
         } else {
             tps[k] as f64 / num_gt as f64
         };
-        curve.fppi.push(fppi);
-        curve.sensitivity.push(sens);
-        curve.score_thresholds.push(ths[k]);
-    }
-    if no_tp_nan {
-        // sklearn's TPR is 0/0 everywhere, including the prepended origin.
-        curve.sensitivity[0] = f64::NAN;
+        xs.push(fppi);
+        ys.push(sens);
+        if curves {
+            kept_thresholds.push(ths[k]);
+        }
     }
     for (o, &x) in curve.grid_sensitivity.iter_mut().zip(&curve.fppi_grid) {
-        *o = numeric::interp(x, &curve.fppi, &curve.sensitivity);
+        *o = numeric::interp(x, xs, ys);
     }
     curve.score = numeric::mean(&curve.grid_sensitivity);
-    if !curves {
-        curve.fppi.clear();
-        curve.sensitivity.clear();
-        curve.score_thresholds.clear();
+    if curves {
+        curve.fppi = xs.clone();
+        curve.sensitivity = ys.clone();
+        curve.score_thresholds = std::iter::once(f64::INFINITY)
+            .chain(kept_thresholds)
+            .collect();
     }
     curve
 }
@@ -507,20 +688,41 @@ pub(crate) fn report(
     let mut scratch = Scratch::default();
     let mut scalars = BTreeMap::new();
     let mut pr_curves = BTreeMap::new();
-    // values[t][c] = the 101 interpolated precisions.
-    let mut values: BTreeMap<u64, Vec<Vec<f64>>> = BTreeMap::new();
-    for &t in &ap_thresholds {
-        let ti = prep.threshold_index(t);
-        let keep_curve = curves && want.ap.contains(&t);
-        let mut per_class = Vec::with_capacity(c_n);
-        for c in 0..c_n {
-            let pr = pr_for(prep, weights, cfg, ti, c, &mut scratch, keep_curve);
-            per_class.push(pr.grid_precision.clone());
-            if keep_curve {
+    // values[a][c] = the 101 interpolated precisions at ap_thresholds[a] for class c.
+    let mut values: Vec<Vec<Vec<f64>>> = vec![vec![vec![-1.0; grid_len]; c_n]; ap_thresholds.len()];
+    let bit_of: Vec<usize> = ap_thresholds
+        .iter()
+        .map(|&t| prep.threshold_index(t))
+        .collect();
+    let need = bit_of.iter().fold(0u64, |m, &b| m | (1 << b));
+    for c in 0..c_n {
+        let num_gt = prep.gt_weighted(weights, Some(c));
+        if num_gt == 0 {
+            // nnDetection leaves the precision of a class without GT at -1.
+            continue;
+        }
+        collect_tp_positions(&prep.classes[c], need, weights, &mut scratch);
+        for (a, &bit) in bit_of.iter().enumerate() {
+            let positions = std::mem::take(&mut scratch.tp_positions[bit]);
+            grid_from_tp_positions(
+                &positions,
+                num_gt,
+                cfg.numpy2_precision,
+                &mut scratch.suffix_max,
+                &scratch.grid,
+                &mut values[a][c],
+            );
+            scratch.tp_positions[bit] = positions;
+        }
+    }
+    if curves && cfg.pr_curves {
+        for &t in &want.ap {
+            let ti = prep.threshold_index(t);
+            for c in 0..c_n {
+                let pr = pr_for(prep, weights, cfg, ti, c, &mut scratch, true);
                 pr_curves.insert(format!("{c}_PR_curve_IoU_{t:.2}"), pr);
             }
         }
-        values.insert(t.to_bits(), per_class);
     }
     let non_empty: Vec<bool> = (0..c_n)
         .map(|c| prep.gt_weighted(weights, Some(c)) > 0)
@@ -535,7 +737,10 @@ pub(crate) fn report(
         }
         let mut flat = Vec::with_capacity(ts.len() * grid_len * classes.len());
         for t in ts {
-            let v = &values[&t.to_bits()];
+            let v = &values[ap_thresholds
+                .iter()
+                .position(|x| x == t)
+                .expect("threshold aggregated")];
             for j in 0..grid_len {
                 for &c in classes {
                     flat.push(v[c][j]);
@@ -563,13 +768,13 @@ pub(crate) fn report(
     let mut froc_curves = BTreeMap::new();
     for &t in &want.froc {
         let ti = prep.threshold_index(t);
-        let curve = froc_for(prep, weights, cfg, ti, None, curves);
+        let curve = froc_for(prep, weights, cfg, ti, None, curves, &mut scratch);
         scalars.insert(froc_score_key(t), curve.score);
         froc_curves.insert(froc_curve_key(t), curve);
         if want.per_class_froc {
             let mut sum = 0.0;
             for c in 0..c_n {
-                let curve = froc_for(prep, weights, cfg, ti, Some(c), curves);
+                let curve = froc_for(prep, weights, cfg, ti, Some(c), curves, &mut scratch);
                 // nnDetection sums the per-class scores of classes with GT and divides by all.
                 if curve.num_gt > 0 {
                     sum += curve.score;

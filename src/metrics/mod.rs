@@ -145,6 +145,8 @@ pub struct EvalConfig {
     pub numpy2_precision: bool,
     /// Compute per-class values (`{k}_…` keys) and curves.
     pub per_class: bool,
+    /// Keep the per-detection PR curves of every class at the reported AP thresholds.
+    pub pr_curves: bool,
 }
 
 impl Default for EvalConfig {
@@ -161,6 +163,7 @@ impl Default for EvalConfig {
             nndetection_froc_rounding: false,
             numpy2_precision: false,
             per_class: true,
+            pr_curves: true,
         }
     }
 }
@@ -413,7 +416,15 @@ pub fn froc_curve(
     }
     let matches = matching::match_all(gt, pred, &[iou], cfg.max_det);
     let prepared = aggregate::Prepared::new(&matches, num_classes, vec![iou]);
-    Ok(aggregate::froc_for(&prepared, None, &one, 0, class, true))
+    Ok(aggregate::froc_for(
+        &prepared,
+        None,
+        &one,
+        0,
+        class,
+        true,
+        &mut aggregate::Scratch::default(),
+    ))
 }
 
 /// The precision–recall curve of class `class` at IoU `iou` (recall/precision per detection,

@@ -816,6 +816,19 @@ proptest! {
     }
 
     #[test]
+    fn the_per_detection_and_the_tp_position_ap_paths_agree(images in prop::collection::vec(arb_image(2), 1..10), numpy2 in any::<bool>()) {
+        let cfg = EvalConfig { num_classes: Some(2), numpy2_precision: numpy2, ..EvalConfig::default() };
+        let (gt, pred): (Vec<_>, Vec<_>) = images.into_iter().unzip();
+        let r = evaluate(&gt, &pred, &cfg).unwrap();
+        for c in 0..2 {
+            for t in [0.1, 0.5] {
+                let pr = &r.pr_curves[&format!("{c}_PR_curve_IoU_{t:.2}")];
+                prop_assert_eq!(pr.ap, r.get(&format!("{c}_AP_IoU_{t:.2}_MaxDet_100")).unwrap());
+            }
+        }
+    }
+
+    #[test]
     fn permuting_images_leaves_froc_unchanged(images in prop::collection::vec(arb_image(2), 1..8), seed in 0u64..1000) {
         let mut permuted = images.clone();
         // A seeded Fisher–Yates shuffle.
