@@ -1,0 +1,275 @@
+//! The training settings (`TrainConfig`), serde-serialisable so that a script map
+//! deserialises into it and every checkpoint records it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::augment::AugmentConfig;
+use super::optim::OptimizerConfig;
+use super::schedule::LrSchedule;
+use crate::nn::EncoderPart;
+
+/// The metric that selects the `best` checkpoint by default (nnDetection's headline metric).
+pub const DEFAULT_BEST_METRIC: &str = "AP_IoU_0.10_MaxDet_100";
+
+/// Settings of a training run. Defaults suit CPU-scale experiments; nnDetection's values are
+/// given next to each field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs (nnDetection: 50).
+    pub epochs: usize,
+    /// Training iterations (batches) per epoch, whatever the dataset size (nnDetection: 2500).
+    pub iters_per_epoch: usize,
+    /// Patches per batch (nnDetection: 4).
+    pub batch: usize,
+    /// Patch size `[D, H, W]` in voxels; each a multiple of the model's `patch_divisor`
+    /// (nnDetection: planned; the paper: 128³).
+    pub patch: [usize; 3],
+    /// Peak learning rate (nnDetection: 0.01 for SGD).
+    pub lr: f64,
+    /// First learning rate of each linear warm-up (nnDetection: 1e-6).
+    pub warmup_start_lr: f64,
+    /// Whole-network linear warm-up iterations (nnDetection: 4000).
+    pub warmup_iters: usize,
+    /// Exponent of the polynomial decay after the warm-up (nnDetection: 0.9).
+    pub poly_exponent: f64,
+    /// Iterations at the start during which the encoder is frozen and only the decoder and
+    /// heads train (nnDetection: 0; the paper's fine-tuning: 5 % of all iterations).
+    pub freeze_encoder_iters: usize,
+    /// Which part of the encoder the frozen phase freezes (`all`, `stages` keeps the stem
+    /// training, e.g. after an input-channel change; `stem`).
+    pub frozen_part: EncoderPart,
+    /// The optimiser (nnDetection: SGD, Nesterov momentum 0.9, weight decay 3e-5).
+    pub optimizer: OptimizerConfig,
+    /// Fraction of every batch centred on an object (nnDetection: 0.5); the last
+    /// `B − round(B × (1 − fraction))` patches of a batch are foreground patches.
+    pub foreground_fraction: f64,
+    /// A box cut by the patch border is kept when at least this fraction of its volume lies
+    /// inside the patch, or its centre does (nnDetection keeps any visible part: 0).
+    pub min_visible_fraction: f64,
+    /// Data augmentation of the training patches.
+    pub augment: AugmentConfig,
+    /// Fixed validation patches drawn once from the validation cases (nnDetection: 100
+    /// batches × 4 = 400); 0 disables the online validation.
+    pub val_patches: usize,
+    /// Validate every this many epochs (and always after the last one).
+    pub validate_every: usize,
+    /// The validation metric that selects the `best` checkpoint (higher is better;
+    /// nnDetection selects on `mAP_IoU_0.10_0.50_0.05_MaxDet_100`).
+    pub best_metric: String,
+    /// Seed of every random draw (patches, augmentation, hard-negative sampling).
+    pub seed: u64,
+    /// Output folder for the `last` and `best` checkpoints (required).
+    pub out: PathBuf,
+    /// Continue the run saved in `out/last` (same settings) instead of starting a new one.
+    pub resume: bool,
+    /// Stop this call after this many iterations in all (counted from the start of the run;
+    /// the schedule still spans the whole run), writing `last`; resume later to continue.
+    pub stop_at_iteration: Option<usize>,
+    /// Show a progress bar and per-epoch summaries on stderr (the bar only on a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            iters_per_epoch: 50,
+            batch: 2,
+            patch: [64, 64, 64],
+            lr: 0.01,
+            warmup_start_lr: 1e-6,
+            warmup_iters: 50,
+            poly_exponent: 0.9,
+            freeze_encoder_iters: 0,
+            frozen_part: EncoderPart::All,
+            optimizer: OptimizerConfig::default(),
+            foreground_fraction: 0.5,
+            min_visible_fraction: 0.5,
+            augment: AugmentConfig::default(),
+            val_patches: 16,
+            validate_every: 1,
+            best_metric: DEFAULT_BEST_METRIC.to_string(),
+            seed: 0,
+            out: PathBuf::new(),
+            resume: false,
+            stop_at_iteration: None,
+            progress: true,
+        }
+    }
+}
+
+/// Keys that may differ between a run and its resumption.
+pub(crate) const RESUMABLE_DIFFERENCES: &[&str] = &["resume", "stop_at_iteration", "progress"];
+
+impl TrainConfig {
+    /// Iterations of the whole run (`epochs × iters_per_epoch`).
+    pub fn total_iters(&self) -> usize {
+        self.epochs.saturating_mul(self.iters_per_epoch)
+    }
+
+    /// The learning-rate schedule these settings describe.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            lr: self.lr,
+            warmup_start_lr: self.warmup_start_lr,
+            warmup_iters: self.warmup_iters,
+            freeze_encoder_iters: self.freeze_encoder_iters,
+            total_iters: self.total_iters(),
+            poly_exponent: self.poly_exponent,
+        }
+    }
+
+    /// Check the settings (without a model or data).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let positive = |field: &str, v: usize| {
+            if v == 0 {
+                Err(TrainError::config(field, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("epochs", self.epochs)?;
+        positive("iters_per_epoch", self.iters_per_epoch)?;
+        positive("batch", self.batch)?;
+        positive("validate_every", self.validate_every)?;
+        if self.patch.contains(&0) {
+            return Err(TrainError::config(
+                "patch",
+                format!("{:?} has a zero extent", self.patch),
+            ));
+        }
+        let finite_nonneg = |field: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    field,
+                    format!("{v} must be finite and ≥ 0"),
+                ))
+            }
+        };
+        finite_nonneg("lr", self.lr)?;
+        finite_nonneg("warmup_start_lr", self.warmup_start_lr)?;
+        finite_nonneg("poly_exponent", self.poly_exponent)?;
+        for (field, v) in [
+            ("foreground_fraction", self.foreground_fraction),
+            ("min_visible_fraction", self.min_visible_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(TrainError::config(field, format!("{v} must lie in [0, 1]")));
+            }
+        }
+        if self.freeze_encoder_iters > self.total_iters() {
+            return Err(TrainError::config(
+                "freeze_encoder_iters",
+                format!(
+                    "{} exceeds the run's {} iterations (epochs × iters_per_epoch)",
+                    self.freeze_encoder_iters,
+                    self.total_iters()
+                ),
+            ));
+        }
+        if self.best_metric.trim().is_empty() {
+            return Err(TrainError::config(
+                "best_metric",
+                "must name a validation metric",
+            ));
+        }
+        if self.out.as_os_str().is_empty() {
+            return Err(TrainError::config(
+                "out",
+                "is required: the folder for the `last` and `best` checkpoints",
+            ));
+        }
+        self.optimizer.validate()?;
+        self.augment.validate(self.patch)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_maps_deserialise_and_unknown_keys_are_named() {
+        let json = r#"{"lr": 0.02, "epochs": 3, "patch": [32, 32, 16], "out": "/tmp/x",
+                       "optimizer": {"kind": "adam", "amsgrad": true},
+                       "augment": {"mirror_probability": 0.0}}"#;
+        let cfg: TrainConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg.lr, 0.02);
+        assert_eq!(cfg.patch, [32, 32, 16]);
+        assert_eq!(cfg.iters_per_epoch, 50, "defaults fill the rest");
+        assert!(cfg.optimizer.amsgrad);
+        cfg.validate().unwrap();
+        let err = serde_json::from_str::<TrainConfig>(r#"{"learning_rate": 0.1}"#).unwrap_err();
+        assert!(err.to_string().contains("learning_rate"), "{err}");
+        let err =
+            serde_json::from_str::<TrainConfig>(r#"{"optimizer": {"kind": "lamb"}}"#).unwrap_err();
+        assert!(err.to_string().contains("lamb"), "{err}");
+        let back: TrainConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn invalid_settings_name_their_field() {
+        let base = TrainConfig {
+            out: "/tmp/run".into(),
+            ..Default::default()
+        };
+        base.validate().unwrap();
+        let cases: Vec<(TrainConfig, &str)> = vec![
+            (
+                TrainConfig {
+                    batch: 0,
+                    ..base.clone()
+                },
+                "batch",
+            ),
+            (
+                TrainConfig {
+                    patch: [0, 8, 8],
+                    ..base.clone()
+                },
+                "patch",
+            ),
+            (
+                TrainConfig {
+                    lr: f64::NAN,
+                    ..base.clone()
+                },
+                "lr",
+            ),
+            (
+                TrainConfig {
+                    foreground_fraction: 1.5,
+                    ..base.clone()
+                },
+                "foreground_fraction",
+            ),
+            (
+                TrainConfig {
+                    freeze_encoder_iters: 10_000,
+                    ..base.clone()
+                },
+                "freeze_encoder_iters",
+            ),
+            (
+                TrainConfig {
+                    out: PathBuf::new(),
+                    ..base.clone()
+                },
+                "out",
+            ),
+        ];
+        for (cfg, field) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+}
