@@ -30,9 +30,9 @@ pub use lines::{
 };
 pub use output::{OutputFormat, RgbImage};
 pub use slice::{
-    BoxColors, SliceOptions, box_crosses_slice, extract_slice, plot_slice, plot_slice_values,
-    plot_volume_slice, project_box, render_slice_rgb, render_slice_svg, slice_axes,
-    slice_pixel_aspect,
+    BoxColors, SliceOptions, box_crosses_slice, boxes_in_slice, extract_slice, plot_slice,
+    plot_slice_values, plot_volume_slice, project_box, render_slice_rgb, render_slice_svg,
+    slice_axes, slice_pixel_aspect,
 };
 pub use table::format_table;
 

@@ -166,6 +166,15 @@ pub fn project_box(b: &Box3, axis: usize, index: usize) -> Option<[f64; 4]> {
     box_crosses_slice(b, axis, index).then(|| [b[r], b[c], b[r + 3], b[c + 3]])
 }
 
+/// The boxes crossing slice `index` along `axis`, as `(box index, [row0, col0, row1, col1])`.
+pub fn boxes_in_slice(boxes: &[Box3], axis: usize, index: usize) -> Vec<(usize, [f64; 4])> {
+    boxes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| Some((i, project_box(b, axis, index)?)))
+        .collect()
+}
+
 /// Copy slice `index` of `channel` along `axis` (0 = D, 1 = H, 2 = W) out of a volume.
 pub fn extract_slice(
     volume: &Volume,
@@ -763,6 +772,15 @@ mod tests {
             Some([1.0, 2.0, 4.0, 5.0])
         );
         assert_eq!(project_box(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 6), None);
+        let boxes = [
+            [0.0, 0.0, 0.0, 2.0, 2.0, 2.0],
+            [3.0, 1.0, 1.0, 5.0, 4.0, 4.0],
+        ];
+        assert_eq!(
+            boxes_in_slice(&boxes, 0, 3),
+            vec![(1, [1.0, 1.0, 4.0, 4.0])]
+        );
+        assert_eq!(boxes_in_slice(&boxes, 2, 1).len(), 2);
     }
 
     #[test]
