@@ -234,5 +234,118 @@ fn retina_profile(iters: usize) -> i32 {
         "predict (valid model, NMS)            {:>9.1} ms",
         ms(&mut t_predict)
     );
+    op_breakdown(&model, images, iters);
     0
+}
+
+/// Median forward and backward seconds of `f` on `x` (backward of `sum(f(x) · r)`).
+fn time_op<B: AutodiffBackend>(x: &Tensor<B, 5>, f: &dyn Fn(Tensor<B, 5>) -> Tensor<B, 5>, iters: usize) -> (f64, f64) {
+    let x = x.clone().detach().require_grad();
+    let probe = f(x.clone());
+    let weights = Tensor::<B, 5>::random(probe.shape(), Distribution::Default, &x.device());
+    let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+    for _ in 0..iters.max(3) {
+        let t0 = Instant::now();
+        let y = f(x.clone());
+        let t1 = Instant::now();
+        let _ = (y * weights.clone()).sum().backward();
+        let t2 = Instant::now();
+        fwd.push((t1 - t0).as_secs_f64());
+        bwd.push((t2 - t1).as_secs_f64());
+    }
+    (median(&mut fwd), median(&mut bwd))
+}
+
+type Adder<'a> = &'a mut dyn FnMut(usize, (f64, f64));
+
+/// Time every conv, norm and activation of the network on its real input shapes.
+fn op_breakdown(model: &detlab::nn::RetinaUNet<ScriptBackend>, images: Tensor<ScriptBackend, 5>, iters: usize) {
+    type B = ScriptBackend;
+    use detlab::nn::blocks::{ConvGroupNormAct, ConvNormAct};
+    let names = ["conv3d", "conv_transpose3d", "instance/group norm", "activation"];
+    let mut table = [[0.0f64; 2]; 4];
+    let mut add = |cat: usize, t: (f64, f64)| {
+        table[cat][0] += t.0;
+        table[cat][1] += t.1;
+    };
+    let unit = |u: &ConvNormAct<B>, x: &Tensor<B, 5>, add: Adder| -> Tensor<B, 5> {
+        add(0, time_op(x, &|t| u.conv.forward(t), iters));
+        let c = u.conv.forward(x.clone());
+        add(2, time_op(&c, &|t| u.norm.forward(t), iters));
+        let n = u.norm.forward(c);
+        add(3, time_op(&n, &|t| u.activation.apply(t), iters));
+        u.activation.apply(n)
+    };
+    let head_unit = |u: &ConvGroupNormAct<B>, x: &Tensor<B, 5>, add: Adder| -> Tensor<B, 5> {
+        add(0, time_op(x, &|t| u.conv.forward(t), iters));
+        let c = u.conv.forward(x.clone());
+        add(2, time_op(&c, &|t| u.norm.forward(t), iters));
+        let n = u.norm.forward(c);
+        add(3, time_op(&n, &|t| u.activation.apply(t), iters));
+        u.activation.apply(n)
+    };
+    let enc = &model.encoder;
+    let mut x = images;
+    for u in &enc.stem.convs {
+        x = unit(u, &x, &mut add);
+    }
+    let mut skips = Vec::new();
+    for stage in &enc.stages {
+        for u in &stage.convs {
+            x = unit(u, &x, &mut add);
+        }
+        for b in &stage.blocks {
+            x = b.forward(x);
+        }
+        skips.push(x.clone());
+    }
+    let fpn = &model.decoder;
+    let mut above: Option<Tensor<B, 5>> = None;
+    let mut merged: Vec<Option<Tensor<B, 5>>> = vec![None; skips.len()];
+    for l in (fpn.first_level..skips.len()).rev() {
+        let lateral = &fpn.laterals[l - fpn.first_level];
+        add(0, time_op(&skips[l], &|t| lateral.forward(t), iters));
+        let mut p = lateral.forward(skips[l].clone());
+        if let Some(coarser) = above.take() {
+            let up = &fpn.upsamplings[l - fpn.first_level];
+            add(1, time_op(&coarser, &|t| up.forward(t), iters));
+            p = p + up.forward(coarser);
+        }
+        merged[l] = Some(p.clone());
+        above = Some(p);
+    }
+    let mut outputs = Vec::new();
+    for (&l, conv) in fpn.output_levels.iter().zip(&fpn.outputs) {
+        let m = merged[l].clone().expect("merged level");
+        add(0, time_op(&m, &|t| conv.forward(t), iters));
+        outputs.push((l, conv.forward(m)));
+    }
+    for (l, feature) in &outputs {
+        if *l == 0
+            && let Some(seg) = &model.segmenter
+        {
+            add(0, time_op(feature, &|t| seg.forward(t), iters));
+        }
+        if !model.detection_levels.contains(l) {
+            continue;
+        }
+        for (convs, output) in
+            [(&model.classifier.convs, &model.classifier.output), (&model.regressor.convs, &model.regressor.output)]
+        {
+            let mut h = feature.clone();
+            for u in convs.iter() {
+                h = head_unit(u, &h, &mut add);
+            }
+            add(0, time_op(&h, &|t| output.forward(t), iters));
+        }
+    }
+    println!("per-op time summed over the network's layers (same shapes, isolated):");
+    println!("{:<22} {:>10} {:>12}", "op", "forward ms", "backward ms");
+    let (mut f, mut b) = (0.0, 0.0);
+    for (name, [fw, bw]) in names.iter().zip(table) {
+        println!("{name:<22} {:>10.1} {:>12.1}", fw * 1e3, bw * 1e3);
+        f += fw;
+        b += bw;
+    }
+    println!("{:<22} {:>10.1} {:>12.1}", "sum", f * 1e3, b * 1e3);
 }
