@@ -423,8 +423,9 @@ pub(crate) fn line_figure(series: &[Series], options: &LineOptions) -> PlotResul
     })
 }
 
-/// Linear interpolation of `y` at `at` over the finite points of a curve sorted by x;
-/// None outside the curve's x extent (no extrapolation).
+/// Linear interpolation of `y` at `at` over the finite points of a curve sorted by x, with
+/// numpy `interp` semantics, as the FROC score reads its grid: left of the curve the first
+/// value, right of it the last (highest at that x). None only for a curve without points.
 pub(crate) fn interpolate(series: &Series, at: f64) -> Option<f64> {
     let mut points: Vec<(f64, f64)> = series
         .x
@@ -434,10 +435,9 @@ pub(crate) fn interpolate(series: &Series, at: f64) -> Option<f64> {
         .map(|(a, b)| (*a, *b))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let first = points.first()?;
-    let last = points.last()?;
-    if at < first.0 || at > last.0 {
-        return None;
+    let first = *points.first()?;
+    if at < first.0 {
+        return Some(first.1);
     }
     // The last point at or before `at`, and the first after it; with repeated x values
     // (a vertical jump) the higher y at that x wins, as in a FROC step.
@@ -453,6 +453,26 @@ pub(crate) fn interpolate(series: &Series, at: f64) -> Option<f64> {
         Some(&(x1, y1)) if x0 < at => Some(at_x0 + (y1 - at_x0) * (at - x0) / (x1 - x0)),
         _ => Some(at_x0),
     }
+}
+
+/// A FROC curve continued flat to `x_end`: beyond its last point the sensitivity stays at its
+/// final value (that is how the FROC score reads FPPI values past the curve).
+fn extend_right(series: &Series, x_end: f64) -> Series {
+    let last = series
+        .x
+        .iter()
+        .zip(&series.y)
+        .filter(|(a, b)| a.is_finite() && b.is_finite())
+        .max_by(|a, b| a.0.total_cmp(b.0).then(a.1.total_cmp(b.1)))
+        .map(|(a, b)| (*a, *b));
+    let mut out = series.clone();
+    if let Some((x_last, y_last)) = last
+        && x_last < x_end
+    {
+        out.x.push(x_end);
+        out.y.push(y_last);
+    }
+    out
 }
 
 pub(crate) fn froc_figure(curves: &[Series], options: &FrocOptions) -> PlotResult<LineFigure> {
@@ -474,7 +494,7 @@ pub(crate) fn froc_figure(curves: &[Series], options: &FrocOptions) -> PlotResul
             .collect();
         let mut name = s.name.clone();
         if options.mean_in_legend && !options.fppi_ticks.is_empty() {
-            // Missing ticks (curve too short) count as sensitivity 0, as in the LUNA16 CPM.
+            // The same number as the FROC score (mean sensitivity at the grid).
             let mean = marked.iter().map(|p| p.1).sum::<f64>() / options.fppi_ticks.len() as f64;
             name = format!("{name} ({mean:.3})");
         }
@@ -490,7 +510,7 @@ pub(crate) fn froc_figure(curves: &[Series], options: &FrocOptions) -> PlotResul
         out.push(Curve {
             name,
             color: series_color(i),
-            segments: segments(s, &x, &y),
+            segments: segments(&extend_right(s, options.x_range.1), &x, &y),
             markers,
         });
     }
@@ -775,20 +795,17 @@ mod tests {
         assert_eq!(interpolate(&curve, 0.25), Some(0.5));
         assert_eq!(interpolate(&curve, 1.0), Some(0.8)); // the step's top at a repeated x
         assert!((interpolate(&curve, 2.0).unwrap() - (0.8 + 0.1 / 3.0)).abs() < 1e-12);
-        assert_eq!(interpolate(&curve, 8.0), None);
-        assert_eq!(interpolate(&curve, 0.05), None);
+        assert_eq!(interpolate(&curve, 8.0), Some(0.9)); // numpy interp: the final value
+        assert_eq!(interpolate(&curve, 0.05), Some(0.2)); // and the first one on the left
         let options = FrocOptions {
             mean_in_legend: true,
             ..Default::default()
         };
         let figure = froc_figure(&[curve], &options).unwrap();
-        // 0.125, 0.25, 0.5, 1, 2, 4 are inside the curve; 8 is not.
-        assert_eq!(figure.curves[0].markers.len(), 6);
-        assert!(
-            figure.curves[0].name.starts_with("m ("),
-            "{}",
-            figure.curves[0].name
-        );
+        // Every grid value is marked (8 reads the final sensitivity), and the legend's mean
+        // is the FROC score: (0.25 + 0.5 + 0.5667 + 0.8 + 0.8333 + 0.9 + 0.9) / 7.
+        assert_eq!(figure.curves[0].markers.len(), 7);
+        assert_eq!(figure.curves[0].name, "m (0.679)");
         let labels: Vec<_> = figure.x.ticks.iter().map(|t| figure.x.label(*t)).collect();
         assert_eq!(labels, ["0.125", "0.25", "0.5", "1", "2", "4", "8"]);
     }

@@ -7,19 +7,24 @@ use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-/// Column names of an array of maps, in order of first appearance.
+/// Column names of an array of maps: text columns first (they usually name the row, e.g.
+/// the method), then numeric ones; alphabetical within each group, since script maps do not
+/// keep insertion order.
 pub fn columns_of(rows: &Array) -> Vec<String> {
-    let mut cols: Vec<String> = Vec::new();
+    let mut cols: Vec<(bool, String)> = Vec::new();
     for r in rows {
         if let Some(m) = r.read_lock::<Map>() {
-            for k in m.keys() {
-                if !cols.iter().any(|c| c == k.as_str()) {
-                    cols.push(k.to_string());
+            for (k, v) in m.iter() {
+                let numeric = v.is_int() || v.is_float();
+                match cols.iter_mut().find(|(_, c)| c == k.as_str()) {
+                    Some(entry) => entry.0 &= numeric,
+                    None => cols.push((numeric, k.to_string())),
                 }
             }
         }
     }
-    cols
+    cols.sort();
+    cols.into_iter().map(|(_, c)| c).collect()
 }
 
 /// A cell as text: numbers compact, strings bare, unit empty.

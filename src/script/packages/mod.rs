@@ -2,6 +2,9 @@
 //! primitives of one domain through a [`Registrar`](super::registrar::Registrar).
 
 pub mod core;
+pub mod data;
+pub mod metrics;
+pub mod plot;
 pub mod volume;
 
 use super::help::HelpIndex;
@@ -18,4 +21,7 @@ pub fn register_all(
 ) {
     core::register(engine, help, help_cell);
     volume::register(engine, help);
+    data::register(engine, help);
+    metrics::register(engine, help);
+    plot::register(engine, help);
 }

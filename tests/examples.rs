@@ -1,0 +1,59 @@
+//! Every tutorial in examples/ runs end to end (the quickstart at a reduced size has its own
+//! test in tests/quickstart.rs) and writes the files it promises.
+
+mod common;
+
+use common::*;
+
+fn run_example(name: &str) -> (tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = root().join("examples").join(name);
+    let out = run_script(
+        &script,
+        &[("out", tmp.path().display().to_string())],
+        tmp.path(),
+    );
+    let stdout = expect_ok(&out, name);
+    (tmp, stdout)
+}
+
+#[test]
+fn tutorial_01_volumes() {
+    let (tmp, stdout) = run_example("01_volumes.rhai");
+    assert!(stdout.contains("resampled"), "{stdout}");
+    for f in ["01_slice.png", "01_patch.nii.gz"] {
+        assert!(tmp.path().join(f).is_file(), "{f} written");
+    }
+    let patch = detlab::volume::read_nifti(&tmp.path().join("01_patch.nii.gz")).unwrap();
+    assert_eq!(patch.shape(), [1, 16, 32, 32]);
+    assert_eq!(patch.spacing, [1.0, 1.0, 1.0]);
+}
+
+#[test]
+fn tutorial_02_datasets() {
+    let (tmp, stdout) = run_example("02_datasets.rhai");
+    assert!(stdout.contains("fold 0 validates on"), "{stdout}");
+    assert!(tmp.path().join("Task901_Tutorial/splits.json").is_file());
+}
+
+#[test]
+fn tutorial_03_metrics() {
+    let (tmp, stdout) = run_example("03_metrics.rhai");
+    assert!(stdout.contains("careful beats noisy"), "{stdout}");
+    for f in [
+        "03_froc.png",
+        "03_pr.png",
+        "03_ranks.png",
+        "03_ci.png",
+        "03_metrics.json",
+    ] {
+        assert!(tmp.path().join(f).is_file(), "{f} written");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("03_metrics.json")).unwrap())
+            .unwrap();
+    let ap = metrics["careful"]["AP_IoU_0.10_MaxDet_100"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&ap));
+}
