@@ -625,3 +625,24 @@ mod tests {
         assert!(patches.iter().all(|p| !p.foreground && p.boxes.is_empty()));
     }
 }
+
+impl SampleSource for crate::data::PreprocessedCase {
+    fn case_id(&self) -> &str {
+        &self.id
+    }
+    fn image(&self) -> &Array4<f32> {
+        &self.image
+    }
+    fn instances(&self) -> Option<&Array3<u16>> {
+        self.instances.as_ref()
+    }
+    fn boxes(&self) -> &[Box3] {
+        &self.boxes
+    }
+    fn classes(&self) -> &[usize] {
+        &self.classes
+    }
+    fn instance_ids(&self) -> &[u32] {
+        &self.instance_ids
+    }
+}
