@@ -172,3 +172,228 @@ pub fn predict_raw_volume<B: Backend, M: Detector<B>>(
         raw.num_tiles,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{
+        DatasetMeta, Normalization, PreprocessConfig, Subset, TargetSpacing, preprocess,
+        save_dataset,
+    };
+    use crate::infer::testing::BrightBlobOracle;
+    use crate::metrics::io::read_prediction_dir;
+    use crate::metrics::{EvalConfig, ImageGt, evaluate};
+    use crate::nn::InferenceBackend;
+    use crate::nn::testing::test_device;
+    use crate::volume::boxes::{BoxConvention, mask_to_boxes};
+    use crate::volume::normalize::NormalizationScheme;
+    use ndarray::{Array4, Axis, s};
+    use std::collections::BTreeMap;
+
+    type B = InferenceBackend;
+
+    /// A raw case `[20, 40, 36]` at spacing [2, 1, 0.5] mm: a dim body (0.1) with bright cubes
+    /// (1.0) at `cubes` (half-open voxel boxes), and its instance mask.
+    fn raw_case(id: &str, cubes: &[[usize; 6]]) -> crate::data::Case {
+        let spacing = [2.0, 1.0, 0.5];
+        let mut image = Array4::<f32>::zeros((1, 20, 40, 36));
+        image.slice_mut(s![.., 2..18, 4..36, 4..32]).fill(0.1);
+        let mut mask = Array4::<f32>::zeros((1, 20, 40, 36));
+        for (k, c) in cubes.iter().enumerate() {
+            image
+                .slice_mut(s![.., c[0]..c[3], c[1]..c[4], c[2]..c[5]])
+                .fill(1.0);
+            mask.slice_mut(s![.., c[0]..c[3], c[1]..c[4], c[2]..c[5]])
+                .fill(k as f32 + 1.0);
+        }
+        crate::data::Case {
+            id: id.to_string(),
+            image: Volume::from_array(image, spacing),
+            instances: Volume::from_array(mask, spacing),
+            instance_classes: (1..=cubes.len() as u32)
+                .map(|i| (i, 0))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    /// Cubes that lie strictly inside some tile of the [16, 16, 8] grid of the preprocessed
+    /// [32, 32, 14] volume (the oracle scores border-cut components low).
+    const CUBES: [[usize; 6]; 2] = [[4, 11, 8, 8, 19, 16], [11, 22, 20, 15, 30, 28]];
+
+    fn plan() -> PreprocessPlan {
+        PreprocessPlan {
+            target_spacing: [1.0, 1.0, 1.0],
+            crop_nonzero: true,
+            normalization: vec![NormalizationScheme::None],
+            intensity_stats: vec![None],
+            modalities: vec!["CT".into()],
+        }
+    }
+
+    fn sorted(mut boxes: Vec<Box3>) -> Vec<Box3> {
+        boxes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        boxes
+    }
+
+    fn assert_boxes_near(actual: &[Box3], expected: &[Box3]) {
+        assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
+        for (a, e) in sorted(actual.to_vec())
+            .iter()
+            .zip(sorted(expected.to_vec()))
+        {
+            assert!(
+                a.iter().zip(&e).all(|(x, y)| (x - y).abs() < 1e-6),
+                "{a:?} vs {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn predictions_on_a_resampled_cropped_case_map_back_to_the_raw_grid() {
+        let raw = raw_case("cubes_0", &CUBES);
+        let raw_gt: Vec<Box3> = CUBES.iter().map(|c| c.map(|v| v as f64)).collect();
+        let (image, mask, restore) = plan().apply(&raw.image, Some(&raw.instances)).unwrap();
+        assert_eq!(restore.crop_start, [2, 4, 4]);
+        assert_eq!(image.spatial_shape(), [32, 32, 14]);
+        // Detections equal to the preprocessed GT restore to the raw GT.
+        let mask = mask.unwrap();
+        let pre_gt: Vec<Box3> =
+            mask_to_boxes(&mask.data.index_axis(Axis(0), 0), BoxConvention::HalfOpen)
+                .unwrap()
+                .into_values()
+                .collect();
+        let gt_as_detections = PatchDetections {
+            boxes: pre_gt.clone(),
+            scores: vec![0.9, 0.8],
+            classes: vec![0, 0],
+        };
+        let restored = CasePrediction::from_detections("cubes_0", &gt_as_detections, &restore, 1);
+        assert_boxes_near(&restored.boxes, &raw_gt);
+        assert_eq!(restored.shape, [20, 40, 36]);
+        assert_eq!(restored.spacing, [2.0, 1.0, 0.5]);
+
+        // End to end from the raw image: the oracle finds the cubes in the 1 mm grid, tiled.
+        let device = test_device();
+        let oracle = BrightBlobOracle::<B>::new(0.55, 2, &device);
+        let cfg = InferenceConfig::default();
+        let found = predict_raw_volume(
+            &oracle,
+            &raw.image,
+            &plan(),
+            "cubes_0",
+            [16, 16, 8],
+            &cfg,
+            &device,
+        )
+        .unwrap();
+        assert!(found.num_tiles > 1);
+        let strong: Vec<usize> = (0..found.scores.len())
+            .filter(|&i| found.scores[i] > 0.5)
+            .collect();
+        let pick = |v: &[Box3]| strong.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        assert_boxes_near(&pick(&found.boxes), &raw_gt);
+        assert_boxes_near(&pick(&found.boxes_preprocessed), &pre_gt);
+        let mm = crate::data::preprocess::voxel_boxes_to_world_mm(&raw_gt, &raw.image.affine);
+        assert_boxes_near(&pick(&found.boxes_mm), &mm);
+
+        // The same through a preprocessed case.
+        let case = PreprocessedCase {
+            id: "cubes_0".into(),
+            subset: Subset::Train,
+            image: image.data.clone(),
+            instances: None,
+            boxes: pre_gt.clone(),
+            classes: vec![0, 0],
+            instance_ids: vec![1, 2],
+            spacing: [1.0, 1.0, 1.0],
+            restore: restore.clone(),
+        };
+        let again = predict_case(&oracle, &case, [16, 16, 8], &cfg, &device).unwrap();
+        assert_eq!(again, found);
+    }
+
+    #[test]
+    fn dataset_predictions_are_written_read_back_and_score_ap_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = vec![
+            raw_case("cubes_0", &CUBES),
+            raw_case(
+                "cubes_1",
+                &[
+                    [5, 6, 6, 9, 12, 12],
+                    [12, 24, 16, 16, 32, 24],
+                    [5, 26, 24, 8, 32, 30],
+                ],
+            ),
+        ];
+        let meta = DatasetMeta::new("Task901_Cubes", &["cube"], &["CT"]);
+        let dataset = save_dataset(&dir.path().join("raw"), &meta, &cases, &[]).unwrap();
+        let config = PreprocessConfig {
+            target_spacing: TargetSpacing::Fixed([1.0, 1.0, 1.0]),
+            normalization: Normalization::None,
+            ..Default::default()
+        };
+        let prepared = preprocess(&dataset, &config, Some(&dir.path().join("cache"))).unwrap();
+        let device = test_device();
+        let oracle = BrightBlobOracle::<B>::new(0.55, 2, &device);
+        let cfg = InferenceConfig {
+            tta: crate::infer::Tta::Axes(vec![vec![], vec![0, 2]]),
+            ..Default::default()
+        };
+        let out = dir.path().join("predictions");
+        let predictions = predict_dataset(
+            &oracle,
+            &prepared,
+            &[],
+            [16, 16, 8],
+            Some(&out),
+            &cfg,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(predictions.len(), 2);
+        let files = read_prediction_dir(&out).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.case.as_str()).collect::<Vec<_>>(),
+            ["cubes_0", "cubes_1"]
+        );
+        for (file, p) in files.iter().zip(&predictions) {
+            assert_eq!(file, &p.to_prediction_file());
+        }
+        let gt: Vec<ImageGt> = cases
+            .iter()
+            .map(|c| {
+                let (boxes, classes) = c.boxes(BoxConvention::HalfOpen).unwrap();
+                ImageGt { boxes, classes }
+            })
+            .collect();
+        let pred: Vec<ImagePred> = files.iter().map(|f| f.to_image_pred()).collect();
+        let eval = EvalConfig::default();
+        let report = evaluate(&gt, &pred, &eval).unwrap();
+        assert_eq!(report.get(&eval.ap_key(0.1)), Some(1.0));
+        assert_eq!(report.get(&eval.map_key()), Some(1.0));
+        // One case only, by id.
+        let one = predict_dataset(
+            &oracle,
+            &prepared,
+            &["cubes_1".to_string()],
+            [16, 16, 8],
+            None,
+            &cfg,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(one, vec![predictions[1].clone()]);
+        let e = predict_dataset(
+            &oracle,
+            &prepared,
+            &["nope".to_string()],
+            [16, 16, 8],
+            None,
+            &cfg,
+            &device,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}
