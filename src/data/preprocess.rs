@@ -1190,11 +1190,8 @@ mod tests {
         let t = median_target_spacing(&spacings([0.3, 0.3, 5.0, 5.0, 5.0]), &shapes).unwrap();
         assert!((t[0] - (0.7 + 1e-5)).abs() < 1e-12, "{t:?}");
         // Enough slices: plain median.
-        let t = median_target_spacing(
-            &spacings([5.0, 1.0, 5.0, 2.5, 5.0]),
-            &vec![[300, 512, 512]; 5],
-        )
-        .unwrap();
+        let t = median_target_spacing(&spacings([5.0, 1.0, 5.0, 2.5, 5.0]), &[[300, 512, 512]; 5])
+            .unwrap();
         assert_eq!(t, [5.0, 0.8, 0.7]);
         assert!(median_target_spacing(&[], &[]).is_err());
     }

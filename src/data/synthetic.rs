@@ -334,6 +334,24 @@ pub fn synthetic_dataset(
     meta.name = Some("detlab synthetic CT-like nodules".into());
     meta.test_labels = config.test_cases > 0;
     let raw = root.join("raw_splitted");
+    // Regenerating replaces an earlier synthetic dataset (stale cases would otherwise remain);
+    // any other data in the folder is left alone and refused.
+    if raw.exists() {
+        if !root.join("synthetic.json").is_file() {
+            return Err(DataError::config(
+                "synthetic path",
+                format!(
+                    "{} already holds a dataset that the generator did not write; choose an empty folder",
+                    root.display()
+                ),
+            ));
+        }
+        std::fs::remove_dir_all(&raw).map_err(|e| DataError::io(&raw, e))?;
+        let splits = root.join("splits.json");
+        if splits.exists() {
+            std::fs::remove_file(&splits).map_err(|e| DataError::io(&splits, e))?;
+        }
+    }
     let mut dirs = vec!["imagesTr", "labelsTr"];
     if config.test_cases > 0 {
         dirs.extend(["imagesTs", "labelsTs"]);
@@ -556,12 +574,11 @@ impl Scene {
             }
         });
         // A ball reaching past the grid border is not inside the lung.
-        for a in 0..3 {
-            if center[a] - radius < 0.0 || center[a] + radius > grid.extent_mm()[a] {
-                ok = false;
-            }
-        }
-        ok
+        let extent = grid.extent_mm();
+        ok && center
+            .iter()
+            .zip(extent)
+            .all(|(&c, e)| c - radius >= 0.0 && c + radius <= e)
     }
 
     /// Low-frequency variation and Gaussian noise, then rounding to whole HU (int16 on disk).
@@ -993,6 +1010,21 @@ mod tests {
         synthetic_dataset(a.path(), &small(7)).unwrap();
         synthetic_dataset(b.path(), &small(7)).unwrap();
         synthetic_dataset(c.path(), &small(8)).unwrap();
+        // Regenerating into the same folder with fewer cases leaves no stale case behind.
+        synthetic_dataset(
+            c.path(),
+            &SyntheticConfig {
+                cases: 2,
+                test_cases: 0,
+                ..small(9)
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            Dataset::open(c.path()).unwrap().train_ids(),
+            vec!["case0000", "case0001"]
+        );
+        synthetic_dataset(c.path(), &small(8)).unwrap();
         let (fa, fb, fc) = (
             file_bytes(a.path()),
             file_bytes(b.path()),
@@ -1062,13 +1094,9 @@ mod tests {
             );
             assert!(img.iter().filter(|&&v| v < -900.0).count() > 0, "air");
             assert!(img.iter().filter(|&&v| v > 500.0).count() > 0, "bone");
-            assert_eq!(
-                made.distractors
-                    .iter()
-                    .filter(|d| d.kind == "vessel")
-                    .count()
-                    > 0,
-                true
+            assert!(
+                made.distractors.iter().any(|d| d.kind == "vessel"),
+                "vessels are placed"
             );
         }
         assert!(classes_seen[0] && classes_seen[1]);
@@ -1109,6 +1137,12 @@ mod tests {
             size_range_mm: [20.0, 30.0],
             ..SyntheticConfig::default()
         };
+        let foreign = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(foreign.path().join("raw_splitted")).unwrap();
+        let err = synthetic_dataset(foreign.path(), &SyntheticConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not write"), "{err}");
         let err = synthetic_case(&tight, 0).unwrap_err().to_string();
         assert!(
             err.contains("case0000") && err.contains("enlarge `shape`"),
