@@ -17,7 +17,8 @@
 //! every case, a label mask and a label JSON for every training case (and every test case when
 //! `test_labels` is true), JSON syntax, instance ids ≥ 1, class indices within `labels`, no case
 //! in both train and test. Content checks (skipped with [`OpenOptions::quick`]; one case per
-//! rayon task): image headers are readable, 3D, and share shape/spacing/affine across
+//! rayon task; run on every case whose files are all present, and reported together with the
+//! cheap problems): image headers are readable, 3D, and share shape/spacing/affine across
 //! modalities; the label mask is readable, has the image's shape and affine, holds only
 //! non-negative whole numbers, and its instance ids equal the JSON's ids.
 //!
@@ -226,7 +227,7 @@ impl Dataset {
             test,
             warnings,
         };
-        if !options.quick && problems.is_empty() {
+        if !options.quick {
             let (errors, warns) = dataset.check_content();
             problems.extend(errors);
             dataset.warnings.extend(warns);
@@ -1307,14 +1308,12 @@ pub(crate) mod tests {
             NiftiDtype::F32,
         )
         .unwrap();
+        // Cheap and content problems are reported together.
         let problems = problems_of(dir.path());
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.path.ends_with("imagesTr/case.9_0000.nii.gz")
-                    && p.message.contains("contains a dot"))
-        );
-        // Content checks run only once the cheap checks pass.
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].path.ends_with("imagesTr/case.9_0000.nii.gz"));
+        assert!(problems[0].message.contains("contains a dot"));
+        assert!(problems[1].path.ends_with("labelsTr/case1.nii.gz"));
         std::fs::remove_file(images.join("case.9_0000.nii.gz")).unwrap();
         let problems = problems_of(dir.path());
         assert_eq!(problems.len(), 1, "{problems:?}");
