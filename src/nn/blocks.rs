@@ -211,7 +211,7 @@ impl<B: Backend> GroupNorm3d<B> {
         epsilon: f64,
         device: &B::Device,
     ) -> Result<Self, NnError> {
-        if num_groups == 0 || channels % num_groups != 0 {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             return Err(NnError::config(
                 "num_groups",
                 format!("{num_groups} groups do not divide {channels} channels"),

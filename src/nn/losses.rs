@@ -121,7 +121,7 @@ pub fn soft_dice_loss<B: Backend>(
     let sum_y = per_channel(one_hot);
     // FP + FN = (ΣP − TP) + (ΣY − TP).
     let dice = (tp.clone().mul_scalar(2.0).add_scalar(smooth)) / (sum_p + sum_y).add_scalar(smooth);
-    dice.slice([1..s]).mean().neg().add_scalar(1.0)
+    dice.slice(1..s).mean().neg().add_scalar(1.0)
 }
 
 #[cfg(test)]

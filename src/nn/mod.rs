@@ -13,6 +13,7 @@ pub mod encoder;
 mod error;
 pub mod inspect;
 pub mod losses;
+pub mod model;
 pub mod retina_unet;
 
 #[cfg(test)]
@@ -23,4 +24,5 @@ pub use checkpoint::{load_weights, save_weights};
 pub use detector::{DetectionBatch, DetectionLoss, Detector, PatchDetections};
 pub use encoder::{Encoder, EncoderConfig, EncoderPart, ResEncConfig, RetUNetEncoderConfig};
 pub use error::NnError;
+pub use model::{DetectorConfig, MODEL_FORMAT, ModelSpec};
 pub use retina_unet::{RetinaUNet, RetinaUNetConfig};

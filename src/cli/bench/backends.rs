@@ -239,7 +239,11 @@ fn retina_profile(iters: usize) -> i32 {
 }
 
 /// Median forward and backward seconds of `f` on `x` (backward of `sum(f(x) · r)`).
-fn time_op<B: AutodiffBackend>(x: &Tensor<B, 5>, f: &dyn Fn(Tensor<B, 5>) -> Tensor<B, 5>, iters: usize) -> (f64, f64) {
+fn time_op<B: AutodiffBackend>(
+    x: &Tensor<B, 5>,
+    f: &dyn Fn(Tensor<B, 5>) -> Tensor<B, 5>,
+    iters: usize,
+) -> (f64, f64) {
     let x = x.clone().detach().require_grad();
     let probe = f(x.clone());
     let weights = Tensor::<B, 5>::random(probe.shape(), Distribution::Default, &x.device());
@@ -259,10 +263,19 @@ fn time_op<B: AutodiffBackend>(x: &Tensor<B, 5>, f: &dyn Fn(Tensor<B, 5>) -> Ten
 type Adder<'a> = &'a mut dyn FnMut(usize, (f64, f64));
 
 /// Time every conv, norm and activation of the network on its real input shapes.
-fn op_breakdown(model: &detlab::nn::RetinaUNet<ScriptBackend>, images: Tensor<ScriptBackend, 5>, iters: usize) {
+fn op_breakdown(
+    model: &detlab::nn::RetinaUNet<ScriptBackend>,
+    images: Tensor<ScriptBackend, 5>,
+    iters: usize,
+) {
     type B = ScriptBackend;
     use detlab::nn::blocks::{ConvGroupNormAct, ConvNormAct};
-    let names = ["conv3d", "conv_transpose3d", "instance/group norm", "activation"];
+    let names = [
+        "conv3d",
+        "conv_transpose3d",
+        "instance/group norm",
+        "activation",
+    ];
     let mut table = [[0.0f64; 2]; 4];
     let mut add = |cat: usize, t: (f64, f64)| {
         table[cat][0] += t.0;
@@ -329,9 +342,10 @@ fn op_breakdown(model: &detlab::nn::RetinaUNet<ScriptBackend>, images: Tensor<Sc
         if !model.detection_levels.contains(l) {
             continue;
         }
-        for (convs, output) in
-            [(&model.classifier.convs, &model.classifier.output), (&model.regressor.convs, &model.regressor.output)]
-        {
+        for (convs, output) in [
+            (&model.classifier.convs, &model.classifier.output),
+            (&model.regressor.convs, &model.regressor.output),
+        ] {
             let mut h = feature.clone();
             for u in convs.iter() {
                 h = head_unit(u, &h, &mut add);

@@ -282,7 +282,7 @@ impl<B: Backend> Encoder<B> {
         }
         let total = self.total_stride();
         for a in 0..3 {
-            if dims[2 + a] == 0 || dims[2 + a] % total[a] != 0 {
+            if dims[2 + a] == 0 || !dims[2 + a].is_multiple_of(total[a]) {
                 return Err(NnError::InvalidInput(format!(
                     "patch size {:?} must be divisible by the encoder's total stride {:?}",
                     &dims[2..],

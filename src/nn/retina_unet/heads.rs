@@ -173,7 +173,7 @@ impl<B: Backend> RegressorHead<B> {
                 for c in &self.convs {
                     x = c.forward(x);
                 }
-                let scale = scales.clone().slice([i..i + 1]).reshape([1, 1, 1]);
+                let scale = scales.clone().slice(i..i + 1).reshape([1, 1, 1]);
                 flatten_level(self.output.forward(x), 6) * scale
             })
             .collect();

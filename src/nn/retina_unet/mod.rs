@@ -232,8 +232,9 @@ impl RetinaUNetConfig {
             return self.detection_levels.clone();
         }
         let stages = self.encoder.widths().len();
-        let start = (stages.saturating_sub(4).max(1))
-            .min(2)
+        let start = stages
+            .saturating_sub(4)
+            .clamp(1, 2)
             .min(stages.saturating_sub(1));
         (start..stages).collect()
     }
@@ -274,7 +275,7 @@ impl RetinaUNetConfig {
             }
         }
         let per_group = self.head_channels_per_group;
-        if per_group == 0 || self.head_channels % per_group != 0 {
+        if per_group == 0 || !self.head_channels.is_multiple_of(per_group) {
             return Err(NnError::config(
                 "head_channels_per_group",
                 format!(
@@ -554,7 +555,13 @@ fn top_k(values: &[f32], k: usize, skip_sorted: &[usize]) -> Vec<usize> {
 /// lower index first) — the same as `batched_nms(..)[..max_keep]`, but each class stops after
 /// `max_keep` survivors and a box is only compared with the survivors of its class, so 10,000
 /// candidates cost at most 10,000 × `max_keep` IoUs.
-pub fn capped_batched_nms(boxes: &[Box3], scores: &[f64], classes: &[usize], iou_threshold: f64, max_keep: usize) -> Vec<usize> {
+pub fn capped_batched_nms(
+    boxes: &[Box3],
+    scores: &[f64],
+    classes: &[usize],
+    iou_threshold: f64,
+    max_keep: usize,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut kept_per_class: std::collections::HashMap<usize, Vec<usize>> = Default::default();
@@ -564,7 +571,10 @@ pub fn capped_batched_nms(boxes: &[Box3], scores: &[f64], classes: &[usize], iou
             break;
         }
         let kept = kept_per_class.entry(classes[i]).or_default();
-        if kept.iter().all(|&k| iou(&boxes[k], &boxes[i]) <= iou_threshold) {
+        if kept
+            .iter()
+            .all(|&k| iou(&boxes[k], &boxes[i]) <= iou_threshold)
+        {
             kept.push(i);
             keep.push(i);
         }
@@ -755,7 +765,13 @@ impl<B: Backend> Detector<B> for RetinaUNet<B> {
             entry.2.push(class);
         }
         for (i, (boxes, scores, classes)) in per_image_boxes.into_iter().enumerate() {
-            let keep = capped_batched_nms(&boxes, &scores, &classes, cfg.nms_iou, cfg.detections_per_image);
+            let keep = capped_batched_nms(
+                &boxes,
+                &scores,
+                &classes,
+                cfg.nms_iou,
+                cfg.detections_per_image,
+            );
             let keep = &keep[..];
             results[i] = PatchDetections {
                 boxes: keep.iter().map(|&k| boxes[k]).collect(),
@@ -842,7 +858,10 @@ mod tests {
             images: Tensor::from_data(TensorData::new(voxels, [1, 1, size, size, size]), device),
             boxes: vec![vec![[10.0, 8.0, 12.0, 20.0, 18.0, 22.0]]],
             classes: vec![vec![0]],
-            segmentation: Some(Tensor::from_data(TensorData::new(seg, [1, size, size, size]), device)),
+            segmentation: Some(Tensor::from_data(
+                TensorData::new(seg, [1, size, size, size]),
+                device,
+            )),
         }
     }
 
@@ -863,13 +882,37 @@ mod tests {
         assert_eq!(out.segmentation_logits.unwrap().dims(), [2, 2, 16, 32, 16]);
         // Level 2 anchors are twice those of level 1.
         assert_eq!(anchors.levels[1].sizes[0], [8.0, 16.0, 32.0]);
-        assert!(model.forward(Tensor::zeros([1, 2, 12, 16, 16], &device)).is_err(), "12 is not divisible by 8");
-        assert!(model.forward(Tensor::zeros([1, 1, 16, 16, 16], &device)).is_err(), "wrong channel count");
+        assert!(
+            model
+                .forward(Tensor::zeros([1, 2, 12, 16, 16], &device))
+                .is_err(),
+            "12 is not divisible by 8"
+        );
+        assert!(
+            model
+                .forward(Tensor::zeros([1, 1, 16, 16, 16], &device))
+                .is_err(),
+            "wrong channel count"
+        );
 
-        let per_class = RetinaUNetConfig { segmentation: SegmentationMode::PerClass, ..cfg.clone() }.init::<B>(&device).unwrap();
-        let seg = per_class.forward(Tensor::zeros([1, 2, 16, 16, 16], &device)).unwrap().segmentation_logits.unwrap();
+        let per_class = RetinaUNetConfig {
+            segmentation: SegmentationMode::PerClass,
+            ..cfg.clone()
+        }
+        .init::<B>(&device)
+        .unwrap();
+        let seg = per_class
+            .forward(Tensor::zeros([1, 2, 16, 16, 16], &device))
+            .unwrap()
+            .segmentation_logits
+            .unwrap();
         assert_eq!(seg.dims(), [1, 4, 16, 16, 16]);
-        let none = RetinaUNetConfig { segmentation: SegmentationMode::None, ..cfg }.init::<B>(&device).unwrap();
+        let none = RetinaUNetConfig {
+            segmentation: SegmentationMode::None,
+            ..cfg
+        }
+        .init::<B>(&device)
+        .unwrap();
         assert!(none.segmenter.is_none() && none.decoder.laterals.len() == 3);
     }
 
@@ -883,7 +926,10 @@ mod tests {
         // 128³ patch: 32³ + 16³ + 8³ + 4³ positions × 27 = 1,010,880 anchors.
         assert_eq!(model.anchors([128, 128, 128]).unwrap().len(), 1_010_880);
         let summary = model.summary();
-        assert!(summary.contains("detection levels [2, 3, 4, 5]") && summary.contains("classifier"), "{summary}");
+        assert!(
+            summary.contains("detection levels [2, 3, 4, 5]") && summary.contains("classifier"),
+            "{summary}"
+        );
         assert_eq!(model.classifier.output.weight.dims(), [27, 128, 3, 3, 3]);
         assert_eq!(model.regressor.output.weight.dims(), [162, 128, 3, 3, 3]);
     }
@@ -891,20 +937,51 @@ mod tests {
     #[test]
     fn invalid_configs_and_batches_are_rejected() {
         let device = test_device();
-        let bad_levels = RetinaUNetConfig { detection_levels: vec![2, 1], ..RetinaUNetConfig::tiny(1, 1) };
-        assert!(bad_levels.init::<B>(&device).unwrap_err().to_string().contains("detection_levels"));
-        let bad_groups = RetinaUNetConfig { head_channels_per_group: 5, ..RetinaUNetConfig::tiny(1, 1) };
-        assert!(bad_groups.validate().unwrap_err().to_string().contains("head_channels_per_group"));
+        let bad_levels = RetinaUNetConfig {
+            detection_levels: vec![2, 1],
+            ..RetinaUNetConfig::tiny(1, 1)
+        };
+        assert!(
+            bad_levels
+                .init::<B>(&device)
+                .unwrap_err()
+                .to_string()
+                .contains("detection_levels")
+        );
+        let bad_groups = RetinaUNetConfig {
+            head_channels_per_group: 5,
+            ..RetinaUNetConfig::tiny(1, 1)
+        };
+        assert!(
+            bad_groups
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("head_channels_per_group")
+        );
         let model = RetinaUNetConfig::tiny(1, 1).init::<B>(&device).unwrap();
         let mut batch = cube_batch(&device);
         batch.classes = vec![vec![1]];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        assert!(model.loss(&batch, &mut rng).unwrap_err().to_string().contains("class 1"));
+        assert!(
+            model
+                .loss(&batch, &mut rng)
+                .unwrap_err()
+                .to_string()
+                .contains("class 1")
+        );
         batch.classes = vec![vec![0, 0]];
         assert!(model.loss(&batch, &mut rng).is_err());
         let json = r#"{"num_classes": 2, "fpn_chanels": 8}"#;
-        assert!(serde_json::from_str::<RetinaUNetConfig>(json).unwrap_err().to_string().contains("fpn_chanels"));
-        let cfg: RetinaUNetConfig = serde_json::from_str(r#"{"num_classes": 2, "loss": {"regression": "smooth_l1"}}"#).unwrap();
+        assert!(
+            serde_json::from_str::<RetinaUNetConfig>(json)
+                .unwrap_err()
+                .to_string()
+                .contains("fpn_chanels")
+        );
+        let cfg: RetinaUNetConfig =
+            serde_json::from_str(r#"{"num_classes": 2, "loss": {"regression": "smooth_l1"}}"#)
+                .unwrap();
         assert_eq!(cfg.loss.regression, RegressionLoss::SmoothL1);
         assert_eq!(cfg.fpn_channels, 128);
     }
@@ -922,39 +999,67 @@ mod tests {
             cfg.loss.classification = classification;
             cfg.loss.regression = regression;
             let model = cfg.init::<B>(&device).unwrap();
-            let loss = model.loss(&batch, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+            let loss = model
+                .loss(&batch, &mut ChaCha8Rng::seed_from_u64(1))
+                .unwrap();
             let values = loss.component_values();
             let names: Vec<&str> = values.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["cls", "reg", "seg_ce", "seg_dice"]);
             let sum: f64 = values.iter().map(|(_, v)| v).sum();
             assert!((sum - loss.total_value()).abs() < 1e-4, "{values:?}");
-            assert!(values.iter().all(|(_, v)| v.is_finite() && *v >= 0.0), "{values:?}");
+            assert!(
+                values.iter().all(|(_, v)| v.is_finite() && *v >= 0.0),
+                "{values:?}"
+            );
             let stats: std::collections::HashMap<_, _> = loss.statistics.iter().cloned().collect();
             assert!(stats["num_positives"] >= 1.0);
-            assert_eq!(stats["num_sampled_positives"], stats["num_positives"].min(10.0));
+            assert_eq!(
+                stats["num_sampled_positives"],
+                stats["num_positives"].min(10.0)
+            );
         }
         // An image without objects: classification and segmentation only.
         let model = RetinaUNetConfig::tiny(1, 1).init::<B>(&device).unwrap();
-        let empty = DetectionBatch { boxes: vec![vec![]], classes: vec![vec![]], ..batch };
-        let names: Vec<String> = model.loss(&empty, &mut ChaCha8Rng::seed_from_u64(1)).unwrap().components.into_iter().map(|c| c.0).collect();
+        let empty = DetectionBatch {
+            boxes: vec![vec![]],
+            classes: vec![vec![]],
+            ..batch
+        };
+        let names: Vec<String> = model
+            .loss(&empty, &mut ChaCha8Rng::seed_from_u64(1))
+            .unwrap()
+            .components
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
         assert_eq!(names, ["cls", "seg_ce", "seg_dice"]);
     }
 
     #[test]
     fn training_on_one_batch_halves_the_loss_through_every_head() {
+        const STEPS: usize = 20;
+        const LR: f64 = 5e-3;
         let device = test_device();
         crate::nn::backend::seed(&device, 3);
-        let mut model = RetinaUNetConfig::tiny(1, 1).init::<B>(&device).unwrap();
+        let mut cfg = RetinaUNetConfig::tiny(1, 1);
+        cfg.encoder = EncoderConfig::Retunet(RetUNetEncoderConfig {
+            widths: vec![4, 8, 16, 32],
+            ..RetUNetEncoderConfig::tiny(1)
+        });
+        cfg.fpn_channels = 8;
+        cfg.head_channels = 8;
+        cfg.head_channels_per_group = 4;
+        let mut model = cfg.init::<B>(&device).unwrap();
         let batch = cube_batch(&device);
         let mut optimizer = AdamConfig::new().init::<B, RetinaUNet<B>>();
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let first = model.loss(&batch, &mut rng).unwrap().component_values();
         let mut last = first.clone();
-        for _ in 0..30 {
+        for _ in 0..STEPS {
             let loss = model.loss(&batch, &mut rng).unwrap();
             last = loss.component_values();
             let grads = GradientsParams::from_grads(loss.total.backward(), &model);
-            model = optimizer.step(3e-3, model, grads);
+            model = optimizer.step(LR, model, grads);
         }
         let total = |v: &[(String, f64)]| v.iter().map(|(_, x)| x).sum::<f64>();
         assert!(total(&last) < 0.5 * total(&first), "{first:?} → {last:?}");
@@ -973,14 +1078,19 @@ mod tests {
         let stem_before = tensor_values(model.encoder.stem.convs[0].conv.weight.val());
         let head_before = tensor_values(model.classifier.output.weight.val());
         let mut optimizer = AdamConfig::new().init::<B, RetinaUNet<B>>();
-        let loss = model.loss(&batch, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+        let loss = model
+            .loss(&batch, &mut ChaCha8Rng::seed_from_u64(2))
+            .unwrap();
         let grads = GradientsParams::from_grads(loss.total.backward(), &model);
         let model = optimizer.step(1e-2, model, grads);
         assert!(tensor_values(model.encoder.stages[2].convs[0].conv.weight.val()) == stage_before);
         assert!(tensor_values(model.encoder.stem.convs[0].conv.weight.val()) != stem_before);
         assert!(tensor_values(model.classifier.output.weight.val()) != head_before);
         let ids = model.encoder.param_ids(EncoderPart::All);
-        assert_eq!(ids.len(), crate::nn::inspect::parameters(&model.encoder).len());
+        assert_eq!(
+            ids.len(),
+            crate::nn::inspect::parameters(&model.encoder).len()
+        );
     }
 
     #[test]
@@ -989,7 +1099,11 @@ mod tests {
         let mut cfg = RetinaUNetConfig::tiny(1, 2);
         cfg.inference.detections_per_image = 7;
         let model = cfg.init::<B>(&device).unwrap().valid();
-        let x = Tensor::<InferenceBackend, 5>::random([2, 1, 16, 16, 16], burn::tensor::Distribution::Default, &device);
+        let x = Tensor::<InferenceBackend, 5>::random(
+            [2, 1, 16, 16, 16],
+            burn::tensor::Distribution::Default,
+            &device,
+        );
         let dets = model.predict(x).unwrap();
         assert_eq!(dets.len(), 2);
         for d in &dets {
@@ -997,12 +1111,25 @@ mod tests {
             assert!(d.scores.windows(2).all(|w| w[0] >= w[1]));
             assert!(d.scores.iter().all(|s| *s > 0.0 && *s < 1.0));
             assert!(d.classes.iter().all(|c| *c < 2));
-            assert!(d.boxes.iter().all(|b| (0..3).all(|a| b[a] >= 0.0 && b[a + 3] <= 16.0 && b[a + 3] - b[a] >= 0.01)));
+            assert!(d.boxes.iter().all(|b| {
+                (0..3).all(|a| b[a] >= 0.0 && b[a + 3] <= 16.0 && b[a + 3] - b[a] >= 0.01)
+            }));
         }
-        let strict = RetinaUNetConfig { inference: InferenceConfig { score_threshold: 0.99, ..Default::default() }, ..RetinaUNetConfig::tiny(1, 1) };
+        let strict = RetinaUNetConfig {
+            inference: InferenceConfig {
+                score_threshold: 0.99,
+                ..Default::default()
+            },
+            ..RetinaUNetConfig::tiny(1, 1)
+        };
         let model = strict.init::<InferenceBackend>(&device).unwrap();
-        let dets = model.predict(Tensor::zeros([1, 1, 16, 16, 16], &device)).unwrap();
-        assert!(dets[0].boxes.is_empty(), "initial scores are near the prior 0.01");
+        let dets = model
+            .predict(Tensor::zeros([1, 1, 16, 16, 16], &device))
+            .unwrap();
+        assert!(
+            dets[0].boxes.is_empty(),
+            "initial scores are near the prior 0.01"
+        );
     }
 
     #[test]
@@ -1016,16 +1143,28 @@ mod tests {
                 .map(|_| {
                     let lo: [f64; 3] = std::array::from_fn(|_| rng.random_range(0.0..20.0));
                     let ext: [f64; 3] = std::array::from_fn(|_| rng.random_range(1.0..8.0));
-                    [lo[0], lo[1], lo[2], lo[0] + ext[0], lo[1] + ext[1], lo[2] + ext[2]]
+                    [
+                        lo[0],
+                        lo[1],
+                        lo[2],
+                        lo[0] + ext[0],
+                        lo[1] + ext[1],
+                        lo[2] + ext[2],
+                    ]
                 })
                 .collect();
             // Coarse scores produce ties across classes.
-            let scores: Vec<f64> = (0..n).map(|_| (rng.random_range(0..50) as f64) / 50.0).collect();
+            let scores: Vec<f64> = (0..n)
+                .map(|_| (rng.random_range(0..50) as f64) / 50.0)
+                .collect();
             let classes: Vec<usize> = (0..n).map(|_| rng.random_range(0..3)).collect();
             for max_keep in [1, 5, 100, 1000] {
                 let full = batched_nms(&boxes, &scores, &classes, 0.3);
                 let expected = &full[..full.len().min(max_keep)];
-                assert_eq!(capped_batched_nms(&boxes, &scores, &classes, 0.3, max_keep), expected);
+                assert_eq!(
+                    capped_batched_nms(&boxes, &scores, &classes, 0.3, max_keep),
+                    expected
+                );
             }
         }
     }
@@ -1034,9 +1173,16 @@ mod tests {
     fn resenc_retina_unet_runs_a_training_step() {
         let device = test_device();
         let cfg = RetinaUNetConfig::new(EncoderConfig::Resenc(ResEncConfig::tiny(1)), 1);
-        let cfg = RetinaUNetConfig { fpn_channels: 16, head_channels: 16, head_channels_per_group: 8, ..cfg };
+        let cfg = RetinaUNetConfig {
+            fpn_channels: 16,
+            head_channels: 16,
+            head_channels_per_group: 8,
+            ..cfg
+        };
         let model = cfg.init::<B>(&device).unwrap();
-        let loss = model.loss(&cube_batch(&device), &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let loss = model
+            .loss(&cube_batch(&device), &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
         let grads = loss.total.backward();
         let stem_grad = model.encoder.stem.convs[0].conv.weight.grad(&grads);
         assert!(stem_grad.is_some(), "gradients reach the stem");

@@ -54,7 +54,7 @@ impl SamplerConfig {
                 "must lie in (0, 1)",
             ));
         }
-        if !(self.pool_size >= 1.0) {
+        if self.pool_size.is_nan() || self.pool_size < 1.0 {
             return Err(NnError::config("sampler.pool_size", "must be at least 1"));
         }
         if self.batch_size_per_image == 0 {
