@@ -128,7 +128,8 @@ pub fn postprocess_variant(
     detections: &WeightedDetections,
     shape: [usize; 3],
     cfg: &InferenceConfig,
-) -> WeightedDetections {
+) -> Result<WeightedDetections, InferError> {
+    detections.validate()?;
     let top = detections.top_k(cfg.model_topk);
     let mut kept = WeightedDetections::default();
     for i in 0..top.len() {
@@ -162,7 +163,7 @@ pub fn postprocess_variant(
     if cfg.weighted_nms {
         out.weights.iter_mut().for_each(|w| *w = 1.0);
     }
-    out
+    Ok(out)
 }
 
 /// Weighted box clustering of one class list (nnDetection's `batched_wbc`, `use_area` off,
@@ -181,7 +182,13 @@ pub fn weighted_box_clustering(
     iou_threshold: f64,
     expected: f64,
     score_threshold: f64,
-) -> PatchDetections {
+) -> Result<PatchDetections, InferError> {
+    detections.validate()?;
+    if !expected.is_finite() {
+        return Err(InferError::InvalidInput(format!(
+            "the expected number of predictions per object is {expected}"
+        )));
+    }
     let mut out = PatchDetections::default();
     let mut classes: Vec<usize> = detections.classes.clone();
     classes.sort_unstable();
@@ -235,16 +242,20 @@ pub fn weighted_box_clustering(
             out.classes.push(class);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Merge the post-processed detections of all variants: concatenate, keep the top
 /// `ensemble_topk` by score, then WBC (expected cluster size = number of variants) or
 /// class-wise NMS at `ensemble_iou`, scores `> ensemble_score_threshold`, and the
 /// `max_detections` highest scores (sorted by descending score).
-pub fn merge_variants(variants: &[WeightedDetections], cfg: &InferenceConfig) -> PatchDetections {
+pub fn merge_variants(
+    variants: &[WeightedDetections],
+    cfg: &InferenceConfig,
+) -> Result<PatchDetections, InferError> {
     let mut all = WeightedDetections::default();
     for v in variants {
+        v.validate()?;
         for i in 0..v.len() {
             all.push(v.boxes[i], v.scores[i], v.classes[i], v.weights[i]);
         }
@@ -256,7 +267,7 @@ pub fn merge_variants(variants: &[WeightedDetections], cfg: &InferenceConfig) ->
             cfg.ensemble_iou,
             variants.len() as f64,
             cfg.ensemble_score_threshold,
-        ),
+        )?,
         Merge::Nms => {
             let keep = batched_nms(&all.boxes, &all.scores, &all.classes, cfg.ensemble_iou);
             let keep: Vec<usize> = keep
@@ -268,11 +279,11 @@ pub fn merge_variants(variants: &[WeightedDetections], cfg: &InferenceConfig) ->
     };
     let mut order = descending(&merged.scores);
     order.truncate(cfg.max_detections);
-    PatchDetections {
+    Ok(PatchDetections {
         boxes: order.iter().map(|&i| merged.boxes[i]).collect(),
         scores: order.iter().map(|&i| merged.scores[i]).collect(),
         classes: order.iter().map(|&i| merged.classes[i]).collect(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -304,7 +315,7 @@ mod tests {
             (a, 0.9, 0, 1.0),
             (a, 0.7, 1, 1.0),
         ]);
-        let out = weighted_box_clustering(&input, 0.5, 3.0, 0.0);
+        let out = weighted_box_clustering(&input, 0.5, 3.0, 0.0).unwrap();
         assert_eq!(out.classes, vec![0, 0, 1]);
         // Cluster {A, B}: v = [1, 9/11 · 0.5]; 1 missing of 3 expected.
         let v = [1.0, 9.0 / 11.0 * 0.5];
@@ -330,10 +341,10 @@ mod tests {
         assert!(close(out.scores[2], 0.7 / 3.0));
         assert_eq!(out.boxes[2], a);
         // With one expected prediction a singleton keeps its score.
-        let single = weighted_box_clustering(&dets(&[(c, 0.8, 0, 0.7)]), 0.5, 1.0, 0.0);
+        let single = weighted_box_clustering(&dets(&[(c, 0.8, 0, 0.7)]), 0.5, 1.0, 0.0).unwrap();
         assert!(close(single.scores[0], 0.8));
         // The score threshold drops weak clusters.
-        let strict = weighted_box_clustering(&input, 0.5, 3.0, 0.3);
+        let strict = weighted_box_clustering(&input, 0.5, 3.0, 0.3).unwrap();
         assert_eq!(strict.scores.len(), 1);
     }
 
@@ -342,22 +353,24 @@ mod tests {
         // Three identical boxes from three variants: score = weighted mean of the scores.
         let a = [0.0, 0.0, 0.0, 4.0, 4.0, 4.0];
         let input = dets(&[(a, 0.9, 0, 1.0), (a, 0.6, 0, 0.5), (a, 0.3, 0, 1.0)]);
-        let out = weighted_box_clustering(&input, 0.5, 3.0, 0.0);
+        let out = weighted_box_clustering(&input, 0.5, 3.0, 0.0).unwrap();
         assert_eq!(out.scores.len(), 1);
         assert!(close(out.scores[0], (0.9 + 0.3 + 0.5 * 0.6) / 2.5));
         // IoU exactly 0.5 is not > 0.5: two clusters.
-        let half = [0.0, 0.0, 0.0, 4.0, 4.0, 6.0]; // IoU with a = 64 / 96 ≠ 0.5; use 8 long
+        let half = [0.0, 0.0, 0.0, 4.0, 4.0, 6.0]; // IoU with a = 64 / 96 > 0.5
         let b = [0.0, 0.0, 0.0, 4.0, 4.0, 8.0]; // IoU with a = 64 / 128 = 0.5
         assert!(close(iou(&a, &b), 0.5));
         let two =
-            weighted_box_clustering(&dets(&[(a, 0.9, 0, 1.0), (b, 0.8, 0, 1.0)]), 0.5, 1.0, 0.0);
+            weighted_box_clustering(&dets(&[(a, 0.9, 0, 1.0), (b, 0.8, 0, 1.0)]), 0.5, 1.0, 0.0)
+                .unwrap();
         assert_eq!(two.scores.len(), 2);
         let one = weighted_box_clustering(
             &dets(&[(a, 0.9, 0, 1.0), (half, 0.8, 0, 1.0)]),
             0.5,
             1.0,
             0.0,
-        );
+        )
+        .unwrap();
         assert_eq!(one.scores.len(), 1);
     }
 
@@ -374,10 +387,10 @@ mod tests {
             merge: Merge::Nms,
             ..Default::default()
         };
-        let nms = merge_variants(&variants, &nms_cfg);
+        let nms = merge_variants(&variants, &nms_cfg).unwrap();
         assert_eq!(nms.boxes, vec![a, lonely]);
         assert_eq!(nms.scores, vec![0.9, 0.9]);
-        let wbc = merge_variants(&variants, &InferenceConfig::default());
+        let wbc = merge_variants(&variants, &InferenceConfig::default()).unwrap();
         // The object both variants found: full cluster, averaged box and score.
         let v = [1.0, 10.0 / 12.0];
         let score = (0.9 * v[0] + 0.5 * v[1]) / (v[0] + v[1]);
@@ -396,7 +409,8 @@ mod tests {
                 max_detections: 1,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         assert_eq!(capped.scores.len(), 1);
     }
 
@@ -418,7 +432,7 @@ mod tests {
             (crossing, 0.6, 1, 0.9),
             (weak, 0.1, 0, 1.0),
         ]);
-        let out = postprocess_variant(&input, [16, 16, 16], &cfg);
+        let out = postprocess_variant(&input, [16, 16, 16], &cfg).unwrap();
         // Weighted NMS: 0.7 · 1 beats 0.8 · 0.5, survivors get weight 1.
         assert_eq!(out.boxes, vec![central, [14.0, 0.0, 0.0, 16.0, 4.0, 4.0]]);
         assert_eq!(out.scores, vec![0.7, 0.6]);
@@ -431,7 +445,8 @@ mod tests {
                 weighted_nms: false,
                 ..cfg.clone()
             },
-        );
+        )
+        .unwrap();
         assert_eq!(plain.boxes[0], overlapping);
         assert_eq!(plain.weights, vec![0.5, 0.9]);
         let one = postprocess_variant(
@@ -441,7 +456,8 @@ mod tests {
                 model_detections: 1,
                 ..cfg
             },
-        );
+        )
+        .unwrap();
         assert_eq!(one.boxes, vec![central]);
     }
 
@@ -453,5 +469,9 @@ mod tests {
         assert!(d.validate().unwrap_err().to_string().contains("weight 0"));
         d.weights.push(1.0);
         assert!(d.validate().unwrap_err().to_string().contains("2 weights"));
+        let cfg = InferenceConfig::default();
+        assert!(postprocess_variant(&d, [4, 4, 4], &cfg).is_err());
+        assert!(merge_variants(&[d.clone()], &cfg).is_err());
+        assert!(weighted_box_clustering(&d, 0.5, 1.0, 0.0).is_err());
     }
 }

@@ -41,12 +41,46 @@ impl RawPrediction {
     /// [`postprocess_variant`] and [`merge_variants`]); sorted by descending score.
     pub fn merge(&self, cfg: &InferenceConfig) -> Result<PatchDetections, InferError> {
         cfg.validate()?;
-        let processed: Vec<WeightedDetections> = self
+        let processed = self
             .variants
             .iter()
             .map(|v| postprocess_variant(v, self.shape, cfg))
-            .collect();
-        Ok(merge_variants(&processed, cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        merge_variants(&processed, cfg)
+    }
+
+    /// Merge the raw predictions of several models of the same volume (e.g. the folds of a
+    /// cross-validation): every (model, TTA variant) pair counts as one prediction, so WBC
+    /// expects `models × variants` boxes per object (nnDetection's consolidated predictor).
+    pub fn merge_ensemble(
+        models: &[RawPrediction],
+        cfg: &InferenceConfig,
+    ) -> Result<PatchDetections, InferError> {
+        cfg.validate()?;
+        let Some(first) = models.first() else {
+            return Err(InferError::InvalidInput(
+                "an ensemble needs the predictions of at least one model".into(),
+            ));
+        };
+        if let Some((i, other)) = models
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.shape != first.shape)
+        {
+            return Err(InferError::InvalidInput(format!(
+                "model {i} predicted a volume of shape {:?} but model 0 one of shape {:?}",
+                other.shape, first.shape
+            )));
+        }
+        let processed = models
+            .iter()
+            .flat_map(|m| {
+                m.variants
+                    .iter()
+                    .map(|v| postprocess_variant(v, m.shape, cfg))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        merge_variants(&processed, cfg)
     }
 
     /// Keep only the `k` highest-scoring detections of every variant (what nnDetection stores
@@ -262,6 +296,29 @@ mod tests {
         for i in 0..2 {
             assert!(best_iou(&tiled, &one_pass.boxes[i], 2) > 0.7);
         }
+        // An ensemble of two identical models merges to the same detections.
+        let twice =
+            RawPrediction::merge_ensemble(&[tiled_raw.clone(), tiled_raw.clone()], &cfg).unwrap();
+        assert_eq!(twice.boxes.len(), tiled.boxes.len());
+        for (a, b) in twice.boxes.iter().zip(&tiled.boxes) {
+            assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9));
+        }
+        assert!(
+            twice
+                .scores
+                .iter()
+                .zip(&tiled.scores)
+                .all(|(x, y)| (x - y).abs() < 1e-9)
+        );
+        let mut other = tiled_raw.clone();
+        other.shape = [48, 48, 40];
+        assert!(
+            RawPrediction::merge_ensemble(&[tiled_raw.clone(), other], &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("model 1")
+        );
+        assert!(RawPrediction::merge_ensemble(&[], &cfg).is_err());
         // NMS merging finds the same objects.
         let nms = tiled_raw
             .merge(&InferenceConfig {

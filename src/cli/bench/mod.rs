@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod eval;
+pub mod infer;
 pub mod preprocess;
 
 /// The registered benchmarks: (name, one-line description).
@@ -9,6 +10,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ("backends", "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile"),
     ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
     ("preprocess", "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy"),
+    (
+        "infer-memory",
+        "peak RSS and time of sliding-window inference of a 256^3 volume (vs 128^3), tiny Retina U-Net",
+    ),
 ];
 
 /// Run the benchmark `name` with its extra arguments; returns the exit code.
@@ -18,6 +23,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         "backends" => backends::run(args),
         "eval" => eval::run(args),
         "preprocess" => preprocess::run(args),
+        "infer-memory" => infer::run(args),
         "list" => {
             for (n, d) in BENCHMARKS {
                 println!("{n:<14} {d}");
