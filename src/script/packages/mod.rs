@@ -4,6 +4,7 @@
 pub mod core;
 pub mod data;
 pub mod metrics;
+pub mod model;
 pub mod plot;
 pub mod volume;
 
@@ -23,5 +24,6 @@ pub fn register_all(
     volume::register(engine, help);
     data::register(engine, help);
     metrics::register(engine, help);
+    model::register(engine, help);
     plot::register(engine, help);
 }

@@ -1,0 +1,787 @@
+//! Model primitives: devices, backbones (encoders), detectors, saving and loading, training
+//! and prediction. The script layer fixes one backend, `Autodiff<Dispatch>`.
+
+use super::data::PreprocessedRef;
+use super::volume::{VolumeRef, box_to_array};
+use crate::data::{PreprocessedDataset, Subset};
+use crate::infer::{self, CasePrediction, InferenceConfig};
+use crate::nn::retina_unet::anchors::{AnchorPlanOptions, plan_anchors};
+use crate::nn::{
+    self, DetectorConfig, DispatchDevice, EncoderConfig, ModelSpec, RetinaUNet, RetinaUNetConfig,
+    ScriptBackend,
+};
+use crate::script::convert::{ScriptResult, at, options, runtime_error, to_script};
+use crate::script::help::HelpIndex;
+use crate::script::registrar::Registrar;
+use crate::train::{self, TrainConfig, TrainRun};
+use burn::module::{AutodiffModule, Module};
+use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A device handle in scripts.
+#[derive(Clone, Debug)]
+pub struct Device(pub DispatchDevice);
+
+/// A backbone (encoder configuration) in scripts.
+#[derive(Clone, Debug)]
+pub struct Backbone(pub EncoderConfig);
+
+/// The network of a model, one variant per detector kind.
+pub enum Net {
+    /// A Retina U-Net.
+    RetinaUNet(RetinaUNet<ScriptBackend>),
+}
+
+/// A model in scripts: its description, network and device, shared so that `train` updates
+/// the model the script holds.
+pub struct ModelState {
+    /// What the model is (saved as `model.json`).
+    pub spec: ModelSpec,
+    /// The network with its current weights.
+    pub net: Net,
+    /// Where it runs.
+    pub device: DispatchDevice,
+}
+
+/// The script-side handle of a model.
+pub type ModelRef = Arc<Mutex<ModelState>>;
+
+const MODEL_FILE: &str = "model.json";
+const WEIGHTS_FILE: &str = "weights.mpk";
+
+fn merge_json(base: &mut serde_json::Value, overrides: serde_json::Value) {
+    match (base, overrides) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Apply script options on top of a serde config: unknown keys and wrong types are errors
+/// naming the primitive.
+fn override_config<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ctx: &NativeCallContext,
+    what: &str,
+    base: &T,
+    opts: &Map,
+) -> ScriptResult<T> {
+    let mut value = serde_json::to_value(base)
+        .map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
+    let overrides = crate::script::convert::dynamic_to_json(&Dynamic::from_map(opts.clone()));
+    merge_json(&mut value, overrides);
+    serde_json::from_value(value)
+        .map_err(|e| runtime_error(format!("{what}: {e}"), ctx.call_position()))
+}
+
+fn backbone_preset(
+    ctx: &NativeCallContext,
+    name: &str,
+    in_channels: usize,
+    stages: usize,
+) -> ScriptResult<EncoderConfig> {
+    use crate::nn::{ResEncConfig, RetUNetEncoderConfig};
+    Ok(match name {
+        "retunet" => EncoderConfig::Retunet(RetUNetEncoderConfig::nndetection(in_channels, stages)),
+        "retunet_tiny" => EncoderConfig::Retunet(RetUNetEncoderConfig::tiny(in_channels)),
+        "resenc_l" => EncoderConfig::Resenc(ResEncConfig::resenc_l(in_channels)),
+        "resenc_tiny" => EncoderConfig::Resenc(ResEncConfig::tiny(in_channels)),
+        other => {
+            return Err(runtime_error(
+                format!(
+                    "backbone: unknown name \"{other}\"; use \"retunet\", \"retunet_tiny\", \"resenc_l\" or \"resenc_tiny\""
+                ),
+                ctx.call_position(),
+            ));
+        }
+    })
+}
+
+fn make_backbone(ctx: &NativeCallContext, name: &str, mut opts: Map) -> ScriptResult<Backbone> {
+    let in_channels = opts
+        .remove("in_channels")
+        .and_then(|v| v.as_int().ok())
+        .unwrap_or(1)
+        .max(1) as usize;
+    let stages = opts
+        .remove("stages")
+        .and_then(|v| v.as_int().ok())
+        .unwrap_or(6)
+        .max(1) as usize;
+    let preset = backbone_preset(ctx, name, in_channels, stages)?;
+    let config = match &preset {
+        EncoderConfig::Retunet(c) => {
+            EncoderConfig::Retunet(override_config(ctx, "backbone", c, &opts)?)
+        }
+        EncoderConfig::Resenc(c) => {
+            EncoderConfig::Resenc(override_config(ctx, "backbone", c, &opts)?)
+        }
+    };
+    config.validate().map_err(at(ctx))?;
+    Ok(Backbone(config))
+}
+
+impl ModelState {
+    /// Build an untrained model from a spec on `device`, seeding the weight initialisation.
+    pub fn build(spec: ModelSpec, device: DispatchDevice, seed: u64) -> Result<Self, nn::NnError> {
+        nn::backend::seed(&device, seed);
+        let net = match &spec.detector {
+            DetectorConfig::RetinaUnet(c) => Net::RetinaUNet(c.init::<ScriptBackend>(&device)?),
+        };
+        Ok(ModelState { spec, net, device })
+    }
+
+    fn num_params(&self) -> usize {
+        match &self.net {
+            Net::RetinaUNet(m) => m.num_params(),
+        }
+    }
+
+    fn summary(&self) -> String {
+        use crate::nn::Detector;
+        match &self.net {
+            Net::RetinaUNet(m) => m.summary(),
+        }
+    }
+
+    /// Save `model.json` and `weights.mpk` into the folder `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let text = serde_json::to_string_pretty(&self.spec.to_json()).unwrap_or_default() + "\n";
+        crate::util::atomic_write(&dir.join(MODEL_FILE), text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(MODEL_FILE).display()))?;
+        match &self.net {
+            Net::RetinaUNet(m) => {
+                nn::save_weights(m, &dir.join(WEIGHTS_FILE)).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Load a model folder written by `save` or a training checkpoint folder (`<out>/best`,
+    /// `<out>/last`, or `<out>` itself).
+    pub fn load(path: &Path, device: DispatchDevice) -> Result<Self, String> {
+        let model_file = path.join(MODEL_FILE);
+        let (spec, weights_dir) = if model_file.is_file() {
+            let text = std::fs::read_to_string(&model_file)
+                .map_err(|e| format!("cannot read {}: {e}", model_file.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "{}:{}:{}: invalid JSON: {e}",
+                    model_file.display(),
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            (
+                ModelSpec::from_json(value, &model_file.display().to_string())
+                    .map_err(|e| e.to_string())?,
+                path.to_path_buf(),
+            )
+        } else if train::has_checkpoint(path) {
+            let state = train::read_checkpoint_state(path).map_err(|e| e.to_string())?;
+            let spec = ModelSpec::from_json(
+                state.model_config.clone(),
+                &format!("{} (model_config)", path.display()),
+            )
+            .map_err(|e| e.to_string())?;
+            (spec, path.to_path_buf())
+        } else {
+            return Err(format!(
+                "{} is neither a saved model (no {MODEL_FILE}) nor a training checkpoint (no last/ or best/ with state.json)",
+                path.display()
+            ));
+        };
+        let mut state = ModelState::build(spec, device, 0).map_err(|e| e.to_string())?;
+        let net = match state.net {
+            Net::RetinaUNet(m) => {
+                let w = weights_dir.join(WEIGHTS_FILE);
+                let m = if w.is_file() {
+                    nn::load_weights(m, &w, &state.device).map_err(|e| e.to_string())?
+                } else {
+                    train::load_checkpoint_weights(m, &weights_dir, &state.device)
+                        .map_err(|e| e.to_string())?
+                };
+                Net::RetinaUNet(m)
+            }
+        };
+        state.net = net;
+        Ok(state)
+    }
+}
+
+fn lock<'a>(
+    ctx: &NativeCallContext,
+    m: &'a ModelRef,
+) -> ScriptResult<std::sync::MutexGuard<'a, ModelState>> {
+    m.lock().map_err(|_| {
+        runtime_error(
+            "the model is unusable: an earlier call panicked while using it",
+            ctx.call_position(),
+        )
+    })
+}
+
+fn describe_model(m: &ModelRef) -> String {
+    match m.lock() {
+        Ok(s) => {
+            let trained = if s.spec.patch_size.is_some() {
+                "trained"
+            } else {
+                "untrained"
+            };
+            format!(
+                "Model {} ({} parameters, {trained}, on {})",
+                s.spec.detector.name(),
+                s.num_params(),
+                nn::device_name(&s.device)
+            )
+        }
+        Err(_) => "Model (unusable)".into(),
+    }
+}
+
+/// Plan the anchors of a Retina U-Net from the training boxes of a preprocessed dataset.
+fn plan_model_anchors(
+    config: &mut RetinaUNetConfig,
+    data: &PreprocessedDataset,
+    ids: &[String],
+) -> Result<f64, String> {
+    let mut boxes = Vec::new();
+    for id in ids {
+        boxes.extend(data.case_meta(id).map_err(|e| e.to_string())?.boxes);
+    }
+    if boxes.is_empty() {
+        return Err("cannot plan anchors: the training cases have no boxes".into());
+    }
+    let strides = config.encoder.cumulative_strides();
+    let level_strides: Vec<[usize; 3]> = config
+        .resolved_detection_levels()
+        .iter()
+        .map(|&l| strides[l])
+        .collect();
+    let plan = plan_anchors(&boxes, &level_strides, &AnchorPlanOptions::default())
+        .map_err(|e| e.to_string())?;
+    config.anchor_sizes = plan.base_sizes;
+    Ok(plan.mean_best_iou)
+}
+
+/// The history of a run as columns (easy to plot), plus epochs and checkpoints.
+fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
+    let mut history = Map::new();
+    let col = |f: &dyn Fn(&train::IterationRecord) -> Dynamic| -> Dynamic {
+        Dynamic::from_array(run.history.iter().map(f).collect())
+    };
+    history.insert(
+        "iteration".into(),
+        col(&|r| Dynamic::from(r.iteration as i64)),
+    );
+    history.insert("loss".into(), col(&|r| Dynamic::from_float(r.loss)));
+    history.insert("lr".into(), col(&|r| Dynamic::from_float(r.lr)));
+    let mut names: Vec<String> = run
+        .history
+        .iter()
+        .flat_map(|r| r.components.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        history.insert(
+            n.as_str().into(),
+            col(&|r| Dynamic::from_float(r.components.get(&n).copied().unwrap_or(f64::NAN))),
+        );
+    }
+    let mut m = Map::new();
+    m.insert("history".into(), history.into());
+    m.insert("epochs".into(), to_script(ctx, &run.epochs)?);
+    m.insert(
+        "best".into(),
+        match &run.best {
+            Some(b) => to_script(ctx, b)?,
+            None => Dynamic::UNIT,
+        },
+    );
+    m.insert("last".into(), to_script(ctx, &run.last)?);
+    m.insert("iterations".into(), (run.iterations_done as i64).into());
+    m.insert("finished".into(), run.finished.into());
+    m.insert("config".into(), to_script(ctx, &run.config)?);
+    Ok(m)
+}
+
+fn prediction_map(p: &CasePrediction) -> Map {
+    let mut m = Map::new();
+    m.insert("id".into(), p.case.clone().into());
+    m.insert(
+        "boxes".into(),
+        p.boxes.iter().map(box_to_array).collect::<Array>().into(),
+    );
+    m.insert(
+        "boxes_mm".into(),
+        p.boxes_mm
+            .iter()
+            .map(box_to_array)
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert(
+        "boxes_preprocessed".into(),
+        p.boxes_preprocessed
+            .iter()
+            .map(box_to_array)
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert(
+        "scores".into(),
+        p.scores
+            .iter()
+            .map(|&s| Dynamic::from_float(s))
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert(
+        "classes".into(),
+        p.classes
+            .iter()
+            .map(|&c| Dynamic::from(c as i64))
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert(
+        "spacing".into(),
+        p.spacing
+            .iter()
+            .map(|&s| Dynamic::from_float(s))
+            .collect::<Array>()
+            .into(),
+    );
+    m.insert(
+        "shape".into(),
+        p.shape
+            .iter()
+            .map(|&s| Dynamic::from(s as i64))
+            .collect::<Array>()
+            .into(),
+    );
+    m
+}
+
+fn ids_option(ctx: &NativeCallContext, what: &str, v: Dynamic) -> ScriptResult<Vec<String>> {
+    let arr = v
+        .read_lock::<Array>()
+        .ok_or_else(|| {
+            runtime_error(
+                format!("{what} must be an array of case ids"),
+                ctx.call_position(),
+            )
+        })?
+        .clone();
+    Ok(arr.iter().map(|x| x.to_string()).collect())
+}
+
+fn train_impl(
+    ctx: &NativeCallContext,
+    model: &ModelRef,
+    data: &PreprocessedRef,
+    mut opts: Map,
+) -> ScriptResult<Map> {
+    let train_ids = opts
+        .remove("train_ids")
+        .map(|v| ids_option(ctx, "train: train_ids", v))
+        .transpose()?;
+    let val_ids = opts
+        .remove("val_ids")
+        .map(|v| ids_option(ctx, "train: val_ids", v))
+        .transpose()?;
+    let val_fraction = opts
+        .remove("val_fraction")
+        .and_then(|v| crate::script::convert::as_f64(&v))
+        .unwrap_or(0.2);
+    let plan = opts
+        .remove("plan_anchors")
+        .map(|v| v.as_bool().unwrap_or(true));
+    if !opts.contains_key("out") {
+        opts.insert("out".into(), "runs/train".into());
+    }
+    let config: TrainConfig = options(ctx, "train", opts)?;
+    config.validate().map_err(at(ctx))?;
+    let labelled = data.ids(Subset::Train);
+    let (train_ids, val_ids) = match (train_ids, val_ids) {
+        (Some(t), Some(v)) => (t, v),
+        (t, v) => {
+            let split =
+                crate::data::Splits::train_val_test(&labelled, val_fraction, 0.0, config.seed)
+                    .map_err(at(ctx))?;
+            let fold = &split.folds[0];
+            (
+                t.unwrap_or_else(|| fold.train.clone()),
+                v.unwrap_or_else(|| fold.val.clone()),
+            )
+        }
+    };
+    let mut state = lock(ctx, model)?;
+    let fresh = state.spec.patch_size.is_none() && !config.resume;
+    if plan.unwrap_or(fresh) {
+        let Net::RetinaUNet(net) = &mut state.net;
+        let mut cfg = net.config.clone();
+        plan_model_anchors(&mut cfg, data, &train_ids)
+            .map_err(|e| runtime_error(format!("train: {e}"), ctx.call_position()))?;
+        net.config.anchor_sizes = cfg.anchor_sizes;
+        let DetectorConfig::RetinaUnet(spec_cfg) = &mut state.spec.detector;
+        spec_cfg.anchor_sizes = cfg.anchor_sizes;
+    }
+    state.spec.patch_size = Some(config.patch);
+    state.spec.preprocessing = Some(data.plan().clone());
+    let model_config = state.spec.to_json();
+    let device = state.device.clone();
+    let placeholder = ModelState::build(state.spec.clone(), device.clone(), 0)
+        .map_err(at(ctx))?
+        .net;
+    let net = std::mem::replace(&mut state.net, placeholder);
+    let result = match net {
+        Net::RetinaUNet(m) => train::train(
+            m,
+            model_config,
+            data,
+            &train_ids,
+            &val_ids,
+            &config,
+            &device,
+        )
+        .map(|(m, run)| (Net::RetinaUNet(m), run)),
+    };
+    match result {
+        Ok((net, run)) => {
+            state.net = net;
+            run_map(ctx, &run)
+        }
+        Err(e) => {
+            // The last checkpoint holds the weights when the run stopped (NaN, Ctrl-C).
+            if let Ok(restored) = ModelState::load(&config.out, device) {
+                state.net = restored.net;
+            }
+            let kind_interrupted = matches!(e, train::TrainError::Interrupted { .. });
+            if kind_interrupted {
+                crate::util::interrupt::request();
+            }
+            Err(runtime_error(format!("train: {e}"), ctx.call_position()))
+        }
+    }
+}
+
+fn predict_impl(
+    ctx: &NativeCallContext,
+    model: &ModelRef,
+    data: Dynamic,
+    mut opts: Map,
+) -> ScriptResult<Dynamic> {
+    let split = opts
+        .remove("split")
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "test".into());
+    let ids = opts
+        .remove("ids")
+        .map(|v| ids_option(ctx, "predict: ids", v))
+        .transpose()?;
+    let out = opts.remove("out").map(|v| PathBuf::from(v.to_string()));
+    let case_name = opts.remove("id").map(|v| v.to_string());
+    if let Some(t) = opts.get("tta").cloned() {
+        if let Ok(b) = t.as_bool() {
+            opts.insert("tta".into(), b.into());
+        }
+    }
+    let mut cfg: InferenceConfig = options(ctx, "predict", opts)?;
+    cfg.validate().map_err(at(ctx))?;
+    let state = lock(ctx, model)?;
+    let patch = cfg.patch_size.or(state.spec.patch_size).ok_or_else(|| {
+        runtime_error("predict: the model was never trained, so its tile size is unknown: pass #{patch_size: [D, H, W]}", ctx.call_position())
+    })?;
+    cfg.patch_size = Some(patch);
+    let Net::RetinaUNet(net) = &state.net;
+    let valid = net.valid();
+    let device = state.device.clone();
+    if let Some(pre) = data.clone().try_cast::<PreprocessedRef>() {
+        let ids = match ids {
+            Some(ids) => ids,
+            None => match split.as_str() {
+                "test" => pre.ids(Subset::Test),
+                "train" => pre.ids(Subset::Train),
+                "all" => pre.case_ids(),
+                other => {
+                    return Err(runtime_error(
+                        format!(
+                            "predict: split must be \"test\", \"train\" or \"all\" (or pass ids), got \"{other}\""
+                        ),
+                        ctx.call_position(),
+                    ));
+                }
+            },
+        };
+        if ids.is_empty() {
+            return Err(runtime_error(
+                format!("predict: the dataset has no {split} cases"),
+                ctx.call_position(),
+            ));
+        }
+        let preds =
+            infer::predict_dataset(&valid, &pre, &ids, patch, out.as_deref(), &cfg, &device)
+                .map_err(at(ctx))?;
+        return Ok(preds
+            .iter()
+            .map(|p| Dynamic::from_map(prediction_map(p)))
+            .collect::<Array>()
+            .into());
+    }
+    if let Some(volume) = data.try_cast::<VolumeRef>() {
+        let plan = state.spec.preprocessing.clone().ok_or_else(|| {
+            runtime_error("predict: the model has no preprocessing plan (train it first, or predict a PreprocessedDataset)", ctx.call_position())
+        })?;
+        let name = case_name.unwrap_or_else(|| {
+            volume
+                .source
+                .first()
+                .and_then(|p| p.file_name())
+                .map(|n| {
+                    n.to_string_lossy()
+                        .trim_end_matches(".gz")
+                        .trim_end_matches(".nii")
+                        .trim_end_matches("_0000")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "volume".into())
+        });
+        let p = infer::predict_raw_volume(&valid, &volume, &plan, &name, patch, &cfg, &device)
+            .map_err(at(ctx))?;
+        if let Some(dir) = out {
+            p.write(&dir).map_err(at(ctx))?;
+        }
+        return Ok(Dynamic::from_map(prediction_map(&p)));
+    }
+    Err(runtime_error(
+        "predict: data must be a PreprocessedDataset or a Volume",
+        ctx.call_position(),
+    ))
+}
+
+/// Register the model package.
+pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
+    engine.register_type_with_name::<Device>("Device");
+    engine.register_type_with_name::<Backbone>("Backbone");
+    engine.register_type_with_name::<ModelRef>("Model");
+    engine.register_fn("to_string", |d: &mut Device| nn::device_name(&d.0));
+    engine.register_fn("to_debug", |d: &mut Device| {
+        format!("Device({})", nn::device_name(&d.0))
+    });
+    engine.register_fn("to_string", |b: &mut Backbone| {
+        format!("Backbone {:?}", b.0)
+    });
+    engine.register_fn("to_debug", |b: &mut Backbone| describe_backbone(&b.0));
+    engine.register_fn("to_string", |m: &mut ModelRef| describe_model(m));
+    engine.register_fn("to_debug", |m: &mut ModelRef| describe_model(m));
+    let mut r = Registrar::new(
+        engine,
+        help,
+        "model",
+        "backbones, detectors, training and prediction (burn)",
+    );
+
+    r.func(
+        "device(name: String) -> Device",
+        "A compute device: \"cpu\" (burn's Flex backend) or \"cuda\" / \"cuda:N\" (needs a build\n\
+         with `--features cuda` and an NVIDIA driver; otherwise a clear error says what is missing).",
+        "let gpu = device(\"cuda\");",
+        |ctx: NativeCallContext, name: &str| -> ScriptResult<Device> { nn::device(name).map(Device).map_err(at(&ctx)) },
+    );
+    r.func(
+        "backbone(name: String) -> Backbone",
+        "An encoder with preset settings: \"retunet\" (nnDetection's Retina U-Net encoder, 6 stages,\n\
+         widths 32…320), \"resenc_l\" (ResEncL: widths [32, 64, 128, 256, 320, 320], blocks\n\
+         [1, 3, 4, 6, 6, 6], 90.3 M parameters), or the tiny test presets \"retunet_tiny\" and\n\
+         \"resenc_tiny\" (widths [8, 16, 32, 64]).",
+        "let enc = backbone(\"resenc_l\");",
+        |ctx: NativeCallContext, name: &str| -> ScriptResult<Backbone> { make_backbone(&ctx, name, Map::new()) },
+    );
+    r.func(
+        "backbone(name: String, options: Map) -> Backbone",
+        "An encoder from a preset with overrides: in_channels, stages (retunet), widths,\n\
+         blocks_per_stage (resenc), strides, kernel_sizes, conv_bias, activation, init, …",
+        "let enc = backbone(\"retunet\", #{stages: 4, widths: [16, 32, 64, 128], in_channels: 1});",
+        |ctx: NativeCallContext, name: &str, opts: Map| -> ScriptResult<Backbone> {
+            make_backbone(&ctx, name, opts)
+        },
+    );
+    r.method(
+        "Backbone",
+        "config() -> Map",
+        "The full encoder configuration (kind, widths, strides, …).",
+        "print(enc.config());",
+        |ctx: NativeCallContext, b: &mut Backbone| -> ScriptResult<Dynamic> {
+            to_script(&ctx, &b.0)
+        },
+    );
+    r.method(
+        "Backbone",
+        "num_params() -> i64",
+        "Number of parameters of the encoder including its stem (ResEncL with one channel: 90,296,576).",
+        "print(backbone(\"resenc_l\").num_params());",
+        |ctx: NativeCallContext, b: &mut Backbone| -> ScriptResult<i64> {
+            let device = nn::device("cpu").map_err(at(&ctx))?;
+            let enc = b.0.init::<burn::Dispatch>(&device).map_err(at(&ctx))?;
+            Ok(enc.num_params() as i64)
+        },
+    );
+    r.func(
+        "detector(kind: String, backbone: Backbone, options: Map) -> Model",
+        "Build a detector around an encoder. kind: \"retina_unet\". Options: num_classes (1),\n\
+         fpn_channels (128), head_channels (128), head_convs, detection_levels, anchor_sizes,\n\
+         segmentation (\"foreground\"|\"classes\"|\"none\"), loss (#{classification: \"bce\"|\"focal\",\n\
+         regression: \"giou\"|\"smooth_l1\"|\"l1\", *_weight}), matcher, sampler, inference, plus\n\
+         device (a Device or \"cpu\") and seed (weight initialisation, default 0). Anchors are\n\
+         planned from the training boxes when the model is first trained.",
+        "let model = detector(\"retina_unet\", backbone(\"retunet_tiny\"), #{num_classes: 1});",
+        |ctx: NativeCallContext, kind: &str, backbone: Backbone, mut opts: Map| -> ScriptResult<ModelRef> {
+            let device = match opts.remove("device") {
+                None => nn::device("cpu").map_err(at(&ctx))?,
+                Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(&ctx))?,
+                Some(d) => d
+                    .try_cast::<Device>()
+                    .map(|d| d.0)
+                    .ok_or_else(|| runtime_error("detector: device must be a Device or a name like \"cpu\"", ctx.call_position()))?,
+            };
+            let seed = opts.remove("seed").and_then(|v| v.as_int().ok()).unwrap_or(0) as u64;
+            let detector = match kind {
+                "retina_unet" => {
+                    let base = RetinaUNetConfig::new(backbone.0.clone(), 1);
+                    let mut cfg: RetinaUNetConfig = override_config(&ctx, "detector", &base, &opts)?;
+                    cfg.encoder = backbone.0;
+                    DetectorConfig::RetinaUnet(cfg)
+                }
+                other => {
+                    return Err(runtime_error(
+                        format!("detector: unknown kind \"{other}\"; available: \"retina_unet\""),
+                        ctx.call_position(),
+                    ));
+                }
+            };
+            detector.validate().map_err(at(&ctx))?;
+            let state = ModelState::build(ModelSpec::new(detector), device, seed).map_err(at(&ctx))?;
+            Ok(Arc::new(Mutex::new(state)))
+        },
+    );
+    r.method(
+        "Model",
+        "summary() -> String",
+        "A table of the model's layers with parameter shapes and counts.",
+        "print(model.summary());",
+        |ctx: NativeCallContext, m: &mut ModelRef| -> ScriptResult<String> {
+            Ok(lock(&ctx, m)?.summary())
+        },
+    );
+    r.method(
+        "Model",
+        "num_params() -> i64",
+        "The number of trainable and frozen parameters of the whole model.",
+        "print(model.num_params());",
+        |ctx: NativeCallContext, m: &mut ModelRef| -> ScriptResult<i64> {
+            Ok(lock(&ctx, m)?.num_params() as i64)
+        },
+    );
+    r.method(
+        "Model",
+        "config() -> Map",
+        "The model description saved with it: detector settings, training patch size,\n\
+         preprocessing plan and class names.",
+        "print(model.config().patch_size);",
+        |ctx: NativeCallContext, m: &mut ModelRef| -> ScriptResult<Dynamic> {
+            let s = lock(&ctx, m)?;
+            Ok(crate::script::convert::json_to_dynamic(&s.spec.to_json()))
+        },
+    );
+    r.func(
+        "save_model(model: Model, path: String)",
+        "Save a model into the folder `path`: model.json (its description) and weights.mpk.",
+        "save_model(model, \"runs/models/retina\");",
+        |ctx: NativeCallContext, m: ModelRef, path: &str| -> ScriptResult<()> {
+            lock(&ctx, &m)?
+                .save(Path::new(path))
+                .map_err(|e| runtime_error(format!("save_model: {e}"), ctx.call_position()))
+        },
+    );
+    r.func(
+        "load_model(path: String) -> Model",
+        "Load a model saved with save_model, or the weights of a training checkpoint\n\
+         (`<out>`, `<out>/last` or `<out>/best`), on the CPU.",
+        "let best = load_model(run.best.path);",
+        |ctx: NativeCallContext, path: &str| -> ScriptResult<ModelRef> {
+            let device = nn::device("cpu").map_err(at(&ctx))?;
+            ModelState::load(Path::new(path), device)
+                .map(|s| Arc::new(Mutex::new(s)))
+                .map_err(|e| runtime_error(format!("load_model: {e}"), ctx.call_position()))
+        },
+    );
+    r.func(
+        "load_model(path: String, device: Device) -> Model",
+        "Load a saved model or checkpoint onto a device.",
+        "let m = load_model(\"runs/models/retina\", device(\"cuda\"));",
+        |ctx: NativeCallContext, path: &str, device: Device| -> ScriptResult<ModelRef> {
+            ModelState::load(Path::new(path), device.0)
+                .map(|s| Arc::new(Mutex::new(s)))
+                .map_err(|e| runtime_error(format!("load_model: {e}"), ctx.call_position()))
+        },
+    );
+    r.func(
+        "train(model: Model, data: PreprocessedDataset, options: Map) -> Map",
+        "Train the model in place on patches of a preprocessed dataset; returns the run:\n\
+         #{history: #{iteration, loss, lr, cls, reg, seg_ce, seg_dice, …}, epochs: [#{epoch,\n\
+         train_loss_mean, metrics, seconds}], best, last, iterations, finished}.\n\
+         Options: lr, epochs, iters_per_epoch, batch, patch [D, H, W], warmup_iters,\n\
+         freeze_encoder_iters (only decoder and heads train first), frozen_part, optimizer\n\
+         (#{kind: \"sgd\"|\"adam\"|\"adamw\", momentum, nesterov, weight_decay, amsgrad, …}), seed,\n\
+         out (checkpoint folder, default runs/train), resume, augment, val_patches, best_metric,\n\
+         train_ids / val_ids (default: a seeded 80/20 split of the training cases, val_fraction),\n\
+         plan_anchors (default: on the first training). Ctrl-C stops cleanly, keeping `last`.",
+        "let run = train(model, pre, #{lr: 0.01, epochs: 4, iters_per_epoch: 50, batch: 2, patch: [32, 32, 32], out: \"runs/demo\"});\nplot_lines(\"runs/demo/loss.png\", #{loss: run.history.loss}, #{});",
+        |ctx: NativeCallContext, m: ModelRef, data: PreprocessedRef, opts: Map| -> ScriptResult<Map> {
+            train_impl(&ctx, &m, &data, opts)
+        },
+    );
+    r.func(
+        "predict(model: Model, data: Dynamic, options: Map) -> Dynamic",
+        "Predict whole volumes with sliding windows (training patch, 50 % overlap), mirror TTA and\n\
+         weighted box clustering, as nnDetection does; boxes are restored to the original image grid.\n\
+         data: a PreprocessedDataset (→ an array of #{id, boxes, boxes_mm, scores, classes, …}) or a\n\
+         raw Volume (preprocessed with the model's plan → one prediction map).\n\
+         Options: split (\"test\"|\"train\"|\"all\"), ids, out (folder for one JSON file per case),\n\
+         tta (true/false), merge (\"wbc\"|\"nms\"), overlap, tile_batch, score_threshold,\n\
+         max_detections, model_iou, ensemble_iou, patch_size.",
+        "let preds = predict(model, pre, #{split: \"test\", tta: false, merge: \"wbc\", out: \"runs/demo/predictions\"});",
+        |ctx: NativeCallContext, m: ModelRef, data: Dynamic, opts: Map| -> ScriptResult<Dynamic> { predict_impl(&ctx, &m, data, opts) },
+    );
+    r.func(
+        "predict(model: Model, data: Dynamic) -> Dynamic",
+        "Predict the test cases of a PreprocessedDataset (or a raw Volume) with nnDetection's defaults.",
+        "let preds = predict(model, pre);",
+        |ctx: NativeCallContext, m: ModelRef, data: Dynamic| -> ScriptResult<Dynamic> { predict_impl(&ctx, &m, data, Map::new()) },
+    );
+}
+
+fn describe_backbone(c: &EncoderConfig) -> String {
+    let kind = match c {
+        EncoderConfig::Retunet(_) => "retunet",
+        EncoderConfig::Resenc(_) => "resenc",
+    };
+    format!(
+        "Backbone {kind} widths {:?} strides {:?} in_channels {}",
+        c.widths(),
+        c.strides(),
+        c.in_channels()
+    )
+}
