@@ -204,7 +204,9 @@ pub fn weighted_box_clustering(
             .collect();
         while let Some(&seed) = pool.first() {
             let seed_box = detections.boxes[seed];
-            let (cluster, rest): (Vec<(usize, f64)>, Vec<(usize, f64)>) = pool
+            // (index, IoU with the seed) of the cluster members and of the rest of the pool.
+            type Members = Vec<(usize, f64)>;
+            let (cluster, rest): (Members, Members) = pool
                 .iter()
                 .map(|&i| (i, iou(&seed_box, &detections.boxes[i])))
                 .partition(|&(i, o)| i == seed || o > iou_threshold);

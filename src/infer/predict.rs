@@ -153,9 +153,9 @@ pub fn collect_predictions<B: Backend, M: Detector<B>>(
         let images = Tensor::<B, 5>::from_data(data, device);
         for (flip, collected) in flips.iter().zip(variants.iter_mut()) {
             let mut input = images.clone();
-            for a in 0..3 {
-                if flip[a] {
-                    input = input.flip([2 + a as isize]);
+            for (axis, &flipped) in flip.iter().enumerate() {
+                if flipped {
+                    input = input.flip([2 + axis as isize]);
                 }
             }
             let predictions = model.predict(input).map_err(|source| InferError::Model {

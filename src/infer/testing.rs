@@ -124,7 +124,7 @@ impl<B: Backend> Detector<B> for BrightBlobOracle<B> {
             .map(|i| {
                 let mut found =
                     components(&values[i * per..(i + 1) * per], [d, h, w], self.threshold);
-                found.sort_by(|a, b| a.1.cmp(&b.1));
+                found.sort_by_key(|f| f.1);
                 PatchDetections {
                     boxes: found.iter().map(|f| f.0).collect(),
                     scores: found
