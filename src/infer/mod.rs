@@ -18,8 +18,18 @@
 //!    mm, written as one [`PredictionFile`](crate::metrics::io::PredictionFile) per case.
 //!
 //! Only boxes are kept between tiles, so memory is bounded by a batch of tiles plus the
-//! input volume. Deviation from nnDetection: tiles that coincide after the border shift are
-//! predicted once (nnDetection predicts the duplicates, which NMS then removes).
+//! input volume.
+//!
+//! [`collect_predictions`] stops after step 2 and returns a [`RawPrediction`]; merging it
+//! again with other settings ([`RawPrediction::merge`]) needs no network, which is what
+//! nnDetection's post-processing sweep (§2.11) does. [`RawPrediction::merge_ensemble`] merges
+//! several models (folds), every (model, flip) pair counting as one prediction.
+//!
+//! # Deviations from nnDetection
+//! - Tiles that coincide after the border shift are predicted once (nnDetection predicts the
+//!   duplicates; NMS then removes their boxes, but they also take places in the top 1000).
+//! - A volume smaller than the tile is padded with the constant `pad_value` (nnDetection pads
+//!   such tiles by mirroring, which can mirror objects into the padding).
 
 mod case;
 mod config;
