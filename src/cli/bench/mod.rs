@@ -4,12 +4,17 @@ pub mod backends;
 pub mod eval;
 pub mod infer;
 pub mod preprocess;
+pub mod train_step;
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
     ("backends", "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile"),
     ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
     ("preprocess", "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy"),
+    (
+        "train-step",
+        "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --threads N, --profile",
+    ),
     (
         "infer-memory",
         "peak RSS and time of sliding-window inference of a 256^3 volume (vs 128^3), tiny Retina U-Net",
@@ -23,6 +28,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         "backends" => backends::run(args),
         "eval" => eval::run(args),
         "preprocess" => preprocess::run(args),
+        "train-step" => train_step::run(args),
         "infer-memory" => infer::run(args),
         "list" => {
             for (n, d) in BENCHMARKS {
