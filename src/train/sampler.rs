@@ -142,15 +142,8 @@ impl Patch {
 fn round_half_even(x: f64) -> usize {
     let floor = x.floor();
     let diff = x - floor;
-    let r = if diff > 0.5 {
-        floor + 1.0
-    } else if diff < 0.5 {
-        floor
-    } else if floor % 2.0 == 0.0 {
-        floor
-    } else {
-        floor + 1.0
-    };
+    let round_up = diff > 0.5 || (diff == 0.5 && floor % 2.0 != 0.0);
+    let r = if round_up { floor + 1.0 } else { floor };
     r.max(0.0) as usize
 }
 
@@ -466,6 +459,27 @@ impl PatchSampler {
     }
 }
 
+impl SampleSource for crate::data::PreprocessedCase {
+    fn case_id(&self) -> &str {
+        &self.id
+    }
+    fn image(&self) -> &Array4<f32> {
+        &self.image
+    }
+    fn instances(&self) -> Option<&Array3<u16>> {
+        self.instances.as_ref()
+    }
+    fn boxes(&self) -> &[Box3] {
+        &self.boxes
+    }
+    fn classes(&self) -> &[usize] {
+        &self.classes
+    }
+    fn instance_ids(&self) -> &[u32] {
+        &self.instance_ids
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,8 +575,8 @@ mod tests {
                 (bb, b) => panic!("origin {origin:?}: bright voxels {bb:?} but box {b:?}"),
             }
             // Voxels outside the volume are 0 in the image and the mask.
-            for a in 0..3 {
-                if origin[a] < 0 {
+            for (a, &o) in origin.iter().enumerate() {
+                if o < 0 {
                     let lane = p.image.index_axis(ndarray::Axis(a + 1), 0);
                     assert!(lane.iter().all(|&v| v == 0.0));
                 }
@@ -623,26 +637,5 @@ mod tests {
         let sampler = PatchSampler::new(vec![empty], [8, 8, 8], 0.0, 0.5).unwrap();
         let patches = sampler.sample_batch(2, &mut ChaCha8Rng::seed_from_u64(0));
         assert!(patches.iter().all(|p| !p.foreground && p.boxes.is_empty()));
-    }
-}
-
-impl SampleSource for crate::data::PreprocessedCase {
-    fn case_id(&self) -> &str {
-        &self.id
-    }
-    fn image(&self) -> &Array4<f32> {
-        &self.image
-    }
-    fn instances(&self) -> Option<&Array3<u16>> {
-        self.instances.as_ref()
-    }
-    fn boxes(&self) -> &[Box3] {
-        &self.boxes
-    }
-    fn classes(&self) -> &[usize] {
-        &self.classes
-    }
-    fn instance_ids(&self) -> &[u32] {
-        &self.instance_ids
     }
 }

@@ -106,7 +106,7 @@ fn check_inputs<B: AutodiffBackend, M: Detector<B>>(
     config: &TrainConfig,
 ) -> Result<(), TrainError> {
     let divisor = model.patch_divisor();
-    if (0..3).any(|a| config.patch[a] % divisor[a] != 0) {
+    if (0..3).any(|a| !config.patch[a].is_multiple_of(divisor[a])) {
         return Err(TrainError::config(
             "patch",
             format!(
@@ -421,7 +421,7 @@ where
                 .map(|r| r.loss)
                 .collect();
             let train_loss_mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-            let due = (epoch + 1) % config.validate_every == 0 || iteration + 1 == total;
+            let due = (epoch + 1).is_multiple_of(config.validate_every) || iteration + 1 == total;
             let metrics = if due && !validation.is_empty() {
                 validate(&model.valid(), &validation, config.batch, device)?
             } else {
@@ -549,7 +549,9 @@ mod tests {
 
     type B = TestBackend;
 
-    fn cases() -> (Vec<Arc<dyn SampleSource>>, Vec<Arc<dyn SampleSource>>) {
+    type Cases = Vec<Arc<dyn SampleSource>>;
+
+    fn cases() -> (Cases, Cases) {
         let train: Vec<Arc<dyn SampleSource>> = vec![
             Arc::new(cube_case(
                 "t0",
