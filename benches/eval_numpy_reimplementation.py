@@ -15,7 +15,8 @@ Semantics reproduced:
     TP / (TP + FP + eps) in float32 (numpy < 2 value-based casting); precision envelope;
     101-point recall grid (np.linspace(0, 1, 101)) searched with side="left"; a class without
     GT has AP -1 and is averaged in;
-  * FROC: all classes pooled after per-class matching; ROC points at each distinct score
+  * FROC: all classes pooled after per-class matching (and per class, with mc_ = sum over
+    classes with GT / number of classes); ROC points at each distinct score
     (ties grouped); FPPI = FP count / number of images, sensitivity = TP count / G; numpy
     `interp` at the FPPI grid; NaN when there are detections but no TP.
 
@@ -146,6 +147,8 @@ def evaluate(data, iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.05), max_det=100,
     tidx = {float(t): i for i, t in enumerate(thresholds)}
     range_idx = [tidx[float(t)] for t in rng]
     out[f"mAP_IoU_{iou_range[0]:.2f}_{iou_range[1]:.2f}_{iou_range[2]:.2f}_MaxDet_{max_det}"] = float(np.mean(precision[range_idx]))
+    for c in range(n_classes):
+        out[f"{c}_mAP_IoU_{iou_range[0]:.2f}_{iou_range[1]:.2f}_{iou_range[2]:.2f}_MaxDet_{max_det}"] = float(np.mean(precision[range_idx][:, :, c]))
     for t in iou_list:
         out[f"AP_IoU_{t:.2f}_MaxDet_{max_det}"] = float(np.mean(precision[tidx[float(t)]]))
         for c in range(n_classes):
@@ -158,6 +161,20 @@ def evaluate(data, iou_list=(0.1, 0.5), iou_range=(0.1, 0.5, 0.05), max_det=100,
         score, curve = froc(scores, row, n_gt, len(cases), np.asarray(fppi, dtype=np.float64))
         out[f"FROC_score_IoU_{t:.2f}"] = score
         out[f"FROC_curve_IoU_{t:.2f}"] = curve.tolist()
+    # Per-class FROC: the same computation on one class, N_img still all images.
+    for t in froc_iou:
+        total = 0.0
+        for c in range(n_classes):
+            entries = [r[c] for r in per_image if c in r]
+            n_gt = sum(e[2] for e in entries)
+            scores = np.concatenate([e[0] for e in entries]) if entries else np.zeros(0)
+            row = np.concatenate([e[1][tidx[float(t)]] for e in entries]) if entries else np.zeros(0, dtype=bool)
+            score, curve = froc(scores, row, n_gt, len(cases), np.asarray(fppi, dtype=np.float64))
+            out[f"{c}_FROC_score_IoU_{t:.2f}"] = score
+            out[f"{c}_FROC_curve_IoU_{t:.2f}"] = curve.tolist()
+            if n_gt > 0:
+                total += score
+        out[f"mc_FROC_score_IoU_{t:.2f}"] = total / n_classes if n_classes else 0.0
     return out
 
 

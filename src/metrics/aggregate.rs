@@ -125,7 +125,7 @@ impl MetricReport {
 
 /// A key whose ascending order is the descending order of `score` (NaN-free); -0.0 and 0.0
 /// get the same key, as they compare equal in numpy's sort.
-fn descending_key(score: f64) -> u64 {
+pub(crate) fn descending_key(score: f64) -> u64 {
     let score = if score == 0.0 { 0.0 } else { score };
     let bits = score.to_bits();
     let ascending = if bits >> 63 == 1 {
@@ -134,6 +134,64 @@ fn descending_key(score: f64) -> u64 {
         bits | (1 << 63)
     };
     !ascending
+}
+
+/// The score whose [`descending_key`] is `key` (-0.0 comes back as 0.0, an equal value).
+fn score_of_key(key: u64) -> f64 {
+    let ascending = !key;
+    let bits = if ascending >> 63 == 1 {
+        ascending & !(1 << 63)
+    } else {
+        !ascending
+    };
+    f64::from_bits(bits)
+}
+
+/// A detection on its way into the pools: sort key, match flags, image and class.
+#[derive(Debug, Clone, Copy, Default)]
+struct Item {
+    key: u64,
+    flags: u64,
+    image: u32,
+    class: u32,
+}
+
+/// Stable LSD radix sort by `key`: 16-bit digits, all four histograms from one pass, digits
+/// shared by every key skipped. The items travel with their keys, so the result is read
+/// sequentially afterwards.
+fn radix_sort_stable(items: &mut Vec<Item>) {
+    const DIGITS: usize = 4;
+    const BUCKETS: usize = 1 << 16;
+    let n = items.len();
+    if n < 256 {
+        items.sort_by_key(|e| e.key);
+        return;
+    }
+    let mut counts = vec![[0u32; DIGITS]; BUCKETS];
+    for e in items.iter() {
+        for (d, c) in (0..DIGITS).zip([0, 16, 32, 48]) {
+            counts[((e.key >> c) & 0xFFFF) as usize][d] += 1;
+        }
+    }
+    let mut buffer = vec![Item::default(); n];
+    for d in 0..DIGITS {
+        let shift = 16 * d;
+        if counts.iter().any(|c| c[d] as usize == n) {
+            continue;
+        }
+        let mut offsets = vec![0u32; BUCKETS];
+        let mut sum = 0u32;
+        for (o, c) in offsets.iter_mut().zip(&counts) {
+            *o = sum;
+            sum += c[d];
+        }
+        for e in items.iter() {
+            let slot = &mut offsets[((e.key >> shift) & 0xFFFF) as usize];
+            buffer[*slot as usize] = *e;
+            *slot += 1;
+        }
+        std::mem::swap(items, &mut buffer);
+    }
 }
 
 /// Detections sorted by descending score (stable over the image-order concatenation).
@@ -145,28 +203,39 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn from_entries(entries: Vec<(u32, u64, f64)>) -> Pool {
-        // A stable descending sort by score: ties stay in image order, then in within-image
-        // (score) order. Sorting (order-preserving key, input index) pairs is equivalent and
-        // faster than a stable comparison sort.
-        let mut keys: Vec<u128> = entries
+    /// Sort `(image, flags, score)` entries by descending score, stably: ties stay in image
+    /// order, then in within-image (score) order, as numpy's mergesort leaves them.
+    #[cfg(test)]
+    fn from_entries(entries: &[(u32, u64, f64)]) -> Pool {
+        let mut items: Vec<Item> = entries
             .iter()
-            .enumerate()
-            .map(|(i, e)| ((descending_key(e.2) as u128) << 64) | i as u128)
+            .map(|e| Item {
+                key: descending_key(e.2),
+                flags: e.1,
+                image: e.0,
+                class: 0,
+            })
             .collect();
-        keys.sort_unstable();
-        let mut pool = Pool {
-            image: Vec::with_capacity(entries.len()),
-            flags: Vec::with_capacity(entries.len()),
-            score: Vec::with_capacity(entries.len()),
-        };
-        for k in keys {
-            let (i, f, s) = entries[k as u64 as usize];
-            pool.image.push(i);
-            pool.flags.push(f);
-            pool.score.push(s);
+        radix_sort_stable(&mut items);
+        let mut pool = Pool::with_capacity(entries.len());
+        for it in items {
+            pool.push(it.image, it.flags, score_of_key(it.key));
         }
         pool
+    }
+
+    fn with_capacity(n: usize) -> Pool {
+        Pool {
+            image: Vec::with_capacity(n),
+            flags: Vec::with_capacity(n),
+            score: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, image: u32, flags: u64, score: f64) {
+        self.image.push(image);
+        self.flags.push(flags);
+        self.score.push(score);
     }
 
     fn len(&self) -> usize {
@@ -189,24 +258,46 @@ pub(crate) struct Prepared {
 impl Prepared {
     pub fn new(matches: &[ImageMatch], num_classes: usize, thresholds: Vec<f64>) -> Prepared {
         let mut gt_counts = vec![0u32; matches.len() * num_classes];
-        let mut per_class: Vec<Vec<(u32, u64, f64)>> = vec![Vec::new(); num_classes];
-        let mut pooled = Vec::new();
+        let total: usize = matches
+            .iter()
+            .flat_map(|m| &m.classes)
+            .map(|cm| cm.scores.len())
+            .sum();
+        // All detections in image order (classes in index order within an image, each class in
+        // its kept score order). One stable sort by score orders the pool; filtering one class
+        // out of it keeps that order, which is the class's own stable order (ties: image order,
+        // then within-image order), so one sort serves every class.
+        let mut items: Vec<Item> = Vec::with_capacity(total);
+        let mut sizes = vec![0usize; num_classes];
         for (i, m) in matches.iter().enumerate() {
             for cm in &m.classes {
                 gt_counts[i * num_classes + cm.class] += cm.num_gt as u32;
+                sizes[cm.class] += cm.scores.len();
                 for (f, s) in cm.matched.iter().zip(&cm.scores) {
-                    per_class[cm.class].push((i as u32, *f, *s));
-                    pooled.push((i as u32, *f, *s));
+                    items.push(Item {
+                        key: descending_key(*s),
+                        flags: *f,
+                        image: i as u32,
+                        class: cm.class as u32,
+                    });
                 }
             }
+        }
+        radix_sort_stable(&mut items);
+        let mut pooled = Pool::with_capacity(total);
+        let mut classes: Vec<Pool> = sizes.iter().map(|&n| Pool::with_capacity(n)).collect();
+        for it in &items {
+            let score = score_of_key(it.key);
+            pooled.push(it.image, it.flags, score);
+            classes[it.class as usize].push(it.image, it.flags, score);
         }
         Prepared {
             thresholds,
             num_images: matches.len(),
             num_classes,
             gt_counts,
-            classes: per_class.into_iter().map(Pool::from_entries).collect(),
-            pooled: Pool::from_entries(pooled),
+            classes,
+            pooled,
         }
     }
 
@@ -537,6 +628,65 @@ pub(crate) fn pr_for(
     }
 }
 
+/// Streaming form of sklearn's `drop_intermediate`: curve points `(fp, tp, score)` arrive in
+/// order; a point is kept when it is the first, the last, or the FP or TP count bends there.
+struct Thinning<'a> {
+    fps: &'a mut Vec<u64>,
+    tps: &'a mut Vec<u64>,
+    ths: &'a mut Vec<f64>,
+    seen: usize,
+    /// The step from the previous point to `current`.
+    step: (u64, u64),
+    current: (u64, u64, f64),
+}
+
+impl<'a> Thinning<'a> {
+    fn new(fps: &'a mut Vec<u64>, tps: &'a mut Vec<u64>, ths: &'a mut Vec<f64>) -> Self {
+        fps.clear();
+        tps.clear();
+        ths.clear();
+        Thinning {
+            fps,
+            tps,
+            ths,
+            seen: 0,
+            step: (0, 0),
+            current: (0, 0, 0.0),
+        }
+    }
+
+    #[inline]
+    fn keep(&mut self, p: (u64, u64, f64)) {
+        self.fps.push(p.0);
+        self.tps.push(p.1);
+        self.ths.push(p.2);
+    }
+
+    /// A zero second difference means the same step before and after a point.
+    #[inline(always)]
+    fn push(&mut self, fp: u64, tp: u64, score: f64) {
+        let c = self.current;
+        if self.seen == 0 {
+            self.keep((fp, tp, score));
+        } else {
+            let step = (fp - c.0, tp - c.1);
+            if self.seen >= 2 && step != self.step {
+                self.keep(c);
+            }
+            self.step = step;
+        }
+        self.current = (fp, tp, score);
+        self.seen += 1;
+    }
+
+    fn finish(&mut self) {
+        if self.seen >= 2 {
+            let c = self.current;
+            self.keep(c);
+        }
+    }
+}
+
 /// The FROC curve at threshold index `ti`, pooled (`class` None) or for one class.
 pub(crate) fn froc_for(
     prep: &Prepared,
@@ -553,11 +703,10 @@ pub(crate) fn froc_for(
     };
     let num_gt = prep.gt_weighted(weights, class);
     let num_images = prep.num_images_weighted(weights);
-    // Cumulative counts at each distinct score (ties grouped, as sklearn's roc_curve).
-    let (fps, tps, ths) = (&mut scratch.fps, &mut scratch.tps, &mut scratch.ths);
-    fps.clear();
-    tps.clear();
-    ths.clear();
+    // Cumulative counts at each distinct score (ties grouped, as sklearn's roc_curve), thinned
+    // on the fly as sklearn's drop_intermediate does: the first and the last point and every
+    // point where the FP or TP count bends are kept.
+    let mut thin = Thinning::new(&mut scratch.fps, &mut scratch.tps, &mut scratch.ths);
     let n = pool.len();
     let (mut tp, mut total) = (0u64, 0u64);
     match weights {
@@ -565,9 +714,7 @@ pub(crate) fn froc_for(
             for k in 0..n {
                 tp += (pool.flags[k] >> ti) & 1;
                 if k + 1 == n || pool.score[k + 1] != pool.score[k] {
-                    fps.push(k as u64 + 1 - tp);
-                    tps.push(tp);
-                    ths.push(pool.score[k]);
+                    thin.push(k as u64 + 1 - tp, tp, pool.score[k]);
                 }
             }
             total = n as u64;
@@ -581,14 +728,14 @@ pub(crate) fn froc_for(
                 any |= weight > 0;
                 // Groups whose images were all left out of the resample do not exist in it.
                 if (k + 1 == n || pool.score[k + 1] != pool.score[k]) && any {
-                    fps.push(total - tp);
-                    tps.push(tp);
-                    ths.push(pool.score[k]);
+                    thin.push(total - tp, tp, pool.score[k]);
                     any = false;
                 }
             }
         }
     }
+    thin.finish();
+    let (fps, tps, ths) = (&scratch.fps, &scratch.tps, &scratch.ths);
     let grid = cfg.fppi.clone();
     let total_tp = tps.last().copied().unwrap_or(0);
     let total_fp = fps.last().copied().unwrap_or(0);
@@ -621,17 +768,7 @@ pub(crate) fn froc_for(
     // sklearn prepends the origin; with no TP its TPR is 0/0 everywhere, the origin included.
     xs.push(0.0);
     ys.push(if no_tp_nan { f64::NAN } else { 0.0 });
-    let mut kept_thresholds = Vec::new();
-    let len = fps.len();
-    for k in 0..len {
-        // sklearn's drop_intermediate: keep the ends and every bend.
-        if len > 2 && k > 0 && k + 1 < len {
-            let d2f = fps[k + 1] as i128 - 2 * fps[k] as i128 + fps[k - 1] as i128;
-            let d2t = tps[k + 1] as i128 - 2 * tps[k] as i128 + tps[k - 1] as i128;
-            if d2f == 0 && d2t == 0 {
-                continue;
-            }
-        }
+    for k in 0..fps.len() {
         let fppi = if cfg.nndetection_froc_rounding {
             if total_fp == 0 {
                 0.0
@@ -650,9 +787,6 @@ pub(crate) fn froc_for(
         };
         xs.push(fppi);
         ys.push(sens);
-        if curves {
-            kept_thresholds.push(ths[k]);
-        }
     }
     for (o, &x) in curve.grid_sensitivity.iter_mut().zip(&curve.fppi_grid) {
         *o = numeric::interp(x, xs, ys);
@@ -662,7 +796,7 @@ pub(crate) fn froc_for(
         curve.fppi = xs.clone();
         curve.sensitivity = ys.clone();
         curve.score_thresholds = std::iter::once(f64::INFINITY)
-            .chain(kept_thresholds)
+            .chain(ths.iter().copied())
             .collect();
     }
     curve
@@ -799,5 +933,45 @@ pub(crate) fn report(
             .collect(),
         num_classes: c_n,
         iou_thresholds: prep.thresholds.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn radix_order_is_the_stable_descending_score_order() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let specials = [0.0, -0.0, 1.0, -1.0, 1e-300, -1e300, 0.5];
+        let scores: Vec<f64> = (0..5000)
+            .map(|i| {
+                if i % 3 == 0 {
+                    specials[next() as usize % specials.len()]
+                } else {
+                    (next() % 1000) as f64 / 997.0 - 0.3
+                }
+            })
+            .collect();
+        let entries: Vec<(u32, u64, f64)> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (i as u32, 0, s))
+            .collect();
+        let pool = Pool::from_entries(&entries);
+        let mut expected: Vec<usize> = (0..scores.len()).collect();
+        expected.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap());
+        let got: Vec<usize> = pool.image.iter().map(|&i| i as usize).collect();
+        assert_eq!(got, expected);
+        // Scores come back from the keys unchanged (-0.0 as the equal 0.0).
+        for (&i, &s) in pool.image.iter().zip(&pool.score) {
+            assert!(s == scores[i as usize] && (s != 0.0 || s.is_sign_positive()));
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! Greedy per-image, per-class matching of predictions to GT at many IoU thresholds at once.
 
+use super::aggregate::descending_key;
 use super::{ImageGt, ImagePred};
-use crate::volume::boxes::{Box3, iou_matrix};
+use crate::volume::boxes::{Box3, box_volume};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 
 /// Matching result of one class in one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,9 +30,38 @@ pub struct ImageMatch {
     pub classes: Vec<ClassMatch>,
 }
 
-/// Descending stable order of `scores` (ties keep input order; scores are NaN-free).
-pub(crate) fn descending_order(indices: &mut [usize], scores: &[f64]) {
-    indices.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(Ordering::Equal));
+/// Reusable buffers of the matching (one set per worker thread).
+#[derive(Debug, Default)]
+pub(crate) struct MatchBuffers {
+    keyed: Vec<u128>,
+    g_order: Vec<usize>,
+    /// Predictions that reach the lowest threshold with some GT: (index in the class's list,
+    /// start of its IoU row).
+    candidates: Vec<(usize, usize)>,
+    /// IoU rows of the predictions against the GT of their class.
+    rows: Vec<f64>,
+    /// Per prediction (input order): start of its row, and whether it can match at all.
+    row_at: Vec<(usize, bool)>,
+    /// Per class with GT: (class, start, end) in the class-sorted GT order.
+    gt_ranges: Vec<(usize, usize, usize)>,
+    taken: Vec<bool>,
+    gt_volumes: Vec<f64>,
+}
+
+/// [`crate::volume::boxes::iou`] with the two volumes given: the same operations in the same
+/// order, so the same bits.
+#[inline]
+fn iou_with_volumes(a: &Box3, va: f64, b: &Box3, vb: f64) -> f64 {
+    let i0 = (a[3].min(b[3]) - a[0].max(b[0])).max(0.0);
+    let i1 = (a[4].min(b[4]) - a[1].max(b[1])).max(0.0);
+    let i2 = (a[5].min(b[5]) - a[2].max(b[2])).max(0.0);
+    let inter = i0 * i1 * i2;
+    // Disjoint boxes (the common case) skip the division: 0 / (va + vb) is +0.0 when the
+    // volumes are positive, and the division still runs when they are not (0 / 0 = NaN).
+    if inter == 0.0 && va + vb > 0.0 {
+        return 0.0;
+    }
+    inter / (va + vb - inter)
 }
 
 /// Match one image at every threshold (sorted or not); at most `max_det` predictions per class.
@@ -42,66 +71,142 @@ pub fn match_image(
     thresholds: &[f64],
     max_det: usize,
 ) -> ImageMatch {
-    let mut classes: Vec<usize> = gt
-        .classes
-        .iter()
-        .chain(pred.classes.iter())
-        .copied()
-        .collect();
-    classes.sort_unstable();
-    classes.dedup();
-    let mut taken: Vec<bool> = Vec::new();
-    let entries = classes
-        .into_iter()
-        .map(|c| {
-            let mut p_idx: Vec<usize> = (0..pred.classes.len())
-                .filter(|&i| pred.classes[i] == c)
-                .collect();
-            descending_order(&mut p_idx, &pred.scores);
-            p_idx.truncate(max_det);
-            let g_idx: Vec<usize> = (0..gt.classes.len())
-                .filter(|&i| gt.classes[i] == c)
-                .collect();
-            let scores: Vec<f64> = p_idx.iter().map(|&i| pred.scores[i]).collect();
-            let mut matched = vec![0u64; p_idx.len()];
-            let mut gt_matched = vec![0u64; g_idx.len()];
-            if !g_idx.is_empty() && !p_idx.is_empty() {
-                let pboxes: Vec<Box3> = p_idx.iter().map(|&i| pred.boxes[i]).collect();
-                let gboxes: Vec<Box3> = g_idx.iter().map(|&i| gt.boxes[i]).collect();
-                let ious = iou_matrix(&pboxes, &gboxes);
-                let ng = gboxes.len();
-                for (ti, &t) in thresholds.iter().enumerate() {
-                    taken.clear();
-                    taken.resize(ng, false);
-                    for (d, row) in ious.chunks_exact(ng).enumerate() {
-                        let mut best = t.min(1.0 - 1e-10);
+    match_image_with(gt, pred, thresholds, max_det, &mut MatchBuffers::default())
+}
+
+pub(crate) fn match_image_with(
+    gt: &ImageGt,
+    pred: &ImagePred,
+    thresholds: &[f64],
+    max_det: usize,
+    buf: &mut MatchBuffers,
+) -> ImageMatch {
+    // Predictions grouped by class, each group in descending (stable) score order; GT grouped
+    // by class in input order. Keys are unique (they end with the index), so an unstable sort
+    // gives the stable order.
+    buf.keyed.clear();
+    buf.keyed.extend((0..pred.classes.len()).map(|i| {
+        ((pred.classes[i] as u128) << 96)
+            | ((descending_key(pred.scores[i]) as u128) << 32)
+            | i as u128
+    }));
+    buf.keyed.sort_unstable();
+    buf.g_order.clear();
+    buf.g_order.extend(0..gt.classes.len());
+    buf.g_order.sort_by_key(|&i| gt.classes[i]);
+    let effective: Vec<f64> = thresholds.iter().map(|t| t.min(1.0 - 1e-10)).collect();
+    let lowest = effective.iter().copied().fold(f64::INFINITY, f64::min);
+    // GT ranges per class (in `g_order`), and GT volumes in that order.
+    buf.gt_ranges.clear();
+    let mut start = 0;
+    while start < buf.g_order.len() {
+        let c = gt.classes[buf.g_order[start]];
+        let mut end = start;
+        while end < buf.g_order.len() && gt.classes[buf.g_order[end]] == c {
+            end += 1;
+        }
+        buf.gt_ranges.push((c, start, end));
+        start = end;
+    }
+    buf.gt_volumes.clear();
+    buf.gt_volumes
+        .extend(buf.g_order.iter().map(|&g| box_volume(&gt.boxes[g])));
+    // IoU of every prediction with the GT of its class, in input order: the boxes are read
+    // sequentially (score order would read them at random, which is slower than the IoUs).
+    // `row_at[i]` is where prediction i's row starts in `rows`, and whether it can match.
+    buf.rows.clear();
+    buf.row_at.clear();
+    for (i, pb) in pred.boxes.iter().enumerate() {
+        let c = pred.classes[i];
+        let Some(&(_, g0, g1)) = buf.gt_ranges.iter().find(|r| r.0 == c) else {
+            buf.row_at.push((usize::MAX, false));
+            continue;
+        };
+        let at = buf.rows.len();
+        let pv = box_volume(pb);
+        let (mut best, mut any_nan) = (f64::NEG_INFINITY, false);
+        for k in g0..g1 {
+            let v = iou_with_volumes(pb, pv, &gt.boxes[buf.g_order[k]], buf.gt_volumes[k]);
+            any_nan |= v.is_nan();
+            best = best.max(v);
+            buf.rows.push(v);
+        }
+        // A prediction below every threshold can never match (NaN always can: numpy's
+        // `iou < t` test does not reject it), so it is left out of the greedy loops.
+        buf.row_at.push((at, any_nan || best >= lowest));
+    }
+    let mut entries = Vec::new();
+    let (mut pi, mut gi) = (0, 0);
+    let (np_all, ng_all) = (buf.keyed.len(), buf.g_order.len());
+    while pi < np_all || gi < ng_all {
+        let pc = buf.keyed.get(pi).map(|&k| (k >> 96) as usize);
+        let gc = buf.g_order.get(gi).map(|&i| gt.classes[i]);
+        let c = match (pc, gc) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        let mut p_end = pi;
+        while p_end < np_all && (buf.keyed[p_end] >> 96) as usize == c {
+            p_end += 1;
+        }
+        let mut g_end = gi;
+        while g_end < ng_all && gt.classes[buf.g_order[g_end]] == c {
+            g_end += 1;
+        }
+        let p_idx: Vec<usize> = buf.keyed[pi..p_end.min(pi + max_det)]
+            .iter()
+            .map(|&k| k as u32 as usize)
+            .collect();
+        let g_idx = &buf.g_order[gi..g_end];
+        let (np, ng) = (p_idx.len(), g_idx.len());
+        let mut matched = vec![0u64; np];
+        let mut gt_matched = vec![0u64; ng];
+        if np > 0 && ng > 0 {
+            buf.candidates.clear();
+            for (d, &p) in p_idx.iter().enumerate() {
+                let (at, reachable) = buf.row_at[p];
+                if reachable {
+                    buf.candidates.push((d, at));
+                }
+            }
+            if !buf.candidates.is_empty() {
+                for (ti, &t) in effective.iter().enumerate() {
+                    buf.taken.clear();
+                    buf.taken.resize(ng, false);
+                    for &(d, at) in &buf.candidates {
+                        let row = &buf.rows[at..at + ng];
+                        let mut best = t;
                         let mut m = None;
                         for (g, &v) in row.iter().enumerate() {
                             // `v < best` is false for NaN, exactly as numpy's test.
-                            if taken[g] || v < best {
+                            if buf.taken[g] || v < best {
                                 continue;
                             }
                             best = v;
                             m = Some(g);
                         }
                         if let Some(g) = m {
-                            taken[g] = true;
+                            buf.taken[g] = true;
                             matched[d] |= 1 << ti;
                             gt_matched[g] |= 1 << ti;
                         }
                     }
                 }
             }
-            ClassMatch {
-                class: c,
-                scores,
-                pred_index: p_idx,
-                matched,
-                num_gt: g_idx.len(),
-                gt_matched,
-            }
-        })
-        .collect();
+        }
+        entries.push(ClassMatch {
+            class: c,
+            scores: p_idx.iter().map(|&i| pred.scores[i]).collect(),
+            pred_index: p_idx,
+            matched,
+            num_gt: ng,
+            gt_matched,
+        });
+        pi = p_end;
+        gi = g_end;
+    }
     ImageMatch { classes: entries }
 }
 
@@ -114,8 +219,10 @@ pub fn match_all(
 ) -> Vec<ImageMatch> {
     gt.par_iter()
         .zip(pred.par_iter())
-        .with_min_len(8)
-        .map(|(g, p)| match_image(g, p, thresholds, max_det))
+        .with_min_len(16)
+        .map_init(MatchBuffers::default, |buf, (g, p)| {
+            match_image_with(g, p, thresholds, max_det, buf)
+        })
         .collect()
 }
 
@@ -192,6 +299,58 @@ mod tests {
                 m.classes[1].num_gt
             ),
             (1, vec![1], 1)
+        );
+    }
+
+    #[test]
+    fn iou_with_volumes_is_bit_identical_to_the_volume_module() {
+        let mut state = 3u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 20.0
+        };
+        for _ in 0..2000 {
+            let a = [next(), next(), next(), 0.0, 0.0, 0.0];
+            let a = [
+                a[0],
+                a[1],
+                a[2],
+                a[0] + next(),
+                a[1] + next(),
+                a[2] + next(),
+            ];
+            let b = [next(), next(), next(), 0.0, 0.0, 0.0];
+            let b = [
+                b[0],
+                b[1],
+                b[2],
+                b[0] + next(),
+                b[1] + next(),
+                b[2] + next(),
+            ];
+            let fast = iou_with_volumes(&a, box_volume(&a), &b, box_volume(&b));
+            assert_eq!(fast.to_bits(), crate::volume::boxes::iou(&a, &b).to_bits());
+        }
+    }
+
+    #[test]
+    fn two_zero_volume_boxes_match_as_in_numpy() {
+        // IoU 0/0 = NaN, which numpy's `iou < t` test does not reject.
+        let flat = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0];
+        let gt = ImageGt {
+            boxes: vec![flat],
+            classes: vec![0],
+        };
+        let pred = ImagePred {
+            boxes: vec![flat],
+            scores: vec![0.5],
+            classes: vec![0],
+        };
+        assert_eq!(
+            match_image(&gt, &pred, &[0.5], 100).classes[0].matched,
+            vec![1]
         );
     }
 

@@ -262,14 +262,33 @@ fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
     let ours = report.to_json();
     let (mut compared, mut max_diff) = (0usize, 0.0f64);
     for (k, v) in theirs.as_object().into_iter().flatten() {
-        let (Some(a), Some(b)) = (v.as_f64(), ours.get(k).and_then(|x| x.as_f64())) else {
-            continue;
-        };
         if k == "seconds" {
             continue;
         }
-        compared += 1;
-        max_diff = max_diff.max((a - b).abs());
+        let pairs: Vec<(f64, f64)> = match (v, ours.get(k)) {
+            (serde_json::Value::Number(a), Some(serde_json::Value::Number(b))) => vec![(
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            )],
+            (serde_json::Value::Array(a), Some(serde_json::Value::Array(b)))
+                if a.len() == b.len() =>
+            {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| {
+                        (
+                            x.as_f64().unwrap_or(f64::NAN),
+                            y.as_f64().unwrap_or(f64::NAN),
+                        )
+                    })
+                    .collect()
+            }
+            _ => continue,
+        };
+        for (a, b) in pairs {
+            compared += 1;
+            max_diff = max_diff.max((a - b).abs());
+        }
     }
     println!("agreement: {compared} metric values compared, max |difference| = {max_diff:.3e}");
     if compared == 0 || max_diff > 1e-7 {
