@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod blocks;
 pub mod checkpoint;
+pub mod conv;
 pub mod detector;
 pub mod encoder;
 mod error;
