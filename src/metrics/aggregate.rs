@@ -6,8 +6,12 @@
 //! each repeated by its multiplicity: runs of equal score within one image are repeated as a
 //! whole, which is where a stable sort of the materialised list puts the copies.
 
+#[cfg(test)]
 use super::matching::ImageMatch;
+use super::matching::{MatchBuffers, visit_image};
 use super::{EvalConfig, froc_curve_key, froc_score_key, numeric};
+use super::{ImageGt, ImagePred, MetricsError, validate_case};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -256,23 +260,14 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// From per-image matching results (used by tests; evaluation uses [`Prepared::build`]).
+    #[cfg(test)]
     pub fn new(matches: &[ImageMatch], num_classes: usize, thresholds: Vec<f64>) -> Prepared {
         let mut gt_counts = vec![0u32; matches.len() * num_classes];
-        let total: usize = matches
-            .iter()
-            .flat_map(|m| &m.classes)
-            .map(|cm| cm.scores.len())
-            .sum();
-        // All detections in image order (classes in index order within an image, each class in
-        // its kept score order). One stable sort by score orders the pool; filtering one class
-        // out of it keeps that order, which is the class's own stable order (ties: image order,
-        // then within-image order), so one sort serves every class.
-        let mut items: Vec<Item> = Vec::with_capacity(total);
-        let mut sizes = vec![0usize; num_classes];
+        let mut items = Vec::new();
         for (i, m) in matches.iter().enumerate() {
             for cm in &m.classes {
                 gt_counts[i * num_classes + cm.class] += cm.num_gt as u32;
-                sizes[cm.class] += cm.scores.len();
                 for (f, s) in cm.matched.iter().zip(&cm.scores) {
                     items.push(Item {
                         key: descending_key(*s),
@@ -283,8 +278,84 @@ impl Prepared {
                 }
             }
         }
+        Prepared::from_items(items, gt_counts, matches.len(), num_classes, thresholds)
+    }
+
+    /// Validate and match every image (in parallel chunks, without per-class allocations) and
+    /// arrange the detections. `case_name(i)` names image i in errors; the first invalid image
+    /// in input order is reported.
+    pub fn build(
+        gt: &[ImageGt],
+        pred: &[ImagePred],
+        thresholds: Vec<f64>,
+        max_det: usize,
+        num_classes: usize,
+        case_name: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Prepared, MetricsError> {
+        const CHUNK: usize = 64;
+        let parts: Vec<Result<(Vec<Item>, Vec<u32>), MetricsError>> = gt
+            .par_chunks(CHUNK)
+            .zip(pred.par_chunks(CHUNK))
+            .enumerate()
+            .map_init(MatchBuffers::default, |buf, (chunk, (gs, ps))| {
+                let mut items = Vec::with_capacity(ps.iter().map(|p| p.scores.len()).sum());
+                let mut counts = vec![0u32; gs.len() * num_classes];
+                for (j, (g, p)) in gs.iter().zip(ps).enumerate() {
+                    let image = chunk * CHUNK + j;
+                    validate_case(&case_name(image), g, p, Some(num_classes))?;
+                    visit_image(g, p, &thresholds, max_det, buf, |m| {
+                        counts[j * num_classes + m.class] += m.num_gt as u32;
+                        for (&k, &flags) in m.pred_index.iter().zip(m.matched) {
+                            items.push(Item {
+                                key: descending_key(p.scores[k]),
+                                flags,
+                                image: image as u32,
+                                class: m.class as u32,
+                            });
+                        }
+                    });
+                }
+                Ok((items, counts))
+            })
+            .collect();
+        let mut sizes = (0, 0);
+        for part in parts.iter().flatten() {
+            sizes.0 += part.0.len();
+            sizes.1 += part.1.len();
+        }
+        let mut items = Vec::with_capacity(sizes.0);
+        let mut gt_counts = Vec::with_capacity(sizes.1);
+        for part in parts {
+            let (it, counts) = part?;
+            items.extend_from_slice(&it);
+            gt_counts.extend_from_slice(&counts);
+        }
+        Ok(Prepared::from_items(
+            items,
+            gt_counts,
+            gt.len(),
+            num_classes,
+            thresholds,
+        ))
+    }
+
+    /// Sort the detections (in image order, classes in index order within an image, each class
+    /// in its kept score order). One stable sort by score orders the pool; filtering one class
+    /// out of it keeps that order, which is the class's own stable order (ties: image order,
+    /// then within-image order), so one sort serves every class.
+    fn from_items(
+        mut items: Vec<Item>,
+        gt_counts: Vec<u32>,
+        num_images: usize,
+        num_classes: usize,
+        thresholds: Vec<f64>,
+    ) -> Prepared {
+        let mut sizes = vec![0usize; num_classes];
+        for it in &items {
+            sizes[it.class as usize] += 1;
+        }
         radix_sort_stable(&mut items);
-        let mut pooled = Pool::with_capacity(total);
+        let mut pooled = Pool::with_capacity(items.len());
         let mut classes: Vec<Pool> = sizes.iter().map(|&n| Pool::with_capacity(n)).collect();
         for it in &items {
             let score = score_of_key(it.key);
@@ -293,7 +364,7 @@ impl Prepared {
         }
         Prepared {
             thresholds,
-            num_images: matches.len(),
+            num_images,
             num_classes,
             gt_counts,
             classes,
@@ -810,6 +881,18 @@ pub(crate) fn report(
     want: &Want,
     curves: bool,
 ) -> MetricReport {
+    report_with(prep, weights, cfg, want, curves, &mut Scratch::default())
+}
+
+/// [`report`] with caller-owned buffers (one per worker thread in the bootstrap).
+pub(crate) fn report_with(
+    prep: &Prepared,
+    weights: Option<&[u32]>,
+    cfg: &EvalConfig,
+    want: &Want,
+    curves: bool,
+    scratch: &mut Scratch,
+) -> MetricReport {
     let c_n = prep.num_classes;
     let range = cfg.range_thresholds();
     // Thresholds whose per-class AP values are needed.
@@ -819,7 +902,6 @@ pub(crate) fn report(
     }
     let ap_thresholds = numeric::union_sorted(&ap_thresholds);
     let grid_len = 101;
-    let mut scratch = Scratch::default();
     let mut scalars = BTreeMap::new();
     let mut pr_curves = BTreeMap::new();
     // values[a][c] = the 101 interpolated precisions at ap_thresholds[a] for class c.
@@ -835,7 +917,7 @@ pub(crate) fn report(
             // nnDetection leaves the precision of a class without GT at -1.
             continue;
         }
-        collect_tp_positions(&prep.classes[c], need, weights, &mut scratch);
+        collect_tp_positions(&prep.classes[c], need, weights, scratch);
         for (a, &bit) in bit_of.iter().enumerate() {
             let positions = std::mem::take(&mut scratch.tp_positions[bit]);
             grid_from_tp_positions(
@@ -853,7 +935,7 @@ pub(crate) fn report(
         for &t in &want.ap {
             let ti = prep.threshold_index(t);
             for c in 0..c_n {
-                let pr = pr_for(prep, weights, cfg, ti, c, &mut scratch, true);
+                let pr = pr_for(prep, weights, cfg, ti, c, scratch, true);
                 pr_curves.insert(format!("{c}_PR_curve_IoU_{t:.2}"), pr);
             }
         }
@@ -902,13 +984,13 @@ pub(crate) fn report(
     let mut froc_curves = BTreeMap::new();
     for &t in &want.froc {
         let ti = prep.threshold_index(t);
-        let curve = froc_for(prep, weights, cfg, ti, None, curves, &mut scratch);
+        let curve = froc_for(prep, weights, cfg, ti, None, curves, scratch);
         scalars.insert(froc_score_key(t), curve.score);
         froc_curves.insert(froc_curve_key(t), curve);
         if want.per_class_froc {
             let mut sum = 0.0;
             for c in 0..c_n {
-                let curve = froc_for(prep, weights, cfg, ti, Some(c), curves, &mut scratch);
+                let curve = froc_for(prep, weights, cfg, ti, Some(c), curves, scratch);
                 // nnDetection sums the per-class scores of classes with GT and divides by all.
                 if curve.num_gt > 0 {
                     sum += curve.score;

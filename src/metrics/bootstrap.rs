@@ -13,8 +13,7 @@
 
 use super::aggregate::{self, Prepared, Want};
 use super::{
-    EvalConfig, ImageGt, ImagePred, MetricsError, froc_score_key, infer_num_classes, matching,
-    numeric, validate_case,
+    EvalConfig, ImageGt, ImagePred, MetricsError, froc_score_key, infer_num_classes, numeric,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -256,11 +255,14 @@ pub fn bootstrap(
     let thresholds = eval.all_thresholds();
     let mut prepared = Vec::with_capacity(methods.len());
     for (name, preds) in methods {
-        for (i, (g, p)) in gt.iter().zip(preds).enumerate() {
-            validate_case(&format!("{name}#{i}"), g, p, Some(num_classes))?;
-        }
-        let matches = matching::match_all(gt, preds, &thresholds, eval.max_det);
-        prepared.push(Prepared::new(&matches, num_classes, thresholds.clone()));
+        prepared.push(Prepared::build(
+            gt,
+            preds,
+            thresholds.clone(),
+            eval.max_det,
+            num_classes,
+            &|i| format!("{name}#{i}"),
+        )?);
     }
     let mut keys = vec![cfg.metric.clone()];
     keys.extend(
@@ -298,11 +300,11 @@ pub fn bootstrap(
     // samples[b][m][k]
     let samples: Vec<Vec<Vec<f64>>> = resamples
         .par_iter()
-        .map(|counts| {
+        .map_init(aggregate::Scratch::default, |scratch, counts| {
             prepared
                 .iter()
                 .map(|p| {
-                    let r = aggregate::report(p, Some(counts), eval, &want, false);
+                    let r = aggregate::report_with(p, Some(counts), eval, &want, false, scratch);
                     keys.iter().map(|k| r.get(k).unwrap_or(f64::NAN)).collect()
                 })
                 .collect()

@@ -46,6 +46,9 @@ pub(crate) struct MatchBuffers {
     gt_ranges: Vec<(usize, usize, usize)>,
     taken: Vec<bool>,
     gt_volumes: Vec<f64>,
+    p_idx: Vec<usize>,
+    matched: Vec<u64>,
+    gt_matched: Vec<u64>,
 }
 
 /// [`crate::volume::boxes::iou`] with the two volumes given: the same operations in the same
@@ -81,6 +84,39 @@ pub(crate) fn match_image_with(
     max_det: usize,
     buf: &mut MatchBuffers,
 ) -> ImageMatch {
+    let mut entries = Vec::new();
+    visit_image(gt, pred, thresholds, max_det, buf, |m| {
+        entries.push(ClassMatch {
+            class: m.class,
+            scores: m.pred_index.iter().map(|&i| pred.scores[i]).collect(),
+            pred_index: m.pred_index.to_vec(),
+            matched: m.matched.to_vec(),
+            num_gt: m.num_gt,
+            gt_matched: m.gt_matched.to_vec(),
+        })
+    });
+    ImageMatch { classes: entries }
+}
+
+/// One class of one image, as [`visit_image`] hands it out (borrowed from its buffers).
+pub(crate) struct ClassMatchView<'a> {
+    pub class: usize,
+    pub pred_index: &'a [usize],
+    pub matched: &'a [u64],
+    pub num_gt: usize,
+    pub gt_matched: &'a [u64],
+}
+
+/// Match one image and hand each class's result to `visit`, in class order, without
+/// allocating per class.
+pub(crate) fn visit_image(
+    gt: &ImageGt,
+    pred: &ImagePred,
+    thresholds: &[f64],
+    max_det: usize,
+    buf: &mut MatchBuffers,
+    mut visit: impl FnMut(ClassMatchView<'_>),
+) {
     // Predictions grouped by class, each group in descending (stable) score order; GT grouped
     // by class in input order. Keys are unique (they end with the index), so an unstable sort
     // gives the stable order.
@@ -135,7 +171,6 @@ pub(crate) fn match_image_with(
         // `iou < t` test does not reject it), so it is left out of the greedy loops.
         buf.row_at.push((at, any_nan || best >= lowest));
     }
-    let mut entries = Vec::new();
     let (mut pi, mut gi) = (0, 0);
     let (np_all, ng_all) = (buf.keyed.len(), buf.g_order.len());
     while pi < np_all || gi < ng_all {
@@ -155,17 +190,20 @@ pub(crate) fn match_image_with(
         while g_end < ng_all && gt.classes[buf.g_order[g_end]] == c {
             g_end += 1;
         }
-        let p_idx: Vec<usize> = buf.keyed[pi..p_end.min(pi + max_det)]
-            .iter()
-            .map(|&k| k as u32 as usize)
-            .collect();
-        let g_idx = &buf.g_order[gi..g_end];
-        let (np, ng) = (p_idx.len(), g_idx.len());
-        let mut matched = vec![0u64; np];
-        let mut gt_matched = vec![0u64; ng];
+        buf.p_idx.clear();
+        buf.p_idx.extend(
+            buf.keyed[pi..p_end.min(pi + max_det)]
+                .iter()
+                .map(|&k| k as u32 as usize),
+        );
+        let (np, ng) = (buf.p_idx.len(), g_end - gi);
+        buf.matched.clear();
+        buf.matched.resize(np, 0);
+        buf.gt_matched.clear();
+        buf.gt_matched.resize(ng, 0);
         if np > 0 && ng > 0 {
             buf.candidates.clear();
-            for (d, &p) in p_idx.iter().enumerate() {
+            for (d, &p) in buf.p_idx.iter().enumerate() {
                 let (at, reachable) = buf.row_at[p];
                 if reachable {
                     buf.candidates.push((d, at));
@@ -189,25 +227,23 @@ pub(crate) fn match_image_with(
                         }
                         if let Some(g) = m {
                             buf.taken[g] = true;
-                            matched[d] |= 1 << ti;
-                            gt_matched[g] |= 1 << ti;
+                            buf.matched[d] |= 1 << ti;
+                            buf.gt_matched[g] |= 1 << ti;
                         }
                     }
                 }
             }
         }
-        entries.push(ClassMatch {
+        visit(ClassMatchView {
             class: c,
-            scores: p_idx.iter().map(|&i| pred.scores[i]).collect(),
-            pred_index: p_idx,
-            matched,
+            pred_index: &buf.p_idx,
+            matched: &buf.matched,
             num_gt: ng,
-            gt_matched,
+            gt_matched: &buf.gt_matched,
         });
         pi = p_end;
         gi = g_end;
     }
-    ImageMatch { classes: entries }
 }
 
 /// Match all images in parallel.

@@ -346,7 +346,9 @@ pub fn infer_num_classes(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -
     })
 }
 
-fn check_inputs(
+/// Check the configuration and that GT and predictions have the same number of images; the
+/// number of classes.
+fn check_shape(
     gt: &[ImageGt],
     pred: &[ImagePred],
     cfg: &EvalConfig,
@@ -359,7 +361,15 @@ fn check_inputs(
             format!("{} prediction lists for {} GT images", pred.len(), gt.len()),
         ));
     }
-    let num_classes = infer_num_classes(gt, pred, cfg);
+    Ok(infer_num_classes(gt, pred, cfg))
+}
+
+fn check_inputs(
+    gt: &[ImageGt],
+    pred: &[ImagePred],
+    cfg: &EvalConfig,
+) -> Result<usize, MetricsError> {
+    let num_classes = check_shape(gt, pred, cfg)?;
     for (i, (g, p)) in gt.iter().zip(pred).enumerate() {
         validate_case(&format!("#{i}"), g, p, Some(num_classes))?;
     }
@@ -388,10 +398,15 @@ pub fn evaluate(
     pred: &[ImagePred],
     cfg: &EvalConfig,
 ) -> Result<MetricReport, MetricsError> {
-    let num_classes = check_inputs(gt, pred, cfg)?;
-    let thresholds = cfg.all_thresholds();
-    let matches = matching::match_all(gt, pred, &thresholds, cfg.max_det);
-    let prepared = aggregate::Prepared::new(&matches, num_classes, thresholds);
+    let num_classes = check_shape(gt, pred, cfg)?;
+    let prepared = aggregate::Prepared::build(
+        gt,
+        pred,
+        cfg.all_thresholds(),
+        cfg.max_det,
+        num_classes,
+        &|i| format!("#{i}"),
+    )?;
     Ok(aggregate::report(
         &prepared,
         None,
@@ -416,7 +431,7 @@ pub fn froc_curve(
         iou_range: [iou, iou, 1.0],
         ..cfg.clone()
     };
-    let num_classes = check_inputs(gt, pred, &one)?;
+    let num_classes = check_shape(gt, pred, &one)?;
     if let Some(c) = class
         && c >= num_classes
     {
@@ -425,8 +440,10 @@ pub fn froc_curve(
             format!("class {c} is out of range (there are {num_classes} classes)"),
         ));
     }
-    let matches = matching::match_all(gt, pred, &[iou], cfg.max_det);
-    let prepared = aggregate::Prepared::new(&matches, num_classes, vec![iou]);
+    let prepared =
+        aggregate::Prepared::build(gt, pred, vec![iou], cfg.max_det, num_classes, &|i| {
+            format!("#{i}")
+        })?;
     Ok(aggregate::froc_for(
         &prepared,
         None,
@@ -453,15 +470,17 @@ pub fn pr_curve(
         iou_range: [iou, iou, 1.0],
         ..cfg.clone()
     };
-    let num_classes = check_inputs(gt, pred, &one)?;
+    let num_classes = check_shape(gt, pred, &one)?;
     if class >= num_classes {
         return Err(MetricsError::config(
             "class",
             format!("class {class} is out of range (there are {num_classes} classes)"),
         ));
     }
-    let matches = matching::match_all(gt, pred, &[iou], cfg.max_det);
-    let prepared = aggregate::Prepared::new(&matches, num_classes, vec![iou]);
+    let prepared =
+        aggregate::Prepared::build(gt, pred, vec![iou], cfg.max_det, num_classes, &|i| {
+            format!("#{i}")
+        })?;
     let mut scratch = aggregate::Scratch::default();
     Ok(aggregate::pr_for(
         &prepared,
