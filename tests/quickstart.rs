@@ -34,13 +34,32 @@ fn quickstart_runs_and_learns() {
     for f in ["metrics.json", "loss.png", "froc.png"] {
         assert!(out.join(f).is_file(), "{f} missing; stdout:\n{stdout}");
     }
-    let slices = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("slice_")).count();
+    let slices = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("slice_")
+        })
+        .count();
     assert_eq!(slices, 4, "one slice figure per test case");
-    assert_eq!(std::fs::read_dir(out.join("predictions")).unwrap().count(), 4, "one prediction file per test case");
+    assert_eq!(
+        std::fs::read_dir(out.join("predictions")).unwrap().count(),
+        4,
+        "one prediction file per test case"
+    );
     assert!(out.join("train/last").is_dir() && out.join("train/best").is_dir());
 
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    for key in ["AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10", "0_AP_IoU_0.10_MaxDet_100"] {
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for key in [
+        "AP_IoU_0.10_MaxDet_100",
+        "mAP_IoU_0.10_0.50_0.05_MaxDet_100",
+        "FROC_score_IoU_0.10",
+        "0_AP_IoU_0.10_MaxDet_100",
+    ] {
         assert!(metrics.get(key).is_some(), "metrics.json lacks {key}");
     }
     assert_eq!(metrics["FROC_curve_IoU_0.10"].as_array().unwrap().len(), 7);
@@ -56,5 +75,8 @@ fn quickstart_runs_and_learns() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no UNTRAINED_AP in {text}"));
     eprintln!("quickstart (reduced): trained AP@0.1 {trained:.3}, untrained {untrained:.3}");
-    assert!(trained >= untrained + 0.25, "trained AP {trained} is not far above the untrained {untrained}");
+    assert!(
+        trained >= untrained + 0.25,
+        "trained AP {trained} is not far above the untrained {untrained}"
+    );
 }

@@ -161,7 +161,7 @@ fn ctrl_c_stops_a_running_script_cleanly() {
         "print(\"started\");\nlet n = 0;\nloop { n += 1; }\n",
     )
     .unwrap();
-    let mut child = Command::new(detlab())
+    let child = Command::new(detlab())
         .arg("run")
         .arg(&script)
         .stdout(std::process::Stdio::piped())

@@ -8,16 +8,20 @@
 
 use detlab::volume::boxes::{BoxConvention, box_inside};
 use detlab::volume::{
-    AffineSource, Interpolation, NiftiDtype, Volume, VolumeError, read_nifti, read_nifti_header, write_nifti,
+    AffineSource, Interpolation, NiftiDtype, Volume, VolumeError, read_nifti, read_nifti_header,
+    write_nifti,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SETUP: &str =
-    "run `bash .ci/setup-data.sh` (apt: mricron-data insighttoolkit5-examples; pip: nibabel==5.4.2 dipy==1.12.1 scipy)";
+const SETUP: &str = "run `bash .ci/setup-data.sh` (apt: mricron-data insighttoolkit5-examples; pip: nibabel==5.4.2 dipy==1.12.1 scipy)";
 
 fn require(path: PathBuf) -> PathBuf {
-    assert!(path.exists(), "real-data file {} is missing: {SETUP}", path.display());
+    assert!(
+        path.exists(),
+        "real-data file {} is missing: {SETUP}",
+        path.display()
+    );
     path
 }
 
@@ -117,7 +121,11 @@ fn colin27_t1_matches_nibabel() {
         &ch2,
         [1, 181, 217, 181],
         [1.0, 1.0, 1.0],
-        [[1.0, 0.0, 0.0, -90.0], [0.0, 1.0, 0.0, -125.0], [0.0, 0.0, 1.0, -71.0]],
+        [
+            [1.0, 0.0, 0.0, -90.0],
+            [0.0, 1.0, 0.0, -125.0],
+            [0.0, 0.0, 1.0, -71.0],
+        ],
         [0.0, 254.0, 44.61177355282364, 46.769246611280444],
         ([0, 90, 108, 60], 110.0),
     );
@@ -135,7 +143,11 @@ fn aal_labels_give_116_boxes_inside_the_ch2_grid() {
         &aal,
         [1, 181, 217, 181],
         [1.0, 1.0, 1.0],
-        [[1.0, 0.0, 0.0, -90.0], [0.0, 1.0, 0.0, -125.0], [0.0, 0.0, 1.0, -71.0]],
+        [
+            [1.0, 0.0, 0.0, -90.0],
+            [0.0, 1.0, 0.0, -125.0],
+            [0.0, 0.0, 1.0, -71.0],
+        ],
         [0.0, 116.0, 10.78281526998284, 25.629393234817865],
         ([0, 90, 108, 60], 0.0),
     );
@@ -159,7 +171,11 @@ fn aal_labels_give_116_boxes_inside_the_ch2_grid() {
     assert_eq!(instances[&58].bbox, [85.0, 70.0, 98.0, 156.0, 130.0, 161.0]);
     assert_eq!(instances[&116].bbox, [31.0, 73.0, 84.0, 48.0, 86.0, 99.0]);
     assert_eq!(
-        (instances[&1].voxels, instances[&58].voxels, instances[&116].voxels),
+        (
+            instances[&1].voxels,
+            instances[&58].voxels,
+            instances[&116].voxels
+        ),
         (28174, 30652, 874)
     );
     let nnd = aal.instance_boxes(BoxConvention::NnDetection).unwrap();
@@ -181,27 +197,41 @@ fn resampling_real_data_matches_scipy_zoom() {
     // scipy.ndimage.zoom(x, out/in, order=1 or 0, grid_mode=True, mode='nearest') to spacing
     // [2.0, 2.5, 3.0]: shape [round(181/2) = 90 (half to even), 87, 60].
     let ch2 = read_nifti(&mricron("ch2.nii.gz")).unwrap();
-    let r = ch2.resample([2.0, 2.5, 3.0], Interpolation::Linear).unwrap();
+    let r = ch2
+        .resample([2.0, 2.5, 3.0], Interpolation::Linear)
+        .unwrap();
     assert_eq!(r.shape(), [1, 90, 87, 60]);
     let s = r.stats();
     assert!(
         close(s.mean, 44.615515619171326, 1e-6) && close(s.std, 46.39509783003649, 1e-6),
         "{s:?}"
     );
-    assert!(close(s.max, 249.9166717529297, 1e-6) && s.min == 0.0, "{s:?}");
+    assert!(
+        close(s.max, 249.9166717529297, 1e-6) && s.min == 0.0,
+        "{s:?}"
+    );
     for (idx, v) in [
         ([0, 45, 43, 30], 94.73819732666016f32),
         ([0, 10, 20, 5], 19.565797805786133),
     ] {
-        assert!((r.data[idx] - v).abs() < 1e-4, "{idx:?}: {} vs scipy {v}", r.data[idx]);
+        assert!(
+            (r.data[idx] - v).abs() < 1e-4,
+            "{idx:?}: {} vs scipy {v}",
+            r.data[idx]
+        );
     }
     let aal = read_nifti(&mricron("aal.nii.gz")).unwrap();
-    let l = aal.resample([2.0, 2.5, 3.0], Interpolation::Nearest).unwrap();
+    let l = aal
+        .resample([2.0, 2.5, 3.0], Interpolation::Nearest)
+        .unwrap();
     assert_eq!(l.shape(), [1, 90, 87, 60]);
     assert_eq!(l.data.iter().map(|&v| v as f64).sum::<f64>(), 5085516.0);
     assert_eq!(l.data.iter().filter(|&&v| v == 58.0).count(), 2075);
     assert_eq!(l.data.iter().filter(|&&v| v == 116.0).count(), 49);
-    assert_eq!(l.instance_boxes(BoxConvention::HalfOpen).unwrap().len(), 116);
+    assert_eq!(
+        l.instance_boxes(BoxConvention::HalfOpen).unwrap().len(),
+        116
+    );
 }
 
 #[test]
@@ -215,7 +245,11 @@ fn itk_lsa_file_uses_the_sform_over_the_qform() {
         &vol,
         [1, 62, 128, 128],
         [3.0, 2.0, 2.0],
-        [[-2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, -254.0], [0.0, 2.0, 0.0, 0.0]],
+        [
+            [-2.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 3.0, -254.0],
+            [0.0, 2.0, 0.0, 0.0],
+        ],
         [0.0, 255.0, 19.229813114289314, 39.06014470025947],
         ([0, 31, 64, 42], 70.0),
     );
@@ -231,7 +265,11 @@ fn big_endian_int16_matches_nibabel() {
         &vol,
         [1, 25, 41, 33],
         [2.0, 2.0, 2.0],
-        [[-2.0, 0.0, 0.0, 32.0], [0.0, 2.0, 0.0, -40.0], [0.0, 0.0, 2.0, -16.0]],
+        [
+            [-2.0, 0.0, 0.0, 32.0],
+            [0.0, 2.0, 0.0, -40.0],
+            [0.0, 0.0, 2.0, -16.0],
+        ],
         [-610.0, 30393.0, 8401.066725794532, 2526.6561133919117],
         ([0, 12, 20, 11], 11713.0),
     );
@@ -245,7 +283,12 @@ fn four_d_file_becomes_two_channels() {
         [2, 24, 96, 128],
         [2.199999, 2.0, 2.0],
         [
-            [-2.0, 6.714715653593746e-19, 9.081024511081715e-18, 117.8551025390625],
+            [
+                -2.0,
+                6.714715653593746e-19,
+                9.081024511081715e-18,
+                117.8551025390625,
+            ],
             [
                 -6.714715653593746e-19,
                 1.9737114906311035,
@@ -360,7 +403,11 @@ fn files_written_by_detlab_read_back_identically_in_nibabel() {
     assert_eq!(lines[0], format!("(58, 58, 24) float32 {sum:?}"));
     let label_sum: i64 = aal.data.iter().map(|&v| v as i64).sum();
     assert_eq!(lines[1], format!("(181, 217, 181) uint8 {label_sum}"));
-    let parse = |l: &str| l.split(' ').map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>();
+    let parse = |l: &str| {
+        l.split(' ')
+            .map(|v| v.parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    };
     for (k, (s, q)) in parse(lines[2]).iter().zip(parse(lines[3])).enumerate() {
         let want = aniso.affine[k / 4][k % 4];
         assert!((s - want).abs() < 1e-5, "sform entry {k}: {s} vs {want}");

@@ -82,9 +82,9 @@ pub fn help(name: Option<&str>) -> i32 {
             println!("{}", interp.help().overview());
             0
         }
-        Some(n) => match interp.help().get(n) {
-            Some(e) => {
-                println!("{}", e.render());
+        Some(n) => match interp.help().render(n) {
+            Some(text) => {
+                println!("{text}");
                 0
             }
             None => {

@@ -198,6 +198,9 @@ fn radix_sort_stable(items: &mut Vec<Item>) {
     }
 }
 
+/// One chunk's detections and GT counts (per image and class).
+type ChunkItems = (Vec<Item>, Vec<u32>);
+
 /// Detections sorted by descending score (stable over the image-order concatenation).
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
@@ -293,7 +296,7 @@ impl Prepared {
         case_name: &(dyn Fn(usize) -> String + Sync),
     ) -> Result<Prepared, MetricsError> {
         const CHUNK: usize = 64;
-        let parts: Vec<Result<(Vec<Item>, Vec<u32>), MetricsError>> = gt
+        let parts: Vec<Result<ChunkItems, MetricsError>> = gt
             .par_chunks(CHUNK)
             .zip(pred.par_chunks(CHUNK))
             .enumerate()
@@ -911,13 +914,13 @@ pub(crate) fn report_with(
         .map(|&t| prep.threshold_index(t))
         .collect();
     let need = bit_of.iter().fold(0u64, |m, &b| m | (1 << b));
-    for c in 0..c_n {
+    for (c, pool) in prep.classes.iter().enumerate() {
         let num_gt = prep.gt_weighted(weights, Some(c));
         if num_gt == 0 {
             // nnDetection leaves the precision of a class without GT at -1.
             continue;
         }
-        collect_tp_positions(&prep.classes[c], need, weights, scratch);
+        collect_tp_positions(pool, need, weights, scratch);
         for (a, &bit) in bit_of.iter().enumerate() {
             let positions = std::mem::take(&mut scratch.tp_positions[bit]);
             grid_from_tp_positions(
@@ -957,11 +960,8 @@ pub(crate) fn report_with(
                 .iter()
                 .position(|x| x == t)
                 .expect("threshold aggregated")];
-            for j in 0..grid_len {
-                for &c in classes {
-                    flat.push(v[c][j]);
-                }
-            }
+            // Recall point major, class minor.
+            (0..grid_len).for_each(|j| flat.extend(classes.iter().map(|&c| v[c][j])));
         }
         numeric::mean(&flat)
     };

@@ -342,8 +342,8 @@ pub fn bootstrap(
             match cfg.ties {
                 RankTies::Min => rank_counts[m][above] += 1.0,
                 RankTies::Average => {
-                    for r in above..above + same {
-                        rank_counts[m][r] += 1.0 / same as f64;
+                    for count in &mut rank_counts[m][above..above + same] {
+                        *count += 1.0 / same as f64;
                     }
                 }
             }

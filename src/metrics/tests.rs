@@ -560,7 +560,7 @@ fn invalid_inputs_are_errors_naming_case_and_field() {
         .to_string();
     assert!(e.contains("gt.boxes[0]") && e.contains("min > max"), "{e}");
     let e = evaluate(
-        &[good_gt.clone()],
+        std::slice::from_ref(&good_gt),
         &[ImagePred {
             boxes: vec![cube(0.0, 2.0)],
             scores: vec![0.5],

@@ -6,7 +6,9 @@
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::PaddingConfig3d;
-use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::conv::{Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+
+use crate::nn::conv::Conv3d;
 use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
@@ -101,7 +103,7 @@ pub fn conv3d<B: Backend>(
     if bias && init.zero_bias() {
         conv.bias = Some(Initializer::Zeros.init([channels[1]], device));
     }
-    conv
+    Conv3d::from(conv)
 }
 
 /// A transposed convolution with kernel = stride (U-Net / U-FPN upsampling by `stride`).

@@ -43,9 +43,27 @@ pub struct HelpEntry {
 }
 
 impl HelpEntry {
-    /// The first line of the description.
-    pub fn summary(&self) -> &str {
-        self.doc.lines().next().unwrap_or("")
+    /// The first sentence of the description (its first paragraph, up to the first period),
+    /// shortened to fit one listing line.
+    pub fn summary(&self) -> String {
+        let paragraph: Vec<&str> = self
+            .doc
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let text = paragraph.join(" ");
+        let sentence = match text.find(". ") {
+            Some(i) => &text[..=i],
+            None => text.as_str(),
+        };
+        const MAX: usize = 96;
+        if sentence.chars().count() > MAX {
+            let cut: String = sentence.chars().take(MAX - 1).collect();
+            format!("{}…", cut.trim_end())
+        } else {
+            sentence.to_string()
+        }
     }
 
     /// The full help text: signatures, description and example.
@@ -93,9 +111,14 @@ impl HelpIndex {
         }
     }
 
-    /// Record one overload; the doc and example of the first registration win.
+    /// Record one overload; the doc and example of the first registration win. Functions are
+    /// keyed by name, methods and properties by `Type.name`.
     pub fn add(&mut self, entry: HelpEntry) {
-        match self.entries.get_mut(&entry.name) {
+        let key = match entry.signatures.first().and_then(|s| s.receiver.as_deref()) {
+            Some(r) => format!("{r}.{}", entry.name),
+            None => entry.name.clone(),
+        };
+        match self.entries.get_mut(&key) {
             Some(existing) => {
                 existing.signatures.extend(entry.signatures);
                 if existing.doc.is_empty() {
@@ -106,17 +129,35 @@ impl HelpIndex {
                 }
             }
             None => {
-                self.entries.insert(entry.name.clone(), entry);
+                self.entries.insert(key, entry);
             }
         }
     }
 
-    /// Look up a primitive by name (also accepts `Type.name`).
-    pub fn get(&self, name: &str) -> Option<&HelpEntry> {
+    /// Look up a primitive: `name` finds the function and every method or property of that
+    /// name; `Type.name` finds one member.
+    pub fn lookup(&self, name: &str) -> Vec<&HelpEntry> {
         let name = name.trim().trim_end_matches("()");
-        self.entries
-            .get(name)
-            .or_else(|| name.rsplit_once('.').and_then(|(_, n)| self.entries.get(n)))
+        if let Some(e) = self.entries.get(name) {
+            return vec![e];
+        }
+        let member = name.rsplit_once('.').map(|(_, n)| n).unwrap_or(name);
+        self.entries.values().filter(|e| e.name == member).collect()
+    }
+
+    /// The full help text of `name` (all matching entries), if any.
+    pub fn render(&self, name: &str) -> Option<String> {
+        let found = self.lookup(name);
+        if found.is_empty() {
+            return None;
+        }
+        Some(
+            found
+                .iter()
+                .map(|e| e.render())
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        )
     }
 
     /// All entries in name order.
@@ -154,33 +195,45 @@ impl HelpIndex {
             "detlab primitives, grouped by domain. `help(\"name\")` shows one in full.\n",
         );
         for (domain, description) in &self.domains {
-            let mut items: Vec<&HelpEntry> = self
-                .entries
-                .values()
-                .filter(|e| &e.domain == domain)
-                .collect();
-            if items.is_empty() {
+            // One line per function, and per (receiver type, member) for methods/properties.
+            let mut lines: Vec<((bool, String, bool, String), String, String)> = Vec::new();
+            for e in self.entries.values().filter(|e| &e.domain == domain) {
+                if e.kind == EntryKind::Function {
+                    lines.push((
+                        (false, String::new(), false, e.name.clone()),
+                        format!("{}()", e.name),
+                        e.summary(),
+                    ));
+                    continue;
+                }
+                let mut receivers: Vec<&str> = e
+                    .signatures
+                    .iter()
+                    .filter_map(|s| s.receiver.as_deref())
+                    .collect();
+                receivers.dedup();
+                for r in receivers {
+                    let property = e.kind == EntryKind::Property;
+                    let label = if property {
+                        format!("{r}.{}", e.name)
+                    } else {
+                        format!("{r}.{}()", e.name)
+                    };
+                    lines.push((
+                        (true, r.to_string(), property, e.name.clone()),
+                        label,
+                        e.summary(),
+                    ));
+                }
+            }
+            if lines.is_empty() {
                 continue;
             }
-            items.sort_by_key(|e| (e.kind != EntryKind::Function, e.name.clone()));
+            lines.sort();
+            lines.dedup_by(|a, b| a.1 == b.1);
             out.push_str(&format!("\n{domain}: {description}\n"));
-            for e in items {
-                let label = match e.kind {
-                    EntryKind::Function => format!("{}()", e.name),
-                    EntryKind::Method => format!(
-                        "{}.{}()",
-                        e.signatures[0].receiver.as_deref().unwrap_or("?"),
-                        e.name
-                    ),
-                    EntryKind::Property => {
-                        format!(
-                            "{}.{}",
-                            e.signatures[0].receiver.as_deref().unwrap_or("?"),
-                            e.name
-                        )
-                    }
-                };
-                out.push_str(&format!("  {label:<28} {}\n", e.summary()));
+            for (_, label, summary) in lines {
+                out.push_str(&format!("  {label:<34} {summary}\n"));
             }
         }
         out

@@ -54,18 +54,24 @@ pub fn iou_matrix(a: &[Box3], b: &[Box3]) -> Vec<f64> {
             }
         }
     } else {
-        out.par_chunks_mut(b.len()).zip(a.par_iter()).for_each(|(row, ba)| {
-            for (o, bb) in row.iter_mut().zip(b) {
-                *o = iou(ba, bb);
-            }
-        });
+        out.par_chunks_mut(b.len())
+            .zip(a.par_iter())
+            .for_each(|(row, ba)| {
+                for (o, bb) in row.iter_mut().zip(b) {
+                    *o = iou(ba, bb);
+                }
+            });
     }
     out
 }
 
 /// Centre `[cd, ch, cw]` of a box.
 pub fn center(b: &Box3) -> [f64; 3] {
-    [(b[0] + b[3]) / 2.0, (b[1] + b[4]) / 2.0, (b[2] + b[5]) / 2.0]
+    [
+        (b[0] + b[3]) / 2.0,
+        (b[1] + b[4]) / 2.0,
+        (b[2] + b[5]) / 2.0,
+    ]
 }
 
 /// Extent `[sd, sh, sw]` of a box.
@@ -98,7 +104,12 @@ pub fn nms(boxes: &[Box3], scores: &[f64], iou_threshold: f64) -> Vec<usize> {
 
 /// Class-wise NMS: boxes of different classes never suppress each other.
 /// Returns kept indices sorted by descending score.
-pub fn batched_nms(boxes: &[Box3], scores: &[f64], classes: &[usize], iou_threshold: f64) -> Vec<usize> {
+pub fn batched_nms(
+    boxes: &[Box3],
+    scores: &[f64],
+    classes: &[usize],
+    iou_threshold: f64,
+) -> Vec<usize> {
     let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
     for (i, &c) in classes.iter().enumerate() {
         by_class.entry(c).or_default().push(i);
@@ -116,7 +127,10 @@ pub fn batched_nms(boxes: &[Box3], scores: &[f64], classes: &[usize], iou_thresh
 /// Check that a box has six finite coordinates with `min <= max` on every axis.
 pub fn validate(b: &[f64]) -> Result<Box3, String> {
     if b.len() != 6 {
-        return Err(format!("a box needs 6 numbers [d0, h0, w0, d1, h1, w1], got {}", b.len()));
+        return Err(format!(
+            "a box needs 6 numbers [d0, h0, w0, d1, h1, w1], got {}",
+            b.len()
+        ));
     }
     if b.iter().any(|v| !v.is_finite()) {
         return Err(format!("box {b:?} has a non-finite coordinate"));
@@ -178,7 +192,11 @@ struct Bounds {
 
 impl Bounds {
     fn new(p: [usize; 3]) -> Bounds {
-        Bounds { min: p, max: p, count: 1 }
+        Bounds {
+            min: p,
+            max: p,
+            count: 1,
+        }
     }
     fn add(&mut self, p: [usize; 3]) {
         for a in 0..3 {
@@ -206,8 +224,14 @@ pub fn mask_instances(
 }
 
 /// Per instance id (> 0) of an instance mask, its box `[d0, h0, w0, d1, h1, w1]` in `convention`.
-pub fn mask_to_boxes(mask: &ArrayView3<f32>, convention: BoxConvention) -> Result<BTreeMap<u32, Box3>, VolumeError> {
-    Ok(mask_instances(mask, convention)?.into_iter().map(|(id, info)| (id, info.bbox)).collect())
+pub fn mask_to_boxes(
+    mask: &ArrayView3<f32>,
+    convention: BoxConvention,
+) -> Result<BTreeMap<u32, Box3>, VolumeError> {
+    Ok(mask_instances(mask, convention)?
+        .into_iter()
+        .map(|(id, info)| (id, info.bbox))
+        .collect())
 }
 
 fn mask_instances_named(
@@ -234,8 +258,11 @@ fn mask_instances_named(
         .collect();
     let bad: u64 = per_slice.iter().map(|p| p.0).sum();
     if bad > 0 {
-        let (z, ([y, x], value)) =
-            per_slice.iter().enumerate().find_map(|(z, p)| p.1.map(|f| (z, f))).expect("a bad voxel was counted");
+        let (z, ([y, x], value)) = per_slice
+            .iter()
+            .enumerate()
+            .find_map(|(z, p)| p.1.map(|f| (z, f)))
+            .expect("a bad voxel was counted");
         return Err(VolumeError::NonIntegerLabel {
             what: what.to_string(),
             count: bad,
@@ -291,7 +318,9 @@ fn mask_instances_named(
                 for ((y, x), &v) in mask.index_axis(Axis(0), z).indexed_iter() {
                     if v > 0.0 {
                         let p = [z, y, x];
-                        m.entry(v as u32).and_modify(|b| b.add(p)).or_insert_with(|| Bounds::new(p));
+                        m.entry(v as u32)
+                            .and_modify(|b| b.add(p))
+                            .or_insert_with(|| Bounds::new(p));
                     }
                 }
                 m
@@ -318,14 +347,23 @@ fn mask_instances_named(
                 b.max[1] as f64 + 1.0,
                 b.max[2] as f64 + 1.0,
             ];
-            (id, InstanceInfo { bbox, voxels: b.count })
+            (
+                id,
+                InstanceInfo {
+                    bbox,
+                    voxels: b.count,
+                },
+            )
         })
         .collect())
 }
 
 impl Volume {
     /// Boxes and voxel counts of the instances (ids > 0) of a one-channel instance map.
-    pub fn instances(&self, convention: BoxConvention) -> Result<BTreeMap<u32, InstanceInfo>, VolumeError> {
+    pub fn instances(
+        &self,
+        convention: BoxConvention,
+    ) -> Result<BTreeMap<u32, InstanceInfo>, VolumeError> {
         if self.channels() != 1 {
             return Err(VolumeError::InvalidArgument(format!(
                 "{}: an instance mask must have one channel, this one has {}",
@@ -333,12 +371,23 @@ impl Volume {
                 self.channels()
             )));
         }
-        mask_instances_named(&self.data.index_axis(Axis(0), 0), convention, &self.describe())
+        mask_instances_named(
+            &self.data.index_axis(Axis(0), 0),
+            convention,
+            &self.describe(),
+        )
     }
 
     /// Boxes `[d0, h0, w0, d1, h1, w1]` of the instances (ids > 0) of a one-channel instance map.
-    pub fn instance_boxes(&self, convention: BoxConvention) -> Result<BTreeMap<u32, Box3>, VolumeError> {
-        Ok(self.instances(convention)?.into_iter().map(|(id, i)| (id, i.bbox)).collect())
+    pub fn instance_boxes(
+        &self,
+        convention: BoxConvention,
+    ) -> Result<BTreeMap<u32, Box3>, VolumeError> {
+        Ok(self
+            .instances(convention)?
+            .into_iter()
+            .map(|(id, i)| (id, i.bbox))
+            .collect())
     }
 }
 
@@ -346,13 +395,24 @@ impl Volume {
 fn corners(b: &Box3) -> [[f64; 3]; 8] {
     let mut out = [[0.0; 3]; 8];
     for (k, c) in out.iter_mut().enumerate() {
-        *c = [b[if k & 1 == 0 { 0 } else { 3 }], b[if k & 2 == 0 { 1 } else { 4 }], b[if k & 4 == 0 { 2 } else { 5 }]];
+        *c = [
+            b[if k & 1 == 0 { 0 } else { 3 }],
+            b[if k & 2 == 0 { 1 } else { 4 }],
+            b[if k & 4 == 0 { 2 } else { 5 }],
+        ];
     }
     out
 }
 
 fn enclosing(points: impl Iterator<Item = [f64; 3]>) -> Box3 {
-    let mut b = [f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+    let mut b = [
+        f64::INFINITY,
+        f64::INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+    ];
     for p in points {
         for a in 0..3 {
             b[a] = b[a].min(p[a]);
@@ -375,7 +435,10 @@ pub fn boxes_to_world(boxes: &[Box3], affine: &Affine) -> Vec<Box3> {
                 let ijk = [w, h, d];
                 let mut out = [0.0; 3];
                 for (r, o) in out.iter_mut().enumerate() {
-                    *o = affine[r][0] * ijk[0] + affine[r][1] * ijk[1] + affine[r][2] * ijk[2] + affine[r][3];
+                    *o = affine[r][0] * ijk[0]
+                        + affine[r][1] * ijk[1]
+                        + affine[r][2] * ijk[2]
+                        + affine[r][3];
                 }
                 out
             }))
@@ -389,7 +452,9 @@ pub fn boxes_to_world(boxes: &[Box3], affine: &Affine) -> Vec<Box3> {
 /// through the inverse affine (enclosing for oblique affines). Errors on a singular affine.
 pub fn boxes_from_world(boxes: &[Box3], affine: &Affine) -> Result<Vec<Box3>, VolumeError> {
     let inv = invert_affine(affine).ok_or_else(|| {
-        VolumeError::InvalidArgument(format!("boxes_from_world: the affine {affine:?} is not invertible"))
+        VolumeError::InvalidArgument(format!(
+            "boxes_from_world: the affine {affine:?} is not invertible"
+        ))
     })?;
     Ok(boxes
         .iter()
@@ -435,14 +500,35 @@ pub fn invert_affine(a: &Affine) -> Option<Affine> {
 /// predictions; exact for the grid-mode resampler when sizes are `n · old / new`).
 pub fn scale_boxes(boxes: &[Box3], old_spacing: [f64; 3], new_spacing: [f64; 3]) -> Vec<Box3> {
     let f = [0, 1, 2].map(|a| old_spacing[a] / new_spacing[a]);
-    boxes.iter().map(|b| [b[0] * f[0], b[1] * f[1], b[2] * f[2], b[3] * f[0], b[4] * f[1], b[5] * f[2]]).collect()
+    boxes
+        .iter()
+        .map(|b| {
+            [
+                b[0] * f[0],
+                b[1] * f[1],
+                b[2] * f[2],
+                b[3] * f[0],
+                b[4] * f[1],
+                b[5] * f[2],
+            ]
+        })
+        .collect()
 }
 
 /// Shift voxel boxes by `offset` `[dd, dh, dw]` (e.g. `+crop start` to map a crop back).
 pub fn shift_boxes(boxes: &[Box3], offset: [f64; 3]) -> Vec<Box3> {
     boxes
         .iter()
-        .map(|b| [b[0] + offset[0], b[1] + offset[1], b[2] + offset[2], b[3] + offset[0], b[4] + offset[1], b[5] + offset[2]])
+        .map(|b| {
+            [
+                b[0] + offset[0],
+                b[1] + offset[1],
+                b[2] + offset[2],
+                b[3] + offset[0],
+                b[4] + offset[1],
+                b[5] + offset[2],
+            ]
+        })
         .collect()
 }
 
@@ -475,8 +561,12 @@ mod tests {
 
     #[test]
     fn iou_matrix_matches_scalar_iou() {
-        let a: Vec<Box3> = (0..70).map(|i| [i as f64, 0.0, 0.0, i as f64 + 3.0, 2.0, 2.0]).collect();
-        let b: Vec<Box3> = (0..80).map(|i| [i as f64 * 0.5, 0.0, 0.0, i as f64 * 0.5 + 2.0, 2.0, 3.0]).collect();
+        let a: Vec<Box3> = (0..70)
+            .map(|i| [i as f64, 0.0, 0.0, i as f64 + 3.0, 2.0, 2.0])
+            .collect();
+        let b: Vec<Box3> = (0..80)
+            .map(|i| [i as f64 * 0.5, 0.0, 0.0, i as f64 * 0.5 + 2.0, 2.0, 3.0])
+            .collect();
         let m = iou_matrix(&a, &b);
         for (i, ba) in a.iter().enumerate() {
             for (j, bb) in b.iter().enumerate() {
@@ -501,8 +591,16 @@ mod tests {
     #[test]
     fn validate_names_the_problem() {
         assert!(validate(&[0.0; 5]).unwrap_err().contains("6 numbers"));
-        assert!(validate(&[2.0, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap_err().contains("min > max on axis d"));
-        assert!(validate(&[0.0, 0.0, f64::NAN, 1.0, 1.0, 1.0]).unwrap_err().contains("non-finite"));
+        assert!(
+            validate(&[2.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+                .unwrap_err()
+                .contains("min > max on axis d")
+        );
+        assert!(
+            validate(&[0.0, 0.0, f64::NAN, 1.0, 1.0, 1.0])
+                .unwrap_err()
+                .contains("non-finite")
+        );
     }
 
     use ndarray::{Array3, Array4, s};
@@ -543,14 +641,27 @@ mod tests {
         m[[0, 3, 0, 0]] = f32::NAN;
         let mut vol = Volume::from_array(m, [1.0; 3]);
         vol.source = vec!["labelsTr/case_7.nii.gz".into()];
-        let err = vol.instance_boxes(BoxConvention::HalfOpen).unwrap_err().to_string();
-        assert!(err.contains("labelsTr/case_7.nii.gz") && err.contains("2 voxel(s)") && err.contains("[0, 2, 1, 3]"), "{err}");
+        let err = vol
+            .instance_boxes(BoxConvention::HalfOpen)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("labelsTr/case_7.nii.gz")
+                && err.contains("2 voxel(s)")
+                && err.contains("[0, 2, 1, 3]"),
+            "{err}"
+        );
         assert!(vol.check_integer_labels().is_err());
     }
 
     #[test]
     fn world_boxes_round_trip_and_enclose_oblique_boxes() {
-        let affine = [[0.0, 0.0, 2.0, 10.0], [0.0, -0.5, 0.0, 5.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 0.0, 1.0]];
+        let affine = [
+            [0.0, 0.0, 2.0, 10.0],
+            [0.0, -0.5, 0.0, 5.0],
+            [1.5, 0.0, 0.0, -3.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let b = [1.0, 2.0, 3.0, 4.0, 6.0, 9.0];
         let w = boxes_to_world(&[b], &affine);
         // x = 2·d + 10, y = −0.5·h + 5, z = 1.5·w − 3
@@ -560,7 +671,12 @@ mod tests {
             assert!((back[0][k] - b[k]).abs() < 1e-12);
         }
         let (s, c) = (0.5f64.sin(), 0.5f64.cos());
-        let oblique = [[c, -s, 0.0, 0.0], [s, c, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+        let oblique = [
+            [c, -s, 0.0, 0.0],
+            [s, c, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         let cube = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0];
         let wb = boxes_to_world(&[cube], &oblique)[0];
         // A rotated unit square's bounds are larger than the square: an enclosing box.
@@ -572,8 +688,17 @@ mod tests {
     #[test]
     fn scaling_and_shifting_boxes() {
         let b = [2.0, 4.0, 6.0, 4.0, 8.0, 10.0];
-        assert_eq!(scale_boxes(&[b], [2.5, 0.5, 1.0], [1.0, 1.0, 2.0])[0], [5.0, 2.0, 3.0, 10.0, 4.0, 5.0]);
-        assert_eq!(shift_boxes(&[b], [1.0, -1.0, 0.5])[0], [3.0, 3.0, 6.5, 5.0, 7.0, 10.5]);
-        assert_eq!(BoxConvention::from_name("nnDetection").unwrap(), BoxConvention::NnDetection);
+        assert_eq!(
+            scale_boxes(&[b], [2.5, 0.5, 1.0], [1.0, 1.0, 2.0])[0],
+            [5.0, 2.0, 3.0, 10.0, 4.0, 5.0]
+        );
+        assert_eq!(
+            shift_boxes(&[b], [1.0, -1.0, 0.5])[0],
+            [3.0, 3.0, 6.5, 5.0, 7.0, 10.5]
+        );
+        assert_eq!(
+            BoxConvention::from_name("nnDetection").unwrap(),
+            BoxConvention::NnDetection
+        );
     }
 }

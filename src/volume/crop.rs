@@ -95,12 +95,25 @@ impl Volume {
         let zs: Vec<usize> = (0..d).filter(|&z| per_slice[z].is_some()).collect();
         let (start, size) = match (zs.first(), zs.last()) {
             (Some(&z0), Some(&z1)) => {
-                let bounds = per_slice.iter().flatten().fold([usize::MAX, 0, usize::MAX, 0], |a, b| {
-                    [a[0].min(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].max(b[3])]
-                });
+                let bounds =
+                    per_slice
+                        .iter()
+                        .flatten()
+                        .fold([usize::MAX, 0, usize::MAX, 0], |a, b| {
+                            [
+                                a[0].min(b[0]),
+                                a[1].max(b[1]),
+                                a[2].min(b[2]),
+                                a[3].max(b[3]),
+                            ]
+                        });
                 (
                     [z0, bounds[0], bounds[2]],
-                    [z1 - z0 + 1, bounds[1] - bounds[0] + 1, bounds[3] - bounds[2] + 1],
+                    [
+                        z1 - z0 + 1,
+                        bounds[1] - bounds[0] + 1,
+                        bounds[3] - bounds[2] + 1,
+                    ],
                 )
             }
             _ => ([0, 0, 0], [d, h, w]),
@@ -142,7 +155,9 @@ impl Volume {
                 .into_par_iter()
                 .enumerate()
                 .for_each(|(ch, mut out)| {
-                    let src = self.data.slice(s![ch, lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
+                    let src = self
+                        .data
+                        .slice(s![ch, lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
                     out.slice_mut(s![
                         dst0[0]..dst0[0] + hi[0] - lo[0],
                         dst0[1]..dst0[1] + hi[1] - lo[1],
@@ -175,7 +190,11 @@ impl Volume {
                 info.shape
             )));
         }
-        Ok(self.crop_or_pad(info.start.map(|v| -(v as i64)), info.original_shape, pad_value))
+        Ok(self.crop_or_pad(
+            info.start.map(|v| -(v as i64)),
+            info.original_shape,
+            pad_value,
+        ))
     }
 }
 
@@ -280,9 +299,17 @@ mod tests {
         assert_eq!(out.shape(), [2, 3, 2, 4]);
         // Source d = -1 is padding; w = 10, 11 are past the end.
         assert!(out.data.slice(s![.., 0, .., ..]).iter().all(|&v| v == -5.0));
-        assert!(out.data.slice(s![.., .., .., 2..]).iter().all(|&v| v == -5.0));
+        assert!(
+            out.data
+                .slice(s![.., .., .., 2..])
+                .iter()
+                .all(|&v| v == -5.0)
+        );
         assert_eq!(out.data[[0, 1, 0, 0]], 0.0);
-        assert_eq!(out.voxel_to_world([1.0, 0.0, 0.0]), vol.voxel_to_world([0.0, 3.0, 8.0]));
+        assert_eq!(
+            out.voxel_to_world([1.0, 0.0, 0.0]),
+            vol.voxel_to_world([0.0, 3.0, 8.0])
+        );
         let nothing = vol.crop_or_pad([20, 0, 0], [2, 2, 2], 7.0);
         assert!(nothing.data.iter().all(|&v| v == 7.0));
     }

@@ -18,7 +18,9 @@ pub enum VolumeError {
         source: std::io::Error,
     },
     /// The gzip stream is corrupt (bad CRC, invalid deflate data) or ends early.
-    #[error("{path}: the gzip stream is corrupt or truncated ({detail}); re-export or re-download the file")]
+    #[error(
+        "{path}: the gzip stream is corrupt or truncated ({detail}); re-export or re-download the file"
+    )]
     Gzip {
         /// The file concerned.
         path: PathBuf,
@@ -138,7 +140,11 @@ pub enum VolumeError {
 
 impl VolumeError {
     /// Build an [`VolumeError::Io`] error.
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         VolumeError::Io {
             path: path.into(),
             action,
@@ -147,7 +153,11 @@ impl VolumeError {
     }
 
     /// Build a [`VolumeError::Header`] error.
-    pub(crate) fn header(path: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn header(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         VolumeError::Header {
             path: path.into(),
             field: field.into(),

@@ -44,13 +44,13 @@ pub mod resample;
 pub use crop::CropInfo;
 pub use error::VolumeError;
 pub use nifti::{
-    AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti, read_nifti_header,
-    write_nifti, write_nifti_with,
+    AffineSource, NiftiDtype, NiftiInfo, StoredType, WriteOptions, read_channels, read_nifti,
+    read_nifti_header, write_nifti, write_nifti_with,
 };
 pub use normalize::{
-    CtNormalization, IntensityStats, NormalizationScheme, foreground_samples, intensity_stats, normalize, normalize_ct,
-    normalize_ct_in_place, normalize_ct_with, normalize_in_place, normalize_zscore, percentile, pooled_intensity_stats,
-    threshold_samples,
+    CtNormalization, IntensityStats, NormalizationScheme, foreground_samples, intensity_stats,
+    normalize, normalize_ct, normalize_ct_in_place, normalize_ct_with, normalize_in_place,
+    normalize_zscore, percentile, pooled_intensity_stats, threshold_samples,
 };
 pub use resample::{Interpolation, resample_array, resampled_shape};
 
@@ -134,7 +134,9 @@ impl Volume {
     /// Min, max, mean and population std over all voxels of all channels (NaN if any voxel is NaN).
     pub fn stats(&self) -> Stats {
         let standard = self.data.as_standard_layout();
-        let all = standard.as_slice().expect("a standard-layout array is contiguous");
+        let all = standard
+            .as_slice()
+            .expect("a standard-layout array is contiguous");
         let [_, _, h, w] = self.shape();
         let slabs: Vec<&[f32]> = if all.is_empty() {
             Vec::new()
@@ -182,7 +184,11 @@ impl Volume {
         // Second pass around the mean: numerically stable, like numpy's std.
         let ss: f64 = slabs
             .par_iter()
-            .map(|s| s.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>())
+            .map(|s| {
+                s.iter()
+                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                    .sum::<f64>()
+            })
             .sum();
         Stats {
             min: min as f64,
@@ -222,10 +228,13 @@ impl Volume {
                 .sum(),
             None => {
                 let mut n = 0;
-                out.data.iter_mut().filter(|v| !v.is_finite()).for_each(|v| {
-                    *v = value;
-                    n += 1
-                });
+                out.data
+                    .iter_mut()
+                    .filter(|v| !v.is_finite())
+                    .for_each(|v| {
+                        *v = value;
+                        n += 1
+                    });
                 n
             }
         };
@@ -293,10 +302,20 @@ pub(crate) fn is_label_value(v: f32) -> bool {
 }
 
 /// Count voxels matching `bad` (in parallel over `[c, d]` slices) and find the first in C order.
-pub(crate) fn find_voxels(data: &Array4<f32>, bad: impl Fn(f32) -> bool + Sync) -> Option<(u64, [usize; 4], f32)> {
-    let [_, d, h, w] = [data.shape()[0], data.shape()[1], data.shape()[2], data.shape()[3]];
+pub(crate) fn find_voxels(
+    data: &Array4<f32>,
+    bad: impl Fn(f32) -> bool + Sync,
+) -> Option<(u64, [usize; 4], f32)> {
+    let [_, d, h, w] = [
+        data.shape()[0],
+        data.shape()[1],
+        data.shape()[2],
+        data.shape()[3],
+    ];
     let standard = data.as_standard_layout();
-    let all = standard.as_slice().expect("a standard-layout array is contiguous");
+    let all = standard
+        .as_slice()
+        .expect("a standard-layout array is contiguous");
     // Fast check first (a branch-free fold vectorises); details only when something is found.
     let any = all
         .par_chunks(1 << 16)
@@ -320,6 +339,13 @@ pub(crate) fn find_voxels(data: &Array4<f32>, bad: impl Fn(f32) -> bool + Sync) 
         })
         .collect();
     let total: u64 = per_slice.iter().map(|p| p.0).sum();
-    let (i, (k, v)) = per_slice.iter().enumerate().find_map(|(i, p)| p.1.map(|f| (i, f)))?;
-    Some((total, [i / d.max(1), i % d.max(1), k / w.max(1), k % w.max(1)], v))
+    let (i, (k, v)) = per_slice
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.1.map(|f| (i, f)))?;
+    Some((
+        total,
+        [i / d.max(1), i % d.max(1), k / w.max(1), k % w.max(1)],
+        v,
+    ))
 }

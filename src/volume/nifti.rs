@@ -164,7 +164,9 @@ impl NiftiInfo {
     pub fn data_bytes(&self) -> Option<u64> {
         self.shape
             .iter()
-            .try_fold(self.stored_type.size() as u64, |acc, &n| acc.checked_mul(n as u64))
+            .try_fold(self.stored_type.size() as u64, |acc, &n| {
+                acc.checked_mul(n as u64)
+            })
     }
 }
 
@@ -179,18 +181,29 @@ fn open(path: &Path) -> Result<Opened, VolumeError> {
     let file = File::open(path).map_err(|e| VolumeError::io(path, "opening", e))?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buffered = BufReader::with_capacity(1 << 20, file);
-    let head = buffered.fill_buf().map_err(|e| VolumeError::io(path, "reading", e))?;
+    let head = buffered
+        .fill_buf()
+        .map_err(|e| VolumeError::io(path, "reading", e))?;
     let gzip = head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b;
     let reader: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
     } else {
         Box::new(buffered)
     };
-    Ok(Opened { reader, gzip, file_len })
+    Ok(Opened {
+        reader,
+        gzip,
+        file_len,
+    })
 }
 
 /// Read into `buf` until it is full or the stream ends; returns the number of bytes read.
-fn fill(reader: &mut dyn Read, buf: &mut [u8], path: &Path, gzip: bool) -> Result<usize, VolumeError> {
+fn fill(
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    path: &Path,
+    gzip: bool,
+) -> Result<usize, VolumeError> {
     let mut got = 0;
     while got < buf.len() {
         match reader.read(&mut buf[got..]) {
@@ -239,13 +252,14 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
             reason: format!("sizeof_hdr is {le} (little-endian) / {be} (big-endian), not 348"),
         });
     }
-    let mut header = NiftiHeader::from_reader(&bytes[..HEADER_SIZE]).map_err(|e| VolumeError::NotNifti {
-        path: path.to_path_buf(),
-        reason: format!(
-            "{e} (magic bytes {:?}, expected \"n+1\")",
-            String::from_utf8_lossy(&bytes[344..348])
-        ),
-    })?;
+    let mut header =
+        NiftiHeader::from_reader(&bytes[..HEADER_SIZE]).map_err(|e| VolumeError::NotNifti {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{e} (magic bytes {:?}, expected \"n+1\")",
+                String::from_utf8_lossy(&bytes[344..348])
+            ),
+        })?;
     if header.sizeof_hdr != HEADER_SIZE as i32 {
         // The crate picks the byte order from dim[0]; a mismatch with sizeof_hdr means dim[0] is corrupt.
         return Err(VolumeError::header(
@@ -266,7 +280,11 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
 
     let ndim = header.dim[0] as i16;
     if !(1..=7).contains(&ndim) {
-        return Err(VolumeError::header(path, "dim[0]", format!("is {ndim}, must be 1..7")));
+        return Err(VolumeError::header(
+            path,
+            "dim[0]",
+            format!("is {ndim}, must be 1..7"),
+        ));
     }
     let ndim = ndim as usize;
     let mut dims = [1usize; 7];
@@ -291,17 +309,20 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
             ),
         ));
     }
-    let stored_type = StoredType::from_code(header.datatype).map_err(|name| VolumeError::UnsupportedDtype {
-        path: path.to_path_buf(),
-        code: header.datatype,
-        name,
-    })?;
+    let stored_type =
+        StoredType::from_code(header.datatype).map_err(|name| VolumeError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            code: header.datatype,
+            name,
+        })?;
     let vox_offset = header.vox_offset;
     if !vox_offset.is_finite() || vox_offset.fract() != 0.0 || vox_offset < 352.0 {
         return Err(VolumeError::header(
             path,
             "vox_offset",
-            format!("is {vox_offset}; a single-file NIfTI-1 needs a whole number >= 352 (header + extension flag)"),
+            format!(
+                "is {vox_offset}; a single-file NIfTI-1 needs a whole number >= 352 (header + extension flag)"
+            ),
         ));
     }
 
@@ -344,13 +365,18 @@ fn parse_header(path: &Path, bytes: &[u8], gzip: bool) -> Result<NiftiInfo, Volu
                 a[r][c] = rows[r][c] as f64;
             }
         }
-        check_affine(&a).map_err(|m| VolumeError::header(path, "srow_x/srow_y/srow_z (sform)", m))?;
+        check_affine(&a)
+            .map_err(|m| VolumeError::header(path, "srow_x/srow_y/srow_z (sform)", m))?;
         (a, AffineSource::Sform)
     } else if header.qform_code > 0 {
         let q = [header.quatern_b, header.quatern_c, header.quatern_d];
         let offsets = [header.quatern_x, header.quatern_y, header.quatern_z];
         if q.iter().chain(&offsets).any(|v| !v.is_finite()) {
-            return Err(VolumeError::header(path, "quatern_*", "holds a non-finite value"));
+            return Err(VolumeError::header(
+                path,
+                "quatern_*",
+                "holds a non-finite value",
+            ));
         }
         let norm2: f64 = q.iter().map(|&v| (v as f64) * (v as f64)).sum();
         // The nifti crate panics when 1 - (b² + c² + d²) < -3 ε(f32); reject that here.
@@ -426,7 +452,8 @@ pub(crate) fn check_affine(a: &Affine) -> Result<(), String> {
 
 /// Determinant of the upper-left 3×3 block.
 pub(crate) fn det3(a: &Affine) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
@@ -468,8 +495,8 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
 
     // Skip the extensions between the header and the voxel data.
     let skip = info.vox_offset - HEADER_SIZE as u64;
-    let skipped =
-        std::io::copy(&mut reader.take(skip), &mut std::io::sink()).map_err(|e| stream_error(path, gzip, e))?;
+    let skipped = std::io::copy(&mut reader.take(skip), &mut std::io::sink())
+        .map_err(|e| stream_error(path, gzip, e))?;
     if skipped < skip {
         return Err(VolumeError::header(
             path,
@@ -504,14 +531,21 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
         if got < want {
             return Err(truncated(read_bytes));
         }
-        convert_into(&buf[..want], &mut data, info.stored_type, info.big_endian, info.scaling);
+        convert_into(
+            &buf[..want],
+            &mut data,
+            info.stored_type,
+            info.big_endian,
+            info.scaling,
+        );
     }
     if gzip {
         // Decode to the end so the gzip CRC and length are checked.
         std::io::copy(reader, &mut std::io::sink()).map_err(|e| stream_error(path, gzip, e))?;
     }
     let [c, d, h, w] = info.shape;
-    let data = Array4::from_shape_vec((c, d, h, w), data).map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
+    let data = Array4::from_shape_vec((c, d, h, w), data)
+        .map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
     Ok(Volume {
         data,
         spacing: info.spacing,
@@ -521,7 +555,13 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
 }
 
 /// Append the voxels in `bytes` (stored type `ty`) to `out` as f32, applying the scaling.
-fn convert_into(bytes: &[u8], out: &mut Vec<f32>, ty: StoredType, big_endian: bool, scaling: Option<(f64, f64)>) {
+fn convert_into(
+    bytes: &[u8],
+    out: &mut Vec<f32>,
+    ty: StoredType,
+    big_endian: bool,
+    scaling: Option<(f64, f64)>,
+) {
     // The byte order and the scaling are decided outside the loops, so each loop is a plain
     // (vectorisable) conversion.
     macro_rules! conv {
@@ -540,8 +580,12 @@ fn convert_into(bytes: &[u8], out: &mut Vec<f32>, ty: StoredType, big_endian: bo
             match (scaling, big_endian) {
                 (None, false) => out.extend(it.map(|b| le(b) as f32)),
                 (None, true) => out.extend(it.map(|b| be(b) as f32)),
-                (Some((slope, inter)), false) => out.extend(it.map(|b| (le(b) as f64 * slope + inter) as f32)),
-                (Some((slope, inter)), true) => out.extend(it.map(|b| (be(b) as f64 * slope + inter) as f32)),
+                (Some((slope, inter)), false) => {
+                    out.extend(it.map(|b| (le(b) as f64 * slope + inter) as f32))
+                }
+                (Some((slope, inter)), true) => {
+                    out.extend(it.map(|b| (be(b) as f64 * slope + inter) as f32))
+                }
             }
         }};
     }
@@ -574,7 +618,10 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
             "read_channels needs at least one file".into(),
         ));
     }
-    let volumes: Vec<Volume> = paths.par_iter().map(|p| read_nifti(p)).collect::<Result<_, _>>()?;
+    let volumes: Vec<Volume> = paths
+        .par_iter()
+        .map(|p| read_nifti(p))
+        .collect::<Result<_, _>>()?;
     let first = &volumes[0];
     let [_, d, h, w] = first.shape();
     for (v, p) in volumes.iter().zip(paths).skip(1) {
@@ -583,10 +630,15 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
             return Err(VolumeError::GridMismatch {
                 first: paths[0].clone(),
                 second: p.clone(),
-                detail: format!("shapes [D, H, W] differ: {:?} vs {:?}", [d, h, w], [d2, h2, w2]),
+                detail: format!(
+                    "shapes [D, H, W] differ: {:?} vs {:?}",
+                    [d, h, w],
+                    [d2, h2, w2]
+                ),
             });
         }
-        let close = |a: f64, b: f64| (a - b).abs() <= GRID_ABS_TOLERANCE + GRID_REL_TOLERANCE * a.abs();
+        let close =
+            |a: f64, b: f64| (a - b).abs() <= GRID_ABS_TOLERANCE + GRID_REL_TOLERANCE * a.abs();
         if let Some(k) = (0..3).find(|&k| !close(first.spacing[k], v.spacing[k])) {
             return Err(VolumeError::GridMismatch {
                 first: paths[0].clone(),
@@ -623,7 +675,8 @@ pub fn read_channels(paths: &[PathBuf]) -> Result<Volume, VolumeError> {
         return Ok(volumes.into_iter().next().expect("one volume"));
     }
     let views: Vec<_> = volumes.iter().map(|v| v.data.view()).collect();
-    let data = ndarray::concatenate(Axis(0), &views).map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
+    let data = ndarray::concatenate(Axis(0), &views)
+        .map_err(|e| VolumeError::InvalidArgument(e.to_string()))?;
     Ok(Volume {
         data,
         spacing: first.spacing,
@@ -752,13 +805,19 @@ pub fn write_nifti(vol: &Volume, path: &Path, dtype: NiftiDtype) -> Result<(), V
 }
 
 /// Write a volume as NIfTI-1 with explicit [`WriteOptions`] (atomic: temp file, sync, rename).
-pub fn write_nifti_with(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<(), VolumeError> {
+pub fn write_nifti_with(
+    vol: &Volume,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<(), VolumeError> {
     let header = build_header(vol, path, options)?;
     let dtype = options.dtype;
     if let Some((lo, hi)) = dtype.integer_range() {
         check_representable(vol, path, dtype, lo, hi, options.round_to_integer)?;
     }
-    let gzip = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+    let gzip = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
     let tmp = crate::util::temp_sibling(path);
     let result = (|| -> std::io::Result<()> {
         let file = File::create(&tmp)?;
@@ -783,17 +842,34 @@ pub fn write_nifti_with(vol: &Volume, path: &Path, options: &WriteOptions) -> Re
     Ok(())
 }
 
-fn write_body(out: &mut dyn Write, header: &[u8], vol: &Volume, dtype: NiftiDtype) -> std::io::Result<()> {
+fn write_body(
+    out: &mut dyn Write,
+    header: &[u8],
+    vol: &Volume,
+    dtype: NiftiDtype,
+) -> std::io::Result<()> {
     out.write_all(header)?;
-    let data = vol.data.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| {
-        std::borrow::Cow::Owned(vol.data.as_standard_layout().iter().copied().collect::<Vec<f32>>())
-    });
+    let data = vol
+        .data
+        .as_slice()
+        .map(std::borrow::Cow::Borrowed)
+        .unwrap_or_else(|| {
+            std::borrow::Cow::Owned(
+                vol.data
+                    .as_standard_layout()
+                    .iter()
+                    .copied()
+                    .collect::<Vec<f32>>(),
+            )
+        });
     let chunk_voxels = CHUNK_BYTES / dtype.size();
     let mut buf = Vec::with_capacity(chunk_voxels.min(data.len()) * dtype.size());
     for chunk in data.chunks(chunk_voxels) {
         buf.clear();
         match dtype {
-            NiftiDtype::F32 => chunk.iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+            NiftiDtype::F32 => chunk
+                .iter()
+                .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
             NiftiDtype::F64 => chunk
                 .iter()
                 .for_each(|&v| buf.extend_from_slice(&(v as f64).to_le_bytes())),
@@ -856,8 +932,9 @@ fn build_header(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<Vec
             vol.spacing
         )));
     }
-    check_affine(&vol.affine)
-        .map_err(|m| VolumeError::InvalidArgument(format!("{}: cannot write the affine: {m}", path.display())))?;
+    check_affine(&vol.affine).map_err(|m| {
+        VolumeError::InvalidArgument(format!("{}: cannot write the affine: {m}", path.display()))
+    })?;
 
     // Let the nifti crate derive the qform quaternion (polar decomposition, as nibabel does).
     let mut hdr = NiftiHeader::default();
@@ -905,7 +982,10 @@ fn build_header(vol: &Volume, path: &Path, options: &WriteOptions) -> Result<Vec
     b[148..148 + n].copy_from_slice(&descrip[..n]);
     put_i16(&mut b, 252, XForm::ScannerAnat as i16);
     put_i16(&mut b, 254, XForm::ScannerAnat as i16);
-    for (k, v) in [hdr.quatern_b, hdr.quatern_c, hdr.quatern_d].iter().enumerate() {
+    for (k, v) in [hdr.quatern_b, hdr.quatern_c, hdr.quatern_d]
+        .iter()
+        .enumerate()
+    {
         put_f32(&mut b, 256 + 4 * k, *v);
     }
     for k in 0..3 {
@@ -926,7 +1006,9 @@ mod tests {
     use ndarray::Array4;
 
     fn ramp(shape: [usize; 4]) -> Array4<f32> {
-        Array4::from_shape_fn(shape, |(c, d, h, w)| (c * 1000 + d * 100 + h * 10 + w) as f32)
+        Array4::from_shape_fn(shape, |(c, d, h, w)| {
+            (c * 1000 + d * 100 + h * 10 + w) as f32
+        })
     }
 
     #[test]
@@ -947,7 +1029,10 @@ mod tests {
             }
             for r in 0..4 {
                 for c in 0..4 {
-                    assert!((back.affine[r][c] - vol.affine[r][c]).abs() < 1e-5, "{r},{c}");
+                    assert!(
+                        (back.affine[r][c] - vol.affine[r][c]).abs() < 1e-5,
+                        "{r},{c}"
+                    );
                 }
             }
             assert_eq!(back.source, vec![p.clone()]);
@@ -963,7 +1048,12 @@ mod tests {
     fn integer_dtypes_round_trip_and_refuse_fractions() {
         let dir = tempfile::tempdir().unwrap();
         let vol = Volume::from_array(ramp([1, 2, 3, 4]), [1.0, 1.0, 1.0]);
-        for dtype in [NiftiDtype::I16, NiftiDtype::I32, NiftiDtype::U16, NiftiDtype::F64] {
+        for dtype in [
+            NiftiDtype::I16,
+            NiftiDtype::I32,
+            NiftiDtype::U16,
+            NiftiDtype::F64,
+        ] {
             let p = dir.path().join(format!("l_{}.nii.gz", dtype.name()));
             write_nifti(&vol, &p, dtype).unwrap();
             assert_eq!(read_nifti(&p).unwrap().data, vol.data);
@@ -971,7 +1061,9 @@ mod tests {
         let p = dir.path().join("u8.nii.gz");
         let mut big = vol.clone();
         big.data[[0, 0, 0, 1]] = 300.0;
-        let err = write_nifti(&big, &p, NiftiDtype::U8).unwrap_err().to_string();
+        let err = write_nifti(&big, &p, NiftiDtype::U8)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("u8") && err.contains("u8.nii.gz") && err.contains("out of range"),
             "{err}"
@@ -979,7 +1071,9 @@ mod tests {
         assert!(!p.exists());
         let mut half = vol.clone();
         half.data[[0, 1, 1, 1]] = 2.5;
-        let err = write_nifti(&half, &p, NiftiDtype::I16).unwrap_err().to_string();
+        let err = write_nifti(&half, &p, NiftiDtype::I16)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[0, 1, 1, 1]") && err.contains("2.5"), "{err}");
         let opts = WriteOptions {
             dtype: NiftiDtype::I16,
@@ -1050,7 +1144,13 @@ mod tests {
         /// A 2×3×4 (i, j, k) int16 volume with values 0..24 and no transforms.
         fn new(big_endian: bool) -> Raw {
             let data = (0..24i16)
-                .flat_map(|v| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() })
+                .flat_map(|v| {
+                    if big_endian {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                })
                 .collect();
             Raw {
                 big_endian,
@@ -1105,7 +1205,8 @@ mod tests {
             let p = dir.join(name);
             let bytes = self.bytes();
             if name.ends_with(".gz") {
-                let mut e = flate2::write::GzEncoder::new(File::create(&p).unwrap(), Compression::fast());
+                let mut e =
+                    flate2::write::GzEncoder::new(File::create(&p).unwrap(), Compression::fast());
                 e.write_all(&bytes).unwrap();
                 e.finish().unwrap();
             } else {
@@ -1118,7 +1219,9 @@ mod tests {
     fn err_of(raw: &Raw, name: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         let p = raw.write(dir.path(), name);
-        let e = read_nifti(&p).expect_err("a bad file must be rejected").to_string();
+        let e = read_nifti(&p)
+            .expect_err("a bad file must be rejected")
+            .to_string();
         assert!(e.contains(name), "the error must name the file: {e}");
         e
     }
@@ -1218,7 +1321,11 @@ mod tests {
         raw.quatern = [0.0, 0.0, h, 1.0, 2.0, 3.0];
         // sform: a plain scaling with another origin, disagreeing with the qform.
         raw.sform_code = 2;
-        raw.srow = [[-0.5, 0.0, 0.0, 40.0], [0.0, 0.75, 0.0, -50.0], [0.0, 0.0, 2.0, 60.0]];
+        raw.srow = [
+            [-0.5, 0.0, 0.0, 40.0],
+            [0.0, 0.75, 0.0, -50.0],
+            [0.0, 0.0, 2.0, 60.0],
+        ];
         let both = raw.write(dir.path(), "both.nii");
         let info = read_nifti_header(&both).unwrap();
         assert_eq!(info.affine_source, AffineSource::Sform);
@@ -1227,10 +1334,18 @@ mod tests {
         let q = read_nifti_header(&raw.write(dir.path(), "qform.nii")).unwrap();
         assert_eq!(q.affine_source, AffineSource::Qform);
         // R = rot_z(90°): x = −0.75 j + 1, y = 0.5 i + 2, z = 2 k + 3.
-        let expected = [[0.0, -0.75, 0.0, 1.0], [0.5, 0.0, 0.0, 2.0], [0.0, 0.0, 2.0, 3.0]];
+        let expected = [
+            [0.0, -0.75, 0.0, 1.0],
+            [0.5, 0.0, 0.0, 2.0],
+            [0.0, 0.0, 2.0, 3.0],
+        ];
         for r in 0..3 {
             for c in 0..4 {
-                assert!((q.affine[r][c] - expected[r][c]).abs() < 1e-6, "{:?}", q.affine);
+                assert!(
+                    (q.affine[r][c] - expected[r][c]).abs() < 1e-6,
+                    "{:?}",
+                    q.affine
+                );
             }
         }
         // qfac = −1 flips k.
@@ -1264,7 +1379,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = Raw::new(false).write(dir.path(), "full.nii.gz");
         let bytes = std::fs::read(&p).unwrap();
-        for (name, keep) in [("cut_data.nii.gz", bytes.len() - 12), ("cut_header.nii.gz", 30)] {
+        for (name, keep) in [
+            ("cut_data.nii.gz", bytes.len() - 12),
+            ("cut_header.nii.gz", 30),
+        ] {
             let q = dir.path().join(name);
             std::fs::write(&q, &bytes[..keep]).unwrap();
             let e = read_nifti(&q).unwrap_err().to_string();
@@ -1343,7 +1461,12 @@ mod tests {
         assert!(err_of(&r, "junk.nii").contains("not a NIfTI-1"));
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.nii.gz");
-        assert!(read_nifti(&missing).unwrap_err().to_string().contains("missing.nii.gz"));
+        assert!(
+            read_nifti(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("missing.nii.gz")
+        );
     }
 
     #[test]
@@ -1380,14 +1503,25 @@ mod tests {
         let mut r = Raw::new(false);
         r.datatype = 16;
         r.dim = [3, 4, 1, 1, 1, 1, 1, 1];
-        r.data = [0.0f32, 1.0, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        r.data = [0.0f32, 1.0, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let good = r.write(dir.path(), "labels_ok.nii.gz");
-        assert_eq!(super::super::read_label_map(&good).unwrap().stats().max, 3.0);
-        r.data = [0.0f32, 1.0, 0.5, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            super::super::read_label_map(&good).unwrap().stats().max,
+            3.0
+        );
+        r.data = [0.0f32, 1.0, 0.5, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let bad = r.write(dir.path(), "labels_interpolated.nii.gz");
         let e = super::super::read_label_map(&bad).unwrap_err().to_string();
         assert!(
-            e.contains("labels_interpolated.nii.gz") && e.contains("0.5") && e.contains("[0, 0, 0, 2]"),
+            e.contains("labels_interpolated.nii.gz")
+                && e.contains("0.5")
+                && e.contains("[0, 0, 0, 2]"),
             "{e}"
         );
     }
@@ -1405,11 +1539,17 @@ mod tests {
         assert_eq!(v.source, vec![a.clone(), b]);
         let mut shifted = Raw::new(false);
         shifted.sform_code = 1;
-        shifted.srow = [[0.5, 0.0, 0.0, 1.0], [0.0, 0.75, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]];
+        shifted.srow = [
+            [0.5, 0.0, 0.0, 1.0],
+            [0.0, 0.75, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+        ];
         let c = shifted.write(dir.path(), "case_0002.nii.gz");
         let e = read_channels(&[a.clone(), c]).unwrap_err().to_string();
         assert!(
-            e.contains("case_0000.nii.gz") && e.contains("case_0002.nii.gz") && e.contains("affines differ"),
+            e.contains("case_0000.nii.gz")
+                && e.contains("case_0002.nii.gz")
+                && e.contains("affines differ"),
             "{e}"
         );
         let mut small = Raw::new(false);
@@ -1417,7 +1557,10 @@ mod tests {
         small.data.truncate(24);
         let d = small.write(dir.path(), "case_0003.nii.gz");
         let e = read_channels(&[a, d]).unwrap_err().to_string();
-        assert!(e.contains("case_0003.nii.gz") && e.contains("shapes"), "{e}");
+        assert!(
+            e.contains("case_0003.nii.gz") && e.contains("shapes"),
+            "{e}"
+        );
         assert!(read_channels(&[]).is_err());
     }
 }

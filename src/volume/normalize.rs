@@ -64,17 +64,26 @@ pub fn percentile(values: &mut [f32], q: f64) -> f64 {
     if lo + 1 >= n {
         return a;
     }
-    let b = upper.iter().copied().min_by(|x, y| x.total_cmp(y)).unwrap_or(a as f32) as f64;
+    let b = upper
+        .iter()
+        .copied()
+        .min_by(|x, y| x.total_cmp(y))
+        .unwrap_or(a as f32) as f64;
     // numpy's _lerp: a + (b - a)·t, computed from the upper end when t >= 0.5.
     let diff = b - a;
-    if t >= 0.5 { b - diff * (1.0 - t) } else { a + diff * t }
+    if t >= 0.5 {
+        b - diff * (1.0 - t)
+    } else {
+        a + diff * t
+    }
 }
 
 /// Statistics of a set of intensity samples (e.g. [`foreground_samples`] of one or many cases).
 pub fn intensity_stats(samples: &[f32]) -> Result<IntensityStats, VolumeError> {
     if samples.is_empty() {
         return Err(VolumeError::InvalidArgument(
-            "intensity_stats: no samples (does any case have foreground voxels, i.e. mask > 0?)".into(),
+            "intensity_stats: no samples (does any case have foreground voxels, i.e. mask > 0?)"
+                .into(),
         ));
     }
     if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
@@ -91,9 +100,10 @@ pub fn intensity_stats(samples: &[f32]) -> Result<IntensityStats, VolumeError> {
     let (min, max) = samples
         .par_chunks(1 << 16)
         .map(|c| {
-            c.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            })
+            c.iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                })
         })
         .reduce(
             || (f32::INFINITY, f32::NEG_INFINITY),
@@ -134,13 +144,22 @@ fn mean_std<'a>(chunks: impl IndexedParallelIterator<Item = &'a [f32]> + Clone) 
 }
 
 /// Every `step`-th voxel of `image` where `mask > 0`, in C order starting with the first.
-pub fn foreground_samples_array(image: ArrayView3<f32>, mask: ArrayView3<f32>, step: usize) -> Vec<f32> {
+pub fn foreground_samples_array(
+    image: ArrayView3<f32>,
+    mask: ArrayView3<f32>,
+    step: usize,
+) -> Vec<f32> {
     let step = step.max(1);
     let d = image.shape()[0];
     // Count foreground per slice, then let each slice pick the voxels whose global rank is 0 mod step.
     let counts: Vec<usize> = (0..d)
         .into_par_iter()
-        .map(|z| mask.index_axis(Axis(0), z).iter().filter(|&&m| m > 0.0).count())
+        .map(|z| {
+            mask.index_axis(Axis(0), z)
+                .iter()
+                .filter(|&&m| m > 0.0)
+                .count()
+        })
         .collect();
     let mut offsets = Vec::with_capacity(d);
     let mut total = 0;
@@ -176,7 +195,13 @@ pub fn threshold_samples(image: ArrayView3<f32>, threshold: f32, step: usize) ->
     let d = image.shape()[0];
     let counts: Vec<usize> = (0..d)
         .into_par_iter()
-        .map(|z| image.index_axis(Axis(0), z).iter().filter(|&&v| v > threshold).count())
+        .map(|z| {
+            image
+                .index_axis(Axis(0), z)
+                .iter()
+                .filter(|&&v| v > threshold)
+                .count()
+        })
         .collect();
     let mut offsets = Vec::with_capacity(d);
     let mut total = 0;
@@ -206,7 +231,11 @@ pub fn threshold_samples(image: ArrayView3<f32>, threshold: f32, step: usize) ->
 /// Foreground samples of each channel of `image` where the single-channel `mask` is `> 0`.
 ///
 /// Returns one vector per channel; `step` is [`DEFAULT_SAMPLE_STEP`] (10) in nnDetection.
-pub fn foreground_samples(image: &Volume, mask: &Volume, step: usize) -> Result<Vec<Vec<f32>>, VolumeError> {
+pub fn foreground_samples(
+    image: &Volume,
+    mask: &Volume,
+    step: usize,
+) -> Result<Vec<Vec<f32>>, VolumeError> {
     if mask.channels() != 1 || mask.spatial_shape() != image.spatial_shape() {
         return Err(VolumeError::InvalidArgument(format!(
             "foreground_samples: the mask {} has shape {:?} but must be one channel of the image's grid {:?} ({})",
@@ -249,7 +278,11 @@ impl CtNormalization {
     }
 
     /// Parameters from foreground samples with custom clip percentiles (0–100).
-    pub fn from_samples(samples: &[f32], lower_percentile: f64, upper_percentile: f64) -> Result<Self, VolumeError> {
+    pub fn from_samples(
+        samples: &[f32],
+        lower_percentile: f64,
+        upper_percentile: f64,
+    ) -> Result<Self, VolumeError> {
         if !(0.0..=100.0).contains(&lower_percentile)
             || !(0.0..=100.0).contains(&upper_percentile)
             || lower_percentile > upper_percentile
@@ -316,7 +349,10 @@ pub fn normalize_ct_with(volume: &Volume, params: &CtNormalization) -> Result<Vo
 }
 
 /// Per-channel z-score `(x − mean) / (std + 1e-8)`; with a mask, statistics inside it and 0 outside.
-pub fn normalize_zscore(volume: &Volume, mask: Option<&Array3<bool>>) -> Result<Volume, VolumeError> {
+pub fn normalize_zscore(
+    volume: &Volume,
+    mask: Option<&Array3<bool>>,
+) -> Result<Volume, VolumeError> {
     volume.check_finite()?;
     let mut out = volume.clone();
     if let Some(m) = mask {
@@ -336,13 +372,19 @@ pub fn normalize(volume: &Volume, schemes: &[NormalizationScheme]) -> Result<Vol
 }
 
 /// CT-normalise every channel in place (no copy of the volume); see [`normalize_ct_with`].
-pub fn normalize_ct_in_place(volume: &mut Volume, params: &CtNormalization) -> Result<(), VolumeError> {
+pub fn normalize_ct_in_place(
+    volume: &mut Volume,
+    params: &CtNormalization,
+) -> Result<(), VolumeError> {
     let schemes = vec![NormalizationScheme::Ct(params.clone()); volume.channels()];
     normalize_in_place(volume, &schemes)
 }
 
 /// [`normalize`] in place: the volume is left unchanged when an error is returned.
-pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) -> Result<(), VolumeError> {
+pub fn normalize_in_place(
+    volume: &mut Volume,
+    schemes: &[NormalizationScheme],
+) -> Result<(), VolumeError> {
     if schemes.len() != volume.channels() {
         return Err(VolumeError::InvalidArgument(format!(
             "{}: {} normalisation schemes given for {} channels",
@@ -363,7 +405,11 @@ pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) 
             let (lo, hi) = (p.clip_lower, p.clip_upper);
             let inside: Vec<f32> = channel_slice(volume, c)
                 .par_chunks(1 << 16)
-                .flat_map_iter(|ch| ch.iter().copied().filter(|&v| (v as f64) > lo && (v as f64) < hi))
+                .flat_map_iter(|ch| {
+                    ch.iter()
+                        .copied()
+                        .filter(|&v| (v as f64) > lo && (v as f64) < hi)
+                })
                 .collect();
             let (mean, std) = mean_std(inside.par_chunks(1 << 16));
             if inside.is_empty() || !(std > 0.0) {
@@ -375,9 +421,14 @@ pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) 
             ct2[c] = Some((mean, std));
         }
     }
-    let needs_mask = schemes
-        .iter()
-        .any(|s| matches!(s, NormalizationScheme::ZScore { use_nonzero_mask: true }));
+    let needs_mask = schemes.iter().any(|s| {
+        matches!(
+            s,
+            NormalizationScheme::ZScore {
+                use_nonzero_mask: true
+            }
+        )
+    });
     let mask = if needs_mask {
         Some(volume.nonzero_mask(true))
     } else {
@@ -394,9 +445,15 @@ pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) 
                 let (mean, std) = ct2[c].expect("computed above");
                 map_channel(volume, c, |v| ((v as f64).clamp(lo, hi) - mean) / std);
             }
-            NormalizationScheme::ZScore { use_nonzero_mask } => {
-                zscore_channel(volume, c, if *use_nonzero_mask { mask.as_ref() } else { None })
-            }
+            NormalizationScheme::ZScore { use_nonzero_mask } => zscore_channel(
+                volume,
+                c,
+                if *use_nonzero_mask {
+                    mask.as_ref()
+                } else {
+                    None
+                },
+            ),
             NormalizationScheme::None => {}
         }
     }
@@ -406,7 +463,10 @@ pub fn normalize_in_place(volume: &mut Volume, schemes: &[NormalizationScheme]) 
 /// The contiguous voxels of channel `c` (volumes are kept in standard layout).
 fn channel_slice(vol: &Volume, c: usize) -> &[f32] {
     let n: usize = vol.spatial_shape().iter().product();
-    let all = vol.data.as_slice().expect("Volume data is kept in standard layout");
+    let all = vol
+        .data
+        .as_slice()
+        .expect("Volume data is kept in standard layout");
     &all[c * n..(c + 1) * n]
 }
 
@@ -508,7 +568,10 @@ mod tests {
         }
         // np.percentile((np.arange(1000.0) ** 1.5).astype(np.float32), [0.5, 99.5])
         // = [11.1644381, 31338.8361]
-        let mut big: Vec<f32> = (0..1000).rev().map(|i| (i as f64).powf(1.5) as f32).collect();
+        let mut big: Vec<f32> = (0..1000)
+            .rev()
+            .map(|i| (i as f64).powf(1.5) as f32)
+            .collect();
         assert!((percentile(&mut big, 0.5) - 11.164_438_1).abs() < 1e-4);
         assert!((percentile(&mut big, 99.5) - 31_338.836_1).abs() < 1e-2);
     }
@@ -531,7 +594,13 @@ mod tests {
         assert_eq!(samples, vec![expected.clone()]);
         assert_eq!(expected.len(), 3); // 30 foreground voxels
         let by_threshold = threshold_samples(image.data.index_axis(Axis(0), 0), 29.5, 4);
-        let expected: Vec<f32> = image.data.iter().copied().filter(|&v| v > 29.5).step_by(4).collect();
+        let expected: Vec<f32> = image
+            .data
+            .iter()
+            .copied()
+            .filter(|&v| v > 29.5)
+            .step_by(4)
+            .collect();
         assert_eq!(by_threshold, expected);
         assert_eq!(expected.first(), Some(&30.0));
         let wrong = Volume::from_array(Array4::zeros((1, 3, 4, 4)), [1.0; 3]);
@@ -540,7 +609,8 @@ mod tests {
 
     #[test]
     fn ct_normalisation_clips_then_standardises() {
-        let data = Array4::from_shape_vec((1, 1, 1, 5), vec![-1000.0, 0.0, 40.0, 80.0, 3000.0]).unwrap();
+        let data =
+            Array4::from_shape_vec((1, 1, 1, 5), vec![-1000.0, 0.0, 40.0, 80.0, 3000.0]).unwrap();
         let vol = Volume::from_array(data, [1.0; 3]);
         let stats = IntensityStats {
             mean: 40.0,
@@ -569,12 +639,19 @@ mod tests {
 
     #[test]
     fn zscore_with_and_without_mask() {
-        let data = Array4::from_shape_vec((1, 1, 2, 3), vec![0.0, 2.0, 4.0, 0.0, 6.0, 0.0]).unwrap();
+        let data =
+            Array4::from_shape_vec((1, 1, 2, 3), vec![0.0, 2.0, 4.0, 0.0, 6.0, 0.0]).unwrap();
         let vol = Volume::from_array(data, [1.0; 3]);
         let out = normalize_zscore(&vol, None).unwrap();
         let s = out.stats();
         assert!(s.mean.abs() < 1e-6 && (s.std - 1.0).abs() < 1e-6);
-        let masked = normalize(&vol, &[NormalizationScheme::ZScore { use_nonzero_mask: true }]).unwrap();
+        let masked = normalize(
+            &vol,
+            &[NormalizationScheme::ZScore {
+                use_nonzero_mask: true,
+            }],
+        )
+        .unwrap();
         // inside: 2, 4, 6 → mean 4, std sqrt(8/3)
         let sd = (8.0f64 / 3.0).sqrt() + 1e-8;
         let expected = [0.0, -2.0 / sd, 0.0, 0.0, 2.0 / sd, 0.0];
@@ -592,7 +669,9 @@ mod tests {
         vol.source = vec!["case_0000.nii.gz".into()];
         let err = normalize_zscore(&vol, None).unwrap_err().to_string();
         assert!(
-            err.contains("case_0000.nii.gz") && err.contains("2 non-finite") && err.contains("[0, 1, 0, 1]"),
+            err.contains("case_0000.nii.gz")
+                && err.contains("2 non-finite")
+                && err.contains("[0, 1, 0, 1]"),
             "{err}"
         );
         let (clean, n) = vol.replace_non_finite(0.0);

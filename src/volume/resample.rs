@@ -62,10 +62,15 @@ fn round_half_even(x: f64) -> f64 {
 /// The shape `[D, H, W]` after resampling `shape` from `spacing` to `target_spacing`.
 ///
 /// Each axis becomes `round((old / new) · n)` with numpy rounding (halves to even), at least 1.
-pub fn resampled_shape(shape: [usize; 3], spacing: [f64; 3], target_spacing: [f64; 3]) -> [usize; 3] {
+pub fn resampled_shape(
+    shape: [usize; 3],
+    spacing: [f64; 3],
+    target_spacing: [f64; 3],
+) -> [usize; 3] {
     let mut out = [1; 3];
     for a in 0..3 {
-        out[a] = (round_half_even((spacing[a] / target_spacing[a]) * shape[a] as f64) as usize).max(1);
+        out[a] =
+            (round_half_even((spacing[a] / target_spacing[a]) * shape[a] as f64) as usize).max(1);
     }
     out
 }
@@ -169,7 +174,11 @@ fn depth_first(dims: [usize; 3], shape: [usize; 3]) -> bool {
 }
 
 /// Resample one `[D, H, W]` array to `shape` with the module's grid-mode convention.
-pub fn resample_array(data: ArrayView3<f32>, shape: [usize; 3], order: Interpolation) -> Array3<f32> {
+pub fn resample_array(
+    data: ArrayView3<f32>,
+    shape: [usize; 3],
+    order: Interpolation,
+) -> Array3<f32> {
     let mut out = vec![0.0f32; shape.iter().product()];
     resample_into(data, shape, order, &mut out);
     Array3::from_shape_vec(shape, out).expect("the output buffer has the output shape")
@@ -183,7 +192,9 @@ fn resample_into(data: ArrayView3<f32>, shape: [usize; 3], order: Interpolation,
         return;
     }
     let standard = data.as_standard_layout();
-    let input = standard.as_slice().expect("a standard-layout array is contiguous");
+    let input = standard
+        .as_slice()
+        .expect("a standard-layout array is contiguous");
     match order {
         Interpolation::Nearest => {
             let idx: Vec<Vec<usize>> = (0..3).map(|a| nearest_indices(dims[a], shape[a])).collect();
@@ -243,7 +254,11 @@ pub fn resampled_affine(affine: &Affine, from: [usize; 3], to: [usize; 3]) -> Af
 
 impl Volume {
     /// Resample every channel to `target_spacing` `[sd, sh, sw]` mm (linear for images, nearest for labels).
-    pub fn resample(&self, target_spacing: [f64; 3], order: Interpolation) -> Result<Volume, VolumeError> {
+    pub fn resample(
+        &self,
+        target_spacing: [f64; 3],
+        order: Interpolation,
+    ) -> Result<Volume, VolumeError> {
         if target_spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(VolumeError::InvalidArgument(format!(
                 "{}: target spacing {target_spacing:?} must be finite and positive",
@@ -258,7 +273,11 @@ impl Volume {
     }
 
     /// Resample every channel to the spatial shape `[D, H, W]`; spacing becomes the true grid spacing.
-    pub fn resample_to_shape(&self, shape: [usize; 3], order: Interpolation) -> Result<Volume, VolumeError> {
+    pub fn resample_to_shape(
+        &self,
+        shape: [usize; 3],
+        order: Interpolation,
+    ) -> Result<Volume, VolumeError> {
         if shape.contains(&0) {
             return Err(VolumeError::InvalidArgument(format!(
                 "{}: cannot resample to shape {shape:?}; every axis needs at least one voxel",
@@ -279,7 +298,12 @@ impl Volume {
             .try_fold(c.max(1), |acc, &k| acc.checked_mul(k))
             .map(|total| total / c.max(1));
         let n = match n {
-            Some(n) if n.checked_mul(c * 4).is_some_and(|bytes| bytes <= isize::MAX as usize) => n,
+            Some(n)
+                if n.checked_mul(c * 4)
+                    .is_some_and(|bytes| bytes <= isize::MAX as usize) =>
+            {
+                n
+            }
             _ => {
                 return Err(VolumeError::InvalidArgument(format!(
                     "{}: resampling to shape {shape:?} would need more memory than can be addressed",
@@ -324,7 +348,8 @@ mod tests {
         let n = x.len();
         (0..n_out)
             .map(|o| {
-                let p = ((o as f64 + 0.5) * n as f64 / n_out as f64 - 0.5).clamp(0.0, (n - 1) as f64);
+                let p =
+                    ((o as f64 + 0.5) * n as f64 / n_out as f64 - 0.5).clamp(0.0, (n - 1) as f64);
                 let i = p.floor() as usize;
                 let t = p - i as f64;
                 x[i] * (1.0 - t) + x[(i + 1).min(n - 1)] * t
@@ -339,12 +364,16 @@ mod tests {
             [750, 358, 358]
         );
         // 5 · 1 / 2 = 2.5 rounds to even (2), 7 · 1 / 2 = 3.5 rounds to 4.
-        assert_eq!(resampled_shape([5, 7, 1], [1.0, 1.0, 1.0], [2.0, 2.0, 9.0]), [2, 4, 1]);
+        assert_eq!(
+            resampled_shape([5, 7, 1], [1.0, 1.0, 1.0], [2.0, 2.0, 9.0]),
+            [2, 4, 1]
+        );
     }
 
     #[test]
     fn linear_is_separable_and_matches_the_1d_reference_on_every_axis() {
-        let data = Array3::from_shape_fn((4, 5, 6), |(d, h, w)| ((d * 7 + h * 3 + w * w) % 11) as f32);
+        let data =
+            Array3::from_shape_fn((4, 5, 6), |(d, h, w)| ((d * 7 + h * 3 + w * w) % 11) as f32);
         for (axis, n_out) in [(0usize, 9usize), (1, 2), (2, 13)] {
             let mut shape = [4, 5, 6];
             shape[axis] = n_out;
@@ -359,9 +388,17 @@ mod tests {
                     .map(|&v| v as f64)
                     .collect();
                 let expected = zoom1d_reference(&input, n_out);
-                let got: Vec<f32> = out.lanes(Axis(axis)).into_iter().nth(lane).unwrap().to_vec();
+                let got: Vec<f32> = out
+                    .lanes(Axis(axis))
+                    .into_iter()
+                    .nth(lane)
+                    .unwrap()
+                    .to_vec();
                 for (g, e) in got.iter().zip(&expected) {
-                    assert!((*g as f64 - e).abs() < 1e-5, "axis {axis}: {got:?} vs {expected:?}");
+                    assert!(
+                        (*g as f64 - e).abs() < 1e-5,
+                        "axis {axis}: {got:?} vs {expected:?}"
+                    );
                 }
             }
         }
@@ -370,8 +407,14 @@ mod tests {
     #[test]
     fn identity_shape_is_a_copy_and_constants_stay_constant() {
         let data = Array3::from_shape_fn((3, 4, 5), |(d, h, w)| (d * 20 + h * 5 + w) as f32);
-        assert_eq!(resample_array(data.view(), [3, 4, 5], Interpolation::Linear), data);
-        assert_eq!(resample_array(data.view(), [3, 4, 5], Interpolation::Nearest), data);
+        assert_eq!(
+            resample_array(data.view(), [3, 4, 5], Interpolation::Linear),
+            data
+        );
+        assert_eq!(
+            resample_array(data.view(), [3, 4, 5], Interpolation::Nearest),
+            data
+        );
         let c = Array3::from_elem((3, 4, 5), 7.5f32);
         let up = resample_array(c.view(), [7, 9, 2], Interpolation::Linear);
         assert!(up.iter().all(|&v| (v - 7.5).abs() < 1e-6));
@@ -396,7 +439,9 @@ mod tests {
         let mut vol = Volume::from_array(Array4::zeros((1, 10, 8, 6)), [2.5, 0.7, 0.7]);
         vol.affine[0][3] = -30.0;
         vol.affine[2][3] = 12.0;
-        let out = vol.resample([1.0, 1.0, 1.0], Interpolation::Linear).unwrap();
+        let out = vol
+            .resample([1.0, 1.0, 1.0], Interpolation::Linear)
+            .unwrap();
         assert_eq!(out.spatial_shape(), [25, 6, 4]);
         assert_eq!(out.spacing, [1.0, 1.0, 1.0]);
         // The outer edge of voxel 0 (index -0.5) maps to the same world point in both grids.
@@ -410,8 +455,14 @@ mod tests {
                 "{a:?} {b:?} {e1:?} {e2:?}"
             );
         }
-        assert!(vol.resample([0.0, 1.0, 1.0], Interpolation::Linear).is_err());
-        assert!(vol.resample_to_shape([0, 1, 1], Interpolation::Linear).is_err());
+        assert!(
+            vol.resample([0.0, 1.0, 1.0], Interpolation::Linear)
+                .is_err()
+        );
+        assert!(
+            vol.resample_to_shape([0, 1, 1], Interpolation::Linear)
+                .is_err()
+        );
         assert!(
             vol.resample_to_shape([usize::MAX / 2, 4, 4], Interpolation::Linear)
                 .is_err()
@@ -430,7 +481,8 @@ mod tests {
     fn matches_the_scipy_fixture_for_linear_and_nearest() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resample");
         let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap())
+                .unwrap();
         let shape: Vec<usize> = serde_json::from_value(meta["input_shape"].clone()).unwrap();
         let shape = (shape[0], shape[1], shape[2]);
         let image = Array3::from_shape_vec(shape, read_f32(&dir.join("input.f32"))).unwrap();
@@ -469,7 +521,9 @@ mod tests {
         // D grows, H and W shrink: the in-plane passes run before the D pass.
         assert!(!depth_first([300, 512, 512], [750, 358, 358]));
         assert!(depth_first([300, 512, 512], [100, 600, 600]));
-        let data = Array3::from_shape_fn((6, 5, 7), |(d, h, w)| ((d * 13 + h * 7 + w * 3) % 10) as f32);
+        let data = Array3::from_shape_fn((6, 5, 7), |(d, h, w)| {
+            ((d * 13 + h * 7 + w * 3) % 10) as f32
+        });
         for shape in [[3, 9, 4], [12, 2, 3], [6, 5, 11], [2, 5, 7]] {
             let got = resample_array(data.view(), shape, Interpolation::Linear);
             // Reference: three separate 1D passes in D, H, W order.

@@ -8,9 +8,18 @@ pub mod train_step;
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
-    ("backends", "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile"),
-    ("eval", "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)"),
-    ("preprocess", "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy"),
+    (
+        "backends",
+        "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile",
+    ),
+    (
+        "eval",
+        "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)",
+    ),
+    (
+        "preprocess",
+        "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy",
+    ),
     (
         "train-step",
         "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --threads N, --profile",
@@ -37,7 +46,9 @@ pub fn run(name: &str, args: &[String]) -> i32 {
             0
         }
         other => {
-            eprintln!("error: unknown benchmark '{other}'; `detlab bench list` shows the available ones");
+            eprintln!(
+                "error: unknown benchmark '{other}'; `detlab bench list` shows the available ones"
+            );
             2
         }
     }

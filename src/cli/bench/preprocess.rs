@@ -15,8 +15,12 @@
 //! `--repeat R` (1; best time per step), `--python EXE` (python3), `--script PATH`,
 //! `--no-python` (detlab only).
 
-use detlab::volume::normalize::{CtNormalization, intensity_stats, normalize_ct_in_place, threshold_samples};
-use detlab::volume::{Interpolation, NiftiDtype, Volume, WriteOptions, read_nifti, write_nifti_with};
+use detlab::volume::normalize::{
+    CtNormalization, intensity_stats, normalize_ct_in_place, threshold_samples,
+};
+use detlab::volume::{
+    Interpolation, NiftiDtype, Volume, WriteOptions, read_nifti, write_nifti_with,
+};
 use ndarray::{Array4, Axis};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -40,12 +44,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
         data: None,
         repeat: 1,
         python: Some("python3".into()),
-        script: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/preprocess_reference.py")),
+        script: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/preprocess_reference.py"
+        )),
         worker: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--size" => {
                 let v = value()?;
@@ -58,7 +69,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     })
                     .collect::<Result<_, _>>()?;
                 if parts.len() != 3 || parts.contains(&0) {
-                    return Err(format!("--size: '{v}' must be three positive numbers W,H,D"));
+                    return Err(format!(
+                        "--size: '{v}' must be three positive numbers W,H,D"
+                    ));
                 }
                 o.size = [parts[0], parts[1], parts[2]];
             }
@@ -73,7 +86,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     })
                     .collect::<Result<_, _>>()?;
                 if parts.len() != 3 || parts.iter().any(|s| !(*s > 0.0)) {
-                    return Err(format!("--spacing: '{v}' must be three positive numbers SW,SH,SD (mm)"));
+                    return Err(format!(
+                        "--spacing: '{v}' must be three positive numbers SW,SH,SD (mm)"
+                    ));
                 }
                 o.spacing = [parts[0], parts[1], parts[2]];
             }
@@ -106,7 +121,8 @@ pub fn run(args: &[String]) -> i32 {
     };
     let data = o.data.clone().unwrap_or_else(|| {
         let [w, h, d] = o.size;
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data")).join(format!("ct_{w}x{h}x{d}.nii.gz"))
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-data"))
+            .join(format!("ct_{w}x{h}x{d}.nii.gz"))
     });
     if o.worker {
         return match pipeline(&data, o.repeat) {
@@ -129,7 +145,9 @@ pub fn run(args: &[String]) -> i32 {
         }
         eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
     }
-    let file_mb = std::fs::metadata(&data).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+    let file_mb = std::fs::metadata(&data)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
     println!(
         "input: {} ({file_mb:.0} MB), rayon threads: {}",
         data.display(),
@@ -162,7 +180,10 @@ pub fn run(args: &[String]) -> i32 {
         None => None,
         Some(py) => {
             let mut cmd = Command::new(py);
-            cmd.arg(&o.script).arg(&data).arg("--repeat").arg(o.repeat.to_string());
+            cmd.arg(&o.script)
+                .arg(&data)
+                .arg("--repeat")
+                .arg(o.repeat.to_string());
             match run_json(&mut cmd, "python reference") {
                 Ok(v) => Some(v),
                 Err(e) => {
@@ -198,9 +219,14 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value, String> {
-    let out = cmd.output().map_err(|e| format!("cannot start the {what}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot start the {what}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("the {what} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "the {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
@@ -208,7 +234,8 @@ fn run_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value, String> 
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .unwrap_or("");
-    serde_json::from_str(line).map_err(|e| format!("the {what} printed no JSON result ({e}): {text}"))
+    serde_json::from_str(line)
+        .map_err(|e| format!("the {what} printed no JSON result ({e}): {text}"))
 }
 
 fn print_table(ours: &serde_json::Value, theirs: Option<&serde_json::Value>) {
@@ -256,7 +283,8 @@ fn pipeline(path: &Path, repeat: usize) -> Result<String, String> {
         // In place, as numpy's `np.clip(out=)`, `-=` and `/=` in the reference.
         let samples = threshold_samples(out.data.index_axis(Axis(0), 0), -500.0, 10);
         let stats = intensity_stats(&samples).map_err(|e| e.to_string())?;
-        normalize_ct_in_place(&mut out, &CtNormalization::from_stats(&stats)).map_err(|e| e.to_string())?;
+        normalize_ct_in_place(&mut out, &CtNormalization::from_stats(&stats))
+            .map_err(|e| e.to_string())?;
         let t3 = Instant::now();
         let times = [
             (t1 - t0).as_secs_f64(),

@@ -2,7 +2,9 @@
 //! upsampling with additive merges, and one 3³ output conv per returned level.
 
 use burn::module::Module;
-use burn::nn::conv::{Conv3d, ConvTranspose3d};
+use burn::nn::conv::ConvTranspose3d;
+
+use crate::nn::conv::Conv3d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 

@@ -1,7 +1,7 @@
 //! Detection heads shared across levels (classifier, regressor) and the segmentation head.
 
+use crate::nn::conv::Conv3d;
 use burn::module::{Initializer, Module, Param};
-use burn::nn::conv::Conv3d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 

@@ -112,9 +112,9 @@ pub fn register(
         "help(\"resample\")",
         move |ctx: NativeCallContext, name: &str| -> ScriptResult<()> {
             let Some(h) = cell.get() else { return Ok(()) };
-            match h.get(name) {
-                Some(e) => {
-                    println!("{}", e.render());
+            match h.render(name) {
+                Some(text) => {
+                    println!("{text}");
                     Ok(())
                 }
                 None => {
@@ -122,6 +122,8 @@ pub fn register(
                         .entries()
                         .filter(|e| e.name.contains(name) || name.contains(&e.name))
                         .map(|e| e.name.clone())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
                         .take(8)
                         .collect();
                     let hint = if close.is_empty() {
@@ -174,7 +176,7 @@ pub fn register(
     );
     r.func(
         "save_csv(rows: Array, path: String)",
-        "Write an array of maps as CSV: one column per key (in order of first appearance).",
+        "Write an array of maps as CSV: one column per key (text columns first, then numbers).",
         "save_csv([#{method: \"scratch\", ap: 0.61}, #{method: \"mae\", ap: 0.70}], \"runs/ap.csv\")",
         |ctx: NativeCallContext, rows: Array, path: &str| -> ScriptResult<()> {
             rows_checked(&ctx, "save_csv", &rows)?;
