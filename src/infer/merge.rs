@@ -238,7 +238,18 @@ pub fn weighted_box_clustering(
                     *m += w * c;
                 }
             }
-            merged.iter_mut().for_each(|m| *m /= vs_sum);
+            // A weighted mean lies within its members' range; clamping to it removes the
+            // last-bit rounding that would push a box past the volume edge its members touch.
+            for (a, m) in merged.iter_mut().enumerate() {
+                let (lo, hi) =
+                    cluster
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |r, &(i, _)| {
+                            let c = detections.boxes[i][a];
+                            (r.0.min(c), r.1.max(c))
+                        });
+                *m = (*m / vs_sum).clamp(lo, hi);
+            }
             out.boxes.push(merged);
             out.scores.push(score);
             out.classes.push(class);
@@ -302,6 +313,31 @@ mod tests {
             d.push(b, s, c, w);
         }
         d
+    }
+
+    #[test]
+    fn wbc_boxes_stay_inside_the_range_of_their_members() {
+        // Weighted means of equal coordinates can round one ulp past them; 0.1 + 0.2 style
+        // weights make that happen without the clamp.
+        let edge = [14.3, 20.1, 7.7, 24.0, 32.0, 16.0];
+        let mut input = WeightedDetections::default();
+        for (k, w) in [0.1, 0.2, 0.3, 0.7, 0.11, 0.13, 0.17]
+            .into_iter()
+            .enumerate()
+        {
+            let mut b = edge;
+            b[0] += 0.01 * k as f64;
+            input.push(b, 0.3 + 0.09 * k as f64, 0, w);
+        }
+        let merged = weighted_box_clustering(&input, 0.1, 7.0, 0.0).unwrap();
+        assert_eq!(merged.boxes.len(), 1);
+        let b = merged.boxes[0];
+        assert_eq!(
+            &b[1..],
+            &edge[1..],
+            "coordinates shared by all members are kept exactly"
+        );
+        assert!(b[0] >= 14.3 && b[0] <= 14.3 + 0.06 + 1e-12);
     }
 
     #[test]

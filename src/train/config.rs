@@ -66,6 +66,9 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Continue the run saved in `out/last` (same settings) instead of starting a new one.
     pub resume: bool,
+    /// Start a new run even if `out` holds one: its `last` and `best` checkpoints are deleted
+    /// first (without it, an existing run is an error, so no run is lost by accident).
+    pub overwrite: bool,
     /// Stop this call after this many iterations in all (counted from the start of the run;
     /// the schedule still spans the whole run), writing `last`; resume later to continue.
     pub stop_at_iteration: Option<usize>,
@@ -96,6 +99,7 @@ impl Default for TrainConfig {
             seed: 0,
             out: PathBuf::new(),
             resume: false,
+            overwrite: false,
             stop_at_iteration: None,
             progress: true,
         }
@@ -103,7 +107,8 @@ impl Default for TrainConfig {
 }
 
 /// Keys that may differ between a run and its resumption.
-pub(crate) const RESUMABLE_DIFFERENCES: &[&str] = &["resume", "stop_at_iteration", "progress"];
+pub(crate) const RESUMABLE_DIFFERENCES: &[&str] =
+    &["resume", "overwrite", "stop_at_iteration", "progress"];
 
 impl TrainConfig {
     /// Iterations of the whole run (`epochs × iters_per_epoch`).

@@ -298,11 +298,20 @@ where
         progress.history = state.history;
         progress.epochs = state.epochs;
         progress.best = state.best;
+    } else if locate_checkpoint(&last_dir).is_ok() && config.overwrite {
+        for dir in [&last_dir, &best_dir] {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).map_err(|e| TrainError::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!("cannot delete it for `overwrite: true`: {e}"),
+                })?;
+            }
+        }
     } else if locate_checkpoint(&last_dir).is_ok() {
         return Err(TrainError::config(
             "out",
             format!(
-                "'{}' already holds a run; set `resume: true` to continue it, or choose another folder",
+                "'{}' already holds a run; set `resume: true` to continue it, `overwrite: true` to replace it, or choose another folder",
                 config.out.display()
             ),
         ));
@@ -895,6 +904,63 @@ mod tests {
                 .val()
                 .is_require_grad()
         );
+    }
+
+    #[test]
+    fn an_existing_run_is_kept_unless_overwrite_is_set() {
+        let device = test_device();
+        let (train, _) = cases();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            val_patches: 0,
+            epochs: 1,
+            iters_per_epoch: 1,
+            ..config(dir.path())
+        };
+        let first = train_on_cases(
+            model(&device),
+            json(&model_config()),
+            train.clone(),
+            vec![],
+            &cfg,
+            &device,
+        )
+        .unwrap();
+        let saved = std::fs::read_dir(&first.1.last.path).unwrap().count();
+        let err = train_on_cases(
+            model(&device),
+            json(&model_config()),
+            train.clone(),
+            vec![],
+            &cfg,
+            &device,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("already holds a run") && err.contains("overwrite: true"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&first.1.last.path).unwrap().count(),
+            saved,
+            "nothing deleted"
+        );
+        let cfg = TrainConfig {
+            overwrite: true,
+            ..cfg
+        };
+        let second = train_on_cases(
+            model(&device),
+            json(&model_config()),
+            train,
+            vec![],
+            &cfg,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(second.1.iterations_done, 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod train_step;
 pub const BENCHMARKS: &[(&str, &str)] = &[
     (
         "backends",
-        "CPU backends (flex vs ndarray) on a 3D conv net; --retina: tiny Retina U-Net step profile",
+        "CPU backends (flex with detlab's or burn's conv3d, ndarray) on a small 3D conv net",
     ),
     (
         "eval",

@@ -745,7 +745,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          Options: lr, epochs, iters_per_epoch, batch, patch [D, H, W], warmup_iters,\n\
          freeze_encoder_iters (only decoder and heads train first), frozen_part, optimizer\n\
          (#{kind: \"sgd\"|\"adam\"|\"adamw\", momentum, nesterov, weight_decay, amsgrad, …}), seed,\n\
-         out (checkpoint folder, default runs/train), resume, augment, val_patches, best_metric,\n\
+         out (checkpoint folder, default runs/train), resume, overwrite (replace a run already in out), augment, val_patches, best_metric,\n\
          train_ids / val_ids (default: a seeded 80/20 split of the training cases, val_fraction),\n\
          plan_anchors (default: on the first training). Ctrl-C stops cleanly, keeping `last`.",
         "let run = train(model, pre, #{lr: 0.01, epochs: 4, iters_per_epoch: 50, batch: 2, patch: [32, 32, 32], out: \"runs/demo\"});\nplot_lines(\"runs/demo/loss.png\", #{loss: run.history.loss}, #{});",
