@@ -725,8 +725,21 @@ pub(crate) mod kernels {
         }
     }
 
+    thread_local! {
+        /// Set while a chunk-parallel loop runs its per-chunk gemm on this thread.
+        static SEQUENTIAL_GEMM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Run `f` with single-threaded gemms on this thread (the caller parallelises over chunks).
+    fn sequential_gemm<R>(f: impl FnOnce() -> R) -> R {
+        let before = SEQUENTIAL_GEMM.with(|c| c.replace(true));
+        let result = f();
+        SEQUENTIAL_GEMM.with(|c| c.set(before));
+        result
+    }
+
     fn parallelism() -> gemm::Parallelism {
-        if rayon::current_num_threads() > 1 {
+        if rayon::current_num_threads() > 1 && !SEQUENTIAL_GEMM.with(|c| c.get()) {
             gemm::Parallelism::Rayon(0)
         } else {
             gemm::Parallelism::None
@@ -917,23 +930,44 @@ pub(crate) mod kernels {
                 );
             }
         } else {
-            let mut col = Vec::new();
-            for (n, d0, d1) in g.chunks() {
-                let cols = (d1 - d0) * plane;
-                col.resize(rows * cols, 0.0);
-                let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-                im2col(&mut col, x_sample, g, d0);
-                let y_sample = &mut y[n * co * out_volume..][..co * out_volume];
-                matmul(
-                    [co, cols, rows],
-                    &mut y_sample[d0 * plane..],
-                    ROW_MAJOR(out_volume),
-                    false,
-                    weight,
-                    ROW_MAJOR(rows),
-                    &col,
-                    ROW_MAJOR(cols),
-                );
+            // Chunks run in parallel, each with its own im2col buffer and a single-threaded
+            // gemm (a gemm with C_out = 16-64 rows does not split well over threads); waves of
+            // one chunk per thread bound the extra memory.
+            let chunks = g.chunks();
+            let wave = rayon::current_num_threads().max(1);
+            for group in chunks.chunks(wave) {
+                let outputs: Vec<Vec<f32>> = group
+                    .par_iter()
+                    .map(|&(n, d0, d1)| {
+                        let cols = (d1 - d0) * plane;
+                        let mut col = vec![0.0f32; rows * cols];
+                        let x_sample =
+                            &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
+                        im2col(&mut col, x_sample, g, d0);
+                        let mut out = vec![0.0f32; co * cols];
+                        sequential_gemm(|| {
+                            matmul(
+                                [co, cols, rows],
+                                &mut out,
+                                ROW_MAJOR(cols),
+                                false,
+                                weight,
+                                ROW_MAJOR(rows),
+                                &col,
+                                ROW_MAJOR(cols),
+                            )
+                        });
+                        out
+                    })
+                    .collect();
+                for (&(n, d0, d1), out) in group.iter().zip(&outputs) {
+                    let cols = (d1 - d0) * plane;
+                    let y_sample = &mut y[n * co * out_volume..][..co * out_volume];
+                    for (channel, values) in out.chunks_exact(cols).enumerate() {
+                        y_sample[channel * out_volume + d0 * plane..][..cols]
+                            .copy_from_slice(values);
+                    }
+                }
             }
         }
         if let Some(bias) = bias {
@@ -952,31 +986,45 @@ pub(crate) mod kernels {
         let (co, rows) = (g.channels_out, g.rows());
         let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
         let plane = g.output[1] * g.output[2];
+        // One partial gradient per chunk, computed in parallel with single-threaded gemms and
+        // summed in chunk order: the result is the same for any number of threads.
+        let chunks = g.chunks();
+        let wave = rayon::current_num_threads().max(1);
         let mut dw = vec![0.0f32; co * rows];
-        let mut first = true;
-        let mut col = Vec::new();
-        for (n, d0, d1) in g.chunks() {
-            let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-            let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
-            let cols = (d1 - d0) * plane;
-            let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
-                (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
-            } else {
-                col.resize(rows * cols, 0.0);
-                im2col(&mut col, x_sample, g, d0);
-                (&col, COL_MAJOR(cols))
-            };
-            matmul(
-                [co, rows, cols],
-                &mut dw,
-                ROW_MAJOR(rows),
-                !first,
-                &dy_sample[d0 * plane..],
-                ROW_MAJOR(out_volume),
-                rhs,
-                rhs_view,
-            );
-            first = false;
+        for group in chunks.chunks(wave) {
+            let partials: Vec<Vec<f32>> = group
+                .par_iter()
+                .map(|&(n, d0, d1)| {
+                    let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
+                    let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
+                    let cols = (d1 - d0) * plane;
+                    let mut col = Vec::new();
+                    let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
+                        (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
+                    } else {
+                        col.resize(rows * cols, 0.0);
+                        im2col(&mut col, x_sample, g, d0);
+                        (&col, COL_MAJOR(cols))
+                    };
+                    let mut partial = vec![0.0f32; co * rows];
+                    sequential_gemm(|| {
+                        matmul(
+                            [co, rows, cols],
+                            &mut partial,
+                            ROW_MAJOR(rows),
+                            false,
+                            &dy_sample[d0 * plane..],
+                            ROW_MAJOR(out_volume),
+                            rhs,
+                            rhs_view,
+                        )
+                    });
+                    partial
+                })
+                .collect();
+            for partial in &partials {
+                dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+            }
         }
         dw
     }
