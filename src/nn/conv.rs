@@ -935,35 +935,38 @@ pub(crate) mod kernels {
             // one chunk per thread bound the extra memory.
             let chunks = g.chunks();
             let wave = rayon::current_num_threads().max(1);
+            // (im2col, output) buffers, one pair per chunk of a wave, reused across waves
+            // (fresh multi-megabyte buffers would be page-faulted in on every chunk).
+            let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..wave.min(chunks.len()))
+                .map(|_| Default::default())
+                .collect();
             for group in chunks.chunks(wave) {
-                let outputs: Vec<Vec<f32>> = group
-                    .par_iter()
-                    .map(|&(n, d0, d1)| {
+                group.par_iter().zip(buffers.par_iter_mut()).for_each(
+                    |(&(n, d0, d1), (col, out))| {
                         let cols = (d1 - d0) * plane;
-                        let mut col = vec![0.0f32; rows * cols];
+                        col.resize(rows * cols, 0.0);
+                        out.resize(co * cols, 0.0);
                         let x_sample =
                             &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-                        im2col(&mut col, x_sample, g, d0);
-                        let mut out = vec![0.0f32; co * cols];
+                        im2col(col, x_sample, g, d0);
                         sequential_gemm(|| {
                             matmul(
                                 [co, cols, rows],
-                                &mut out,
+                                out,
                                 ROW_MAJOR(cols),
                                 false,
                                 weight,
                                 ROW_MAJOR(rows),
-                                &col,
+                                col,
                                 ROW_MAJOR(cols),
                             )
                         });
-                        out
-                    })
-                    .collect();
-                for (&(n, d0, d1), out) in group.iter().zip(&outputs) {
+                    },
+                );
+                for (&(n, d0, d1), (_, out)) in group.iter().zip(&buffers) {
                     let cols = (d1 - d0) * plane;
                     let y_sample = &mut y[n * co * out_volume..][..co * out_volume];
-                    for (channel, values) in out.chunks_exact(cols).enumerate() {
+                    for (channel, values) in out[..co * cols].chunks_exact(cols).enumerate() {
                         y_sample[channel * out_volume + d0 * plane..][..cols]
                             .copy_from_slice(values);
                     }
@@ -991,26 +994,27 @@ pub(crate) mod kernels {
         let chunks = g.chunks();
         let wave = rayon::current_num_threads().max(1);
         let mut dw = vec![0.0f32; co * rows];
+        // (im2col, partial gradient) buffers, one pair per chunk of a wave, reused.
+        let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..wave.min(chunks.len()))
+            .map(|_| (Vec::new(), vec![0.0f32; co * rows]))
+            .collect();
         for group in chunks.chunks(wave) {
-            let partials: Vec<Vec<f32>> = group
-                .par_iter()
-                .map(|&(n, d0, d1)| {
+            group.par_iter().zip(buffers.par_iter_mut()).for_each(
+                |(&(n, d0, d1), (col, partial))| {
                     let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
                     let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
                     let cols = (d1 - d0) * plane;
-                    let mut col = Vec::new();
                     let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
                         (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
                     } else {
                         col.resize(rows * cols, 0.0);
-                        im2col(&mut col, x_sample, g, d0);
-                        (&col, COL_MAJOR(cols))
+                        im2col(col, x_sample, g, d0);
+                        (&col[..rows * cols], COL_MAJOR(cols))
                     };
-                    let mut partial = vec![0.0f32; co * rows];
                     sequential_gemm(|| {
                         matmul(
                             [co, rows, cols],
-                            &mut partial,
+                            partial,
                             ROW_MAJOR(rows),
                             false,
                             &dy_sample[d0 * plane..],
@@ -1019,10 +1023,9 @@ pub(crate) mod kernels {
                             rhs_view,
                         )
                     });
-                    partial
-                })
-                .collect();
-            for partial in &partials {
+                },
+            );
+            for (_, partial) in buffers.iter().take(group.len()) {
                 dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
             }
         }
