@@ -738,6 +738,31 @@ pub(crate) mod kernels {
         result
     }
 
+    /// Run `work` on every chunk in parallel, in waves of one chunk per thread, each chunk with
+    /// a slot of buffers from `slot` that is reused by later waves (fresh multi-megabyte
+    /// buffers would be page-faulted in on every chunk); gemms inside `work` run
+    /// single-threaded, as a gemm with C_out = 16–64 rows does not split well over threads.
+    /// `gather` then sees every chunk with its slot, sequentially and in chunk order, so the
+    /// result does not depend on the number of threads.
+    fn in_chunk_waves<S: Send>(
+        chunks: &[(usize, usize, usize)],
+        slot: impl Fn() -> S,
+        work: impl Fn(&(usize, usize, usize), &mut S) + Sync,
+        mut gather: impl FnMut(&(usize, usize, usize), &S),
+    ) {
+        let wave = rayon::current_num_threads().max(1);
+        let mut slots: Vec<S> = (0..wave.min(chunks.len())).map(|_| slot()).collect();
+        for group in chunks.chunks(wave) {
+            group
+                .par_iter()
+                .zip(slots.par_iter_mut())
+                .for_each(|(chunk, slot)| sequential_gemm(|| work(chunk, slot)));
+            for (chunk, slot) in group.iter().zip(&slots) {
+                gather(chunk, slot);
+            }
+        }
+    }
+
     fn parallelism() -> gemm::Parallelism {
         if rayon::current_num_threads() > 1 && !SEQUENTIAL_GEMM.with(|c| c.get()) {
             gemm::Parallelism::Rayon(0)
@@ -933,45 +958,37 @@ pub(crate) mod kernels {
             // Chunks run in parallel, each with its own im2col buffer and a single-threaded
             // gemm (a gemm with C_out = 16-64 rows does not split well over threads); waves of
             // one chunk per thread bound the extra memory.
-            let chunks = g.chunks();
-            let wave = rayon::current_num_threads().max(1);
-            // (im2col, output) buffers, one pair per chunk of a wave, reused across waves
-            // (fresh multi-megabyte buffers would be page-faulted in on every chunk).
-            let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..wave.min(chunks.len()))
-                .map(|_| Default::default())
-                .collect();
-            for group in chunks.chunks(wave) {
-                group.par_iter().zip(buffers.par_iter_mut()).for_each(
-                    |(&(n, d0, d1), (col, out))| {
-                        let cols = (d1 - d0) * plane;
-                        col.resize(rows * cols, 0.0);
-                        out.resize(co * cols, 0.0);
-                        let x_sample =
-                            &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-                        im2col(col, x_sample, g, d0);
-                        sequential_gemm(|| {
-                            matmul(
-                                [co, cols, rows],
-                                out,
-                                ROW_MAJOR(cols),
-                                false,
-                                weight,
-                                ROW_MAJOR(rows),
-                                col,
-                                ROW_MAJOR(cols),
-                            )
-                        });
-                    },
-                );
-                for (&(n, d0, d1), (_, out)) in group.iter().zip(&buffers) {
+            // Per chunk: im2col into its own buffer, then `W · col` into an output buffer that
+            // is copied into `y` afterwards.
+            in_chunk_waves(
+                &g.chunks(),
+                || (Vec::new(), Vec::new()),
+                |&(n, d0, d1), (col, out): &mut (Vec<f32>, Vec<f32>)| {
+                    let cols = (d1 - d0) * plane;
+                    col.resize(rows * cols, 0.0);
+                    out.resize(co * cols, 0.0);
+                    let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
+                    im2col(col, x_sample, g, d0);
+                    matmul(
+                        [co, cols, rows],
+                        out,
+                        ROW_MAJOR(cols),
+                        false,
+                        weight,
+                        ROW_MAJOR(rows),
+                        col,
+                        ROW_MAJOR(cols),
+                    );
+                },
+                |&(n, d0, d1), (_, out)| {
                     let cols = (d1 - d0) * plane;
                     let y_sample = &mut y[n * co * out_volume..][..co * out_volume];
-                    for (channel, values) in out[..co * cols].chunks_exact(cols).enumerate() {
+                    for (channel, values) in out.chunks_exact(cols).enumerate() {
                         y_sample[channel * out_volume + d0 * plane..][..cols]
                             .copy_from_slice(values);
                     }
-                }
-            }
+                },
+            );
         }
         if let Some(bias) = bias {
             y.par_chunks_mut(out_volume)
@@ -991,44 +1008,34 @@ pub(crate) mod kernels {
         let plane = g.output[1] * g.output[2];
         // One partial gradient per chunk, computed in parallel with single-threaded gemms and
         // summed in chunk order: the result is the same for any number of threads.
-        let chunks = g.chunks();
-        let wave = rayon::current_num_threads().max(1);
         let mut dw = vec![0.0f32; co * rows];
-        // (im2col, partial gradient) buffers, one pair per chunk of a wave, reused.
-        let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..wave.min(chunks.len()))
-            .map(|_| (Vec::new(), vec![0.0f32; co * rows]))
-            .collect();
-        for group in chunks.chunks(wave) {
-            group.par_iter().zip(buffers.par_iter_mut()).for_each(
-                |(&(n, d0, d1), (col, partial))| {
-                    let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-                    let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
-                    let cols = (d1 - d0) * plane;
-                    let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
-                        (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
-                    } else {
-                        col.resize(rows * cols, 0.0);
-                        im2col(col, x_sample, g, d0);
-                        (&col[..rows * cols], COL_MAJOR(cols))
-                    };
-                    sequential_gemm(|| {
-                        matmul(
-                            [co, rows, cols],
-                            partial,
-                            ROW_MAJOR(rows),
-                            false,
-                            &dy_sample[d0 * plane..],
-                            ROW_MAJOR(out_volume),
-                            rhs,
-                            rhs_view,
-                        )
-                    });
-                },
-            );
-            for (_, partial) in buffers.iter().take(group.len()) {
-                dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-            }
-        }
+        in_chunk_waves(
+            &g.chunks(),
+            || (Vec::new(), vec![0.0f32; co * rows]),
+            |&(n, d0, d1), (col, partial): &mut (Vec<f32>, Vec<f32>)| {
+                let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
+                let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
+                let cols = (d1 - d0) * plane;
+                let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
+                    (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
+                } else {
+                    col.resize(rows * cols, 0.0);
+                    im2col(col, x_sample, g, d0);
+                    (&col[..], COL_MAJOR(cols))
+                };
+                matmul(
+                    [co, rows, cols],
+                    partial,
+                    ROW_MAJOR(rows),
+                    false,
+                    &dy_sample[d0 * plane..],
+                    ROW_MAJOR(out_volume),
+                    rhs,
+                    rhs_view,
+                );
+            },
+            |_, (_, partial)| dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b),
+        );
         dw
     }
 

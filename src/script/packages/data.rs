@@ -107,18 +107,7 @@ fn case_map(ctx: &NativeCallContext, ds: &Dataset, id: &str) -> ScriptResult<Map
     m.insert("id".into(), case.id.clone().into());
     m.insert("image".into(), Dynamic::from(Arc::new(case.image)));
     m.insert("labels".into(), Dynamic::from(Arc::new(case.instances)));
-    m.insert(
-        "boxes".into(),
-        boxes.iter().map(box_to_array).collect::<Array>().into(),
-    );
-    m.insert(
-        "classes".into(),
-        classes
-            .iter()
-            .map(|&c| Dynamic::from(c as i64))
-            .collect::<Array>()
-            .into(),
-    );
+    insert_boxes(&mut m, &boxes, &classes);
     Ok(m)
 }
 
@@ -256,18 +245,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
                 .map(|(id, boxes, classes)| {
                     let mut m = Map::new();
                     m.insert("id".into(), id.into());
-                    m.insert(
-                        "boxes".into(),
-                        boxes.iter().map(box_to_array).collect::<Array>().into(),
-                    );
-                    m.insert(
-                        "classes".into(),
-                        classes
-                            .iter()
-                            .map(|&c| Dynamic::from(c as i64))
-                            .collect::<Array>()
-                            .into(),
-                    );
+                    insert_boxes(&mut m, &boxes, &classes);
                     m.into()
                 })
                 .collect())
@@ -417,4 +395,20 @@ fn describe_preprocessed(p: &PreprocessedDataset) -> String {
         s[2],
         if p.reused() { ", cache reused" } else { "" }
     )
+}
+
+/// Put `boxes` ([d0, h0, w0, d1, h1, w1] arrays) and `classes` (ints) into a script map.
+fn insert_boxes(m: &mut Map, boxes: &[crate::volume::boxes::Box3], classes: &[usize]) {
+    m.insert(
+        "boxes".into(),
+        boxes.iter().map(box_to_array).collect::<Array>().into(),
+    );
+    m.insert(
+        "classes".into(),
+        classes
+            .iter()
+            .map(|&c| Dynamic::from(c as i64))
+            .collect::<Array>()
+            .into(),
+    );
 }
