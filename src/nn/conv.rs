@@ -365,12 +365,7 @@ impl FastConvBackend for Dispatch {
         let x = read_f32::<5>(x);
         let weight = read_f32::<5>(weight);
         let bias = bias.map(read_f32::<1>);
-        let output = kernels::forward(
-            f32s(&x),
-            f32s(&weight),
-            bias.as_ref().map(|b| f32s(b)),
-            &geometry,
-        );
+        let output = kernels::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry);
         let [n, _, d, h, w] = geometry.output_shape();
         Self::float_from_data(
             TensorData::new(output, [n, geometry.channels_out, d, h, w]),

@@ -42,6 +42,9 @@ pub struct HelpEntry {
     pub example: String,
 }
 
+/// One overview line: (sort key: is-method, receiver, is-property, name), label, summary.
+type OverviewLine = ((bool, String, bool, String), String, String);
+
 impl HelpEntry {
     /// The first sentence of the description (its first paragraph, up to the first period),
     /// shortened to fit one listing line.
@@ -196,7 +199,7 @@ impl HelpIndex {
         );
         for (domain, description) in &self.domains {
             // One line per function, and per (receiver type, member) for methods/properties.
-            let mut lines: Vec<((bool, String, bool, String), String, String)> = Vec::new();
+            let mut lines: Vec<OverviewLine> = Vec::new();
             for e in self.entries.values().filter(|e| &e.domain == domain) {
                 if e.kind == EntryKind::Function {
                     lines.push((

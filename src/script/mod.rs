@@ -66,10 +66,10 @@ pub fn parse_arg_value(text: &str) -> Dynamic {
     if let Ok(f) = t.parse::<f64>() {
         return Dynamic::from(f);
     }
-    if t.starts_with('[') || t.starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(t) {
-            return convert::json_to_dynamic(&v);
-        }
+    if (t.starts_with('[') || t.starts_with('{'))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(t)
+    {
+        return convert::json_to_dynamic(&v);
     }
     Dynamic::from(text.to_string())
 }

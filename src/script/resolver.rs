@@ -33,10 +33,9 @@ pub fn module_source(path: &str) -> Option<String> {
     if let Some(name) = path
         .strip_prefix("stdlib/")
         .and_then(|p| p.strip_suffix(".rhai"))
+        && let Some(src) = stdlib_source(name)
     {
-        if let Some(src) = stdlib_source(name) {
-            return Some(src.to_string());
-        }
+        return Some(src.to_string());
     }
     std::fs::read_to_string(path).ok()
 }

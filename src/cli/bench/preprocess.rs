@@ -375,7 +375,7 @@ fn generate(path: &Path, size: [usize; 3], spacing: [f64; 3]) -> Result<(), Stri
                         hu = 500.0 + 60.0 * noise(idx ^ 0x3333);
                     }
                 }
-                *v = hu.round() as f32;
+                *v = hu.round();
             }
         });
     let mut vol = Volume::from_array(data, [spacing[2], spacing[1], spacing[0]]);

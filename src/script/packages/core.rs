@@ -79,10 +79,11 @@ fn write_file(ctx: &NativeCallContext, path: &str, bytes: &[u8]) -> ScriptResult
 /// Structural equality of script values; numbers compare by value (1 == 1.0).
 pub fn values_equal(a: &Dynamic, b: &Dynamic) -> bool {
     use crate::script::convert::as_f64;
-    if let (Some(x), Some(y)) = (as_f64(a), as_f64(b)) {
-        if !a.is_string() && !b.is_string() {
-            return x == y;
-        }
+    if let (Some(x), Some(y)) = (as_f64(a), as_f64(b))
+        && !a.is_string()
+        && !b.is_string()
+    {
+        return x == y;
     }
     dynamic_to_json(a) == dynamic_to_json(b)
 }

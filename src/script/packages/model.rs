@@ -493,10 +493,10 @@ fn predict_impl(
         .transpose()?;
     let out = opts.remove("out").map(|v| PathBuf::from(v.to_string()));
     let case_name = opts.remove("id").map(|v| v.to_string());
-    if let Some(t) = opts.get("tta").cloned() {
-        if let Ok(b) = t.as_bool() {
-            opts.insert("tta".into(), b.into());
-        }
+    if let Some(t) = opts.get("tta").cloned()
+        && let Ok(b) = t.as_bool()
+    {
+        opts.insert("tta".into(), b.into());
     }
     let mut cfg: InferenceConfig = options(ctx, "predict", opts)?;
     cfg.validate().map_err(at(ctx))?;

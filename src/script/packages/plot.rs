@@ -162,10 +162,9 @@ fn froc_of(ctx: &NativeCallContext, name: &str, v: &Dynamic) -> ScriptResult<Ser
     if let Some(curves) = m
         .get("curves")
         .and_then(|c| c.read_lock::<Map>().map(|c| c.clone()))
+        && let Some(c) = curves.get("FROC_curve_IoU_0.10")
     {
-        if let Some(c) = curves.get("FROC_curve_IoU_0.10") {
-            return froc_of(ctx, name, c);
-        }
+        return froc_of(ctx, name, c);
     }
     Err(runtime_error(
         format!(
@@ -195,10 +194,9 @@ fn pr_of(ctx: &NativeCallContext, name: &str, v: &Dynamic) -> ScriptResult<Serie
     if let Some(curves) = m
         .get("curves")
         .and_then(|c| c.read_lock::<Map>().map(|c| c.clone()))
+        && let Some(c) = curves.get("0_PR_curve_IoU_0.10")
     {
-        if let Some(c) = curves.get("0_PR_curve_IoU_0.10") {
-            return pr_of(ctx, name, c);
-        }
+        return pr_of(ctx, name, c);
     }
     Err(runtime_error(
         format!(
