@@ -585,6 +585,23 @@ mod tests {
         model_config().init::<B>(device).unwrap()
     }
 
+    /// Train a tiny-Retina-U-Net `model` described by `model_config()` on the test device.
+    fn fit(
+        model: RetinaUNet<B>,
+        train: Cases,
+        val: Cases,
+        cfg: &TrainConfig,
+    ) -> Result<(RetinaUNet<B>, TrainRun), TrainError> {
+        train_on_cases(
+            model,
+            json(&model_config()),
+            train,
+            val,
+            cfg,
+            &test_device(),
+        )
+    }
+
     fn config(out: &Path) -> TrainConfig {
         TrainConfig {
             epochs: 2,
@@ -647,24 +664,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg_a = config(&dir.path().join("a"));
         let cfg_b = config(&dir.path().join("b"));
-        let (ma, a) = train_on_cases(
-            m0.clone(),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &cfg_a,
-            &device,
-        )
-        .unwrap();
-        let (_, b) = train_on_cases(
-            m0.clone(),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &cfg_b,
-            &device,
-        )
-        .unwrap();
+        let (ma, a) = fit(m0.clone(), train.clone(), val.clone(), &cfg_a).unwrap();
+        let (_, b) = fit(m0.clone(), train.clone(), val.clone(), &cfg_b).unwrap();
         assert_eq!(a.losses(), b.losses(), "same seed, same losses");
         assert_eq!(a.history.len(), 6);
         assert!(a.losses().iter().all(|l| l.is_finite() && *l > 0.0));
@@ -729,8 +730,7 @@ mod tests {
             );
         }
         // A second run into the same folder needs `resume`.
-        let err =
-            train_on_cases(m0, json(&model_config()), train, val, &cfg_a, &device).unwrap_err();
+        let err = fit(m0, train, val, &cfg_a).unwrap_err();
         assert!(err.to_string().contains("resume"), "{err}");
     }
 
@@ -751,29 +751,13 @@ mod tests {
             lr: 1e-3,
             ..config(&dir.path().join("full"))
         };
-        let (full_model, full) = train_on_cases(
-            m0.clone(),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &full_cfg,
-            &device,
-        )
-        .unwrap();
+        let (full_model, full) = fit(m0.clone(), train.clone(), val.clone(), &full_cfg).unwrap();
         let part_cfg = TrainConfig {
             out: dir.path().join("part"),
             stop_at_iteration: Some(4),
             ..full_cfg.clone()
         };
-        let (_, part) = train_on_cases(
-            m0.clone(),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &part_cfg,
-            &device,
-        )
-        .unwrap();
+        let (_, part) = fit(m0.clone(), train.clone(), val.clone(), &part_cfg).unwrap();
         assert_eq!(part.iterations_done, 4);
         assert!(!part.finished);
         assert_eq!(part.losses()[..], full.losses()[..4]);
@@ -783,15 +767,8 @@ mod tests {
             stop_at_iteration: None,
             ..part_cfg.clone()
         };
-        let (resumed_model, resumed) = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &resume_cfg,
-            &device,
-        )
-        .unwrap();
+        let (resumed_model, resumed) =
+            fit(model(&device), train.clone(), val.clone(), &resume_cfg).unwrap();
         assert_eq!(
             resumed.losses(),
             full.losses(),
@@ -812,15 +789,7 @@ mod tests {
             lr: 0.5,
             ..resume_cfg.clone()
         };
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train.clone(),
-            val.clone(),
-            &changed,
-            &device,
-        )
-        .unwrap_err();
+        let err = fit(model(&device), train.clone(), val.clone(), &changed).unwrap_err();
         assert!(
             matches!(err, TrainError::Resume { .. }) && err.to_string().contains("lr"),
             "{err}"
@@ -853,15 +822,7 @@ mod tests {
             val_patches: 0,
             ..config(dir.path())
         };
-        let (frozen, run_a) = train_on_cases(
-            m0.clone(),
-            json(&model_config()),
-            train.clone(),
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap();
+        let (frozen, run_a) = fit(m0.clone(), train.clone(), vec![], &cfg).unwrap();
         assert!(
             values(&frozen, "encoder") == values(&m0, "encoder"),
             "encoder untouched while frozen"
@@ -880,15 +841,7 @@ mod tests {
             stop_at_iteration: Some(4),
             ..cfg
         };
-        let (thawed, run_b) = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train,
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap();
+        let (thawed, run_b) = fit(model(&device), train, vec![], &cfg).unwrap();
         let before = values(&frozen, "encoder");
         let after = values(&thawed, "encoder");
         assert_eq!(before.len(), after.len());
@@ -917,27 +870,12 @@ mod tests {
             iters_per_epoch: 1,
             ..config(dir.path())
         };
-        let first = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train.clone(),
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap();
+        let first = fit(model(&device), train.clone(), vec![], &cfg).unwrap();
         let saved = std::fs::read_dir(&first.1.last.path).unwrap().count();
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train.clone(),
-            vec![],
-            &cfg,
-            &device,
-        )
-        .map(|_| ())
-        .unwrap_err()
-        .to_string();
+        let err = fit(model(&device), train.clone(), vec![], &cfg)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("already holds a run") && err.contains("overwrite: true"),
             "{err}"
@@ -951,15 +889,7 @@ mod tests {
             overwrite: true,
             ..cfg
         };
-        let second = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train,
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap();
+        let second = fit(model(&device), train, vec![], &cfg).unwrap();
         assert_eq!(second.1.iterations_done, 1);
     }
 
@@ -975,15 +905,7 @@ mod tests {
             epochs: 4,
             ..config(dir.path())
         };
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train,
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap_err();
+        let err = fit(model(&device), train, vec![], &cfg).unwrap_err();
         let TrainError::NonFiniteLoss {
             iteration,
             components,
@@ -1015,16 +937,9 @@ mod tests {
             val_patches: 0,
             ..config(dir.path())
         };
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            vec![Arc::new(case)],
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = fit(model(&device), vec![Arc::new(case)], vec![], &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("case 'nan'") && err.contains("[0, 8, 9, 10]"),
             "{err}"
@@ -1067,15 +982,7 @@ mod tests {
             resume: true,
             ..cfg
         };
-        let (_, done) = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train,
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap();
+        let (_, done) = fit(model(&device), train, vec![], &cfg).unwrap();
         assert_eq!(done.history.len(), 3);
         assert!(done.finished);
     }
@@ -1111,15 +1018,7 @@ mod tests {
             augment: AugmentConfig::none(),
             ..config(dir.path())
         };
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train.clone(),
-            vec![],
-            &cfg,
-            &device,
-        )
-        .unwrap_err();
+        let err = fit(model(&device), train.clone(), vec![], &cfg).unwrap_err();
         assert!(err.to_string().contains("patch divisor"), "{err}");
         let two = cube_case("k", [16, 16, 16], &[([1, 1, 1], [5, 5, 5], 1)]);
         let err = train_on_cases(
@@ -1138,15 +1037,7 @@ mod tests {
             ..config(dir.path())
         };
         let (_, val) = cases();
-        let err = train_on_cases(
-            model(&device),
-            json(&model_config()),
-            train,
-            val,
-            &cfg,
-            &device,
-        )
-        .unwrap_err();
+        let err = fit(model(&device), train, val, &cfg).unwrap_err();
         assert!(err.to_string().contains("AP_IoU_0.77"), "{err}");
     }
 }
