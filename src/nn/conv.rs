@@ -651,6 +651,16 @@ pub(crate) mod kernels {
             [self.batch, channels, d, h, w]
         }
 
+        /// Values of one sample of the input (or input gradient): `C_in · D · H · W`.
+        fn input_len(&self) -> usize {
+            self.channels_in * self.input_volume()
+        }
+
+        /// Values of one sample of the output (or output gradient): `C_out · D' · H' · W'`.
+        fn output_len(&self) -> usize {
+            self.channels_out * self.output_volume()
+        }
+
         fn kernel_volume(&self) -> usize {
             self.kernel.iter().product()
         }
@@ -935,24 +945,21 @@ pub(crate) mod kernels {
         let (co, rows) = (g.channels_out, g.rows());
         let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
         let plane = g.output[1] * g.output[2];
-        let mut y = vec![0.0f32; g.batch * co * out_volume];
+        let mut y = vec![0.0f32; g.batch * g.output_len()];
         if g.is_pointwise() {
             for n in 0..g.batch {
                 matmul(
                     [co, out_volume, rows],
-                    &mut y[n * co * out_volume..][..co * out_volume],
+                    &mut y[n * g.output_len()..][..g.output_len()],
                     ROW_MAJOR(out_volume),
                     false,
                     weight,
                     ROW_MAJOR(rows),
-                    &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume],
+                    &x[n * g.input_len()..][..g.input_len()],
                     ROW_MAJOR(in_volume),
                 );
             }
         } else {
-            // Chunks run in parallel, each with its own im2col buffer and a single-threaded
-            // gemm (a gemm with C_out = 16-64 rows does not split well over threads); waves of
-            // one chunk per thread bound the extra memory.
             // Per chunk: im2col into its own buffer, then `W · col` into an output buffer that
             // is copied into `y` afterwards.
             in_chunk_waves(
@@ -962,7 +969,7 @@ pub(crate) mod kernels {
                     let cols = (d1 - d0) * plane;
                     col.resize(rows * cols, 0.0);
                     out.resize(co * cols, 0.0);
-                    let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
+                    let x_sample = &x[n * g.input_len()..][..g.input_len()];
                     im2col(col, x_sample, g, d0);
                     matmul(
                         [co, cols, rows],
@@ -977,7 +984,7 @@ pub(crate) mod kernels {
                 },
                 |&(n, d0, d1), (_, out)| {
                     let cols = (d1 - d0) * plane;
-                    let y_sample = &mut y[n * co * out_volume..][..co * out_volume];
+                    let y_sample = &mut y[n * g.output_len()..][..g.output_len()];
                     for (channel, values) in out.chunks_exact(cols).enumerate() {
                         y_sample[channel * out_volume + d0 * plane..][..cols]
                             .copy_from_slice(values);
@@ -1008,8 +1015,8 @@ pub(crate) mod kernels {
             &g.chunks(),
             || (Vec::new(), vec![0.0f32; co * rows]),
             |&(n, d0, d1), (col, partial): &mut (Vec<f32>, Vec<f32>)| {
-                let x_sample = &x[n * g.channels_in * in_volume..][..g.channels_in * in_volume];
-                let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
+                let x_sample = &x[n * g.input_len()..][..g.input_len()];
+                let dy_sample = &dy[n * g.output_len()..][..g.output_len()];
                 let cols = (d1 - d0) * plane;
                 let (rhs, rhs_view): (&[f32], View) = if g.is_pointwise() {
                     (&x_sample[d0 * plane..], COL_MAJOR(in_volume))
@@ -1039,17 +1046,17 @@ pub(crate) mod kernels {
         let (co, ci, rows) = (g.channels_out, g.channels_in, g.rows());
         let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
         let plane = g.output[1] * g.output[2];
-        let mut dx = vec![0.0f32; g.batch * ci * in_volume];
+        let mut dx = vec![0.0f32; g.batch * g.input_len()];
         if g.is_pointwise() {
             for n in 0..g.batch {
                 matmul(
                     [ci, out_volume, co],
-                    &mut dx[n * ci * in_volume..][..ci * in_volume],
+                    &mut dx[n * g.input_len()..][..g.input_len()],
                     ROW_MAJOR(in_volume),
                     false,
                     weight,
                     COL_MAJOR(rows),
-                    &dy[n * co * out_volume..][..co * out_volume],
+                    &dy[n * g.output_len()..][..g.output_len()],
                     ROW_MAJOR(out_volume),
                 );
             }
@@ -1060,7 +1067,7 @@ pub(crate) mod kernels {
         for (n, d0, d1) in g.chunks() {
             let cols = (d1 - d0) * plane;
             col.resize(rows * cols, 0.0);
-            let dy_sample = &dy[n * co * out_volume..][..co * out_volume];
+            let dy_sample = &dy[n * g.output_len()..][..g.output_len()];
             matmul(
                 [rows, cols, co],
                 &mut col,
@@ -1071,7 +1078,7 @@ pub(crate) mod kernels {
                 &dy_sample[d0 * plane..],
                 ROW_MAJOR(out_volume),
             );
-            let dx_sample = &mut dx[n * ci * in_volume..][..ci * in_volume];
+            let dx_sample = &mut dx[n * g.input_len()..][..g.input_len()];
             dx_sample
                 .par_chunks_mut(in_volume)
                 .zip(col.par_chunks(k * cols))
