@@ -12,6 +12,7 @@ pub mod infer;
 pub mod metrics;
 pub mod nn;
 pub mod plot;
+pub mod pretrain;
 pub mod script;
 pub mod train;
 pub mod util;

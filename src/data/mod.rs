@@ -11,6 +11,7 @@ pub use splits::{DEFAULT_FOLDS, DEFAULT_SPLIT_SEED, Fold, Splits};
 pub mod dataset;
 pub mod preprocess;
 pub mod synthetic;
+pub mod world;
 
 pub use dataset::{
     Case, CaseFiles, CaseGroundTruth, Dataset, OpenOptions, SaveOptions, Subset, save_dataset,
