@@ -236,3 +236,46 @@ mod tests {
         );
     }
 }
+
+struct FlatCollector<B: Backend> {
+    out: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for FlatCollector<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out.push(param.val().reshape([-1]));
+    }
+}
+
+struct Blend<B: Backend> {
+    student: std::vec::IntoIter<Tensor<B, 1>>,
+    momentum: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Blend<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(student) = self.student.next() else {
+            return param;
+        };
+        param.map(|teacher| {
+            let shape = teacher.shape();
+            teacher.mul_scalar(self.momentum) + student.reshape(shape).mul_scalar(1.0 - self.momentum)
+        })
+    }
+}
+
+/// An exponential moving average of two modules of the same architecture:
+/// `teacher ← momentum · teacher + (1 − momentum) · student`, parameter by parameter in
+/// visiting order (VoCo's EMA teacher).
+pub fn exponential_moving_average<B: Backend, M: Module<B>>(
+    teacher: M,
+    student: &M,
+    momentum: f64,
+) -> M {
+    let mut collector = FlatCollector { out: Vec::new() };
+    student.visit(&mut collector);
+    teacher.map(&mut Blend {
+        student: collector.out.into_iter(),
+        momentum,
+    })
+}

@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod losses;
 pub mod model;
 pub mod retina_unet;
+pub mod unet_decoder;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -27,3 +28,4 @@ pub use encoder::{Encoder, EncoderConfig, EncoderPart, ResEncConfig, RetUNetEnco
 pub use error::NnError;
 pub use model::{DetectorConfig, MODEL_FORMAT, ModelSpec};
 pub use retina_unet::{RetinaUNet, RetinaUNetConfig};
+pub use unet_decoder::{UNetDecoder, UNetDecoderConfig};

@@ -16,6 +16,7 @@ mod axis;
 mod bars;
 mod lines;
 mod output;
+mod panels;
 mod slice;
 pub mod table;
 mod text;
@@ -29,6 +30,7 @@ pub use lines::{
     FrocOptions, LegendPosition, LineOptions, PrOptions, Series, plot_froc, plot_lines, plot_pr,
 };
 pub use output::{OutputFormat, RgbImage};
+pub use panels::{Panel, plot_panels};
 pub use slice::{
     BoxColors, SliceOptions, box_crosses_slice, boxes_in_slice, extract_slice, plot_slice,
     plot_slice_values, plot_volume_slice, project_box, render_slice_rgb, render_slice_svg,

@@ -143,3 +143,21 @@ pub fn dynamic_to_json(value: &Dynamic) -> serde_json::Value {
     }
     Value::String(value.to_string())
 }
+
+/// Merge `overrides` into `base` recursively (maps merge key by key; anything else replaces):
+/// how a script's options map is laid over a config's defaults.
+pub fn merge_json(base: &mut serde_json::Value, overrides: serde_json::Value) {
+    match (base, overrides) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}

@@ -77,7 +77,13 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> TrainError {
 
 /// Find a checkpoint folder, restoring `.<name>.old-*` left by a crash mid-replacement.
 pub fn locate_checkpoint(dir: &Path) -> Result<PathBuf, TrainError> {
-    if dir.join(STATE_FILE).is_file() {
+    locate_checkpoint_marked(dir, STATE_FILE)
+}
+
+/// [`locate_checkpoint`] for checkpoint folders recognised by another state file (the
+/// pre-training checkpoints' `pretrain.json`).
+pub fn locate_checkpoint_marked(dir: &Path, marker: &str) -> Result<PathBuf, TrainError> {
+    if dir.join(marker).is_file() {
         return Ok(dir.to_path_buf());
     }
     let name = dir
@@ -91,7 +97,7 @@ pub fn locate_checkpoint(dir: &Path) -> Result<PathBuf, TrainError> {
         for entry in entries.flatten() {
             let path = entry.path();
             let is_old = entry.file_name().to_string_lossy().starts_with(&prefix);
-            if is_old && path.join(STATE_FILE).is_file() && !dir.exists() {
+            if is_old && path.join(marker).is_file() && !dir.exists() {
                 std::fs::rename(&path, dir).map_err(|e| io_error(dir, "restore", e))?;
                 return Ok(dir.to_path_buf());
             }
@@ -99,12 +105,12 @@ pub fn locate_checkpoint(dir: &Path) -> Result<PathBuf, TrainError> {
     }
     Err(TrainError::checkpoint(
         dir,
-        format!("no checkpoint here (no {STATE_FILE})"),
+        format!("no checkpoint here (no {marker})"),
     ))
 }
 
 /// Replace the folder `dir` by one filled by `fill` (see the module docs).
-fn replace_dir(
+pub fn replace_dir(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {

@@ -219,8 +219,10 @@ fn config_differences(stored: &TrainConfig, given: &TrainConfig) -> Vec<String> 
         .collect()
 }
 
-fn progress_bar(config: &TrainConfig, start: usize, total: usize) -> ProgressBar {
-    if !(config.progress && std::io::stderr().is_terminal()) {
+/// The progress bar of a training or pre-training run (hidden unless `enabled` and stderr is
+/// a terminal), positioned at `start` of `total` iterations.
+pub(crate) fn progress_bar(enabled: bool, start: usize, total: usize) -> ProgressBar {
+    if !(enabled && std::io::stderr().is_terminal()) {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
@@ -325,7 +327,7 @@ where
     }
 
     let stop = config.stop_at_iteration.unwrap_or(total).min(total);
-    let bar = progress_bar(config, start, total);
+    let bar = progress_bar(config.progress, start, total);
     let say = |line: String| {
         if config.progress {
             if bar.is_hidden() {

@@ -103,6 +103,40 @@ impl EncoderConfig {
     pub fn cumulative_strides(&self) -> Vec<[usize; 3]> {
         cumulative(self.strides())
     }
+
+    /// The same encoder for another number of input channels (only the stem changes).
+    pub fn with_in_channels(&self, in_channels: usize) -> Self {
+        let mut config = self.clone();
+        match &mut config {
+            EncoderConfig::Retunet(c) => c.in_channels = in_channels,
+            EncoderConfig::Resenc(c) => c.in_channels = in_channels,
+        }
+        config
+    }
+
+    /// Build a stem like this encoder's for `in_channels` inputs (MultiTalent's per-dataset
+    /// stems), without building the stages.
+    pub fn init_stem<B: Backend>(&self, in_channels: usize, device: &B::Device) -> Stem<B> {
+        let (kernel, bias, activation, init) = match self {
+            EncoderConfig::Retunet(c) => (c.kernel_sizes[0], c.conv_bias, c.activation, c.init),
+            EncoderConfig::Resenc(c) => (c.kernel_sizes[0], c.conv_bias, c.activation, c.init),
+        };
+        Stem {
+            convs: vec![
+                crate::nn::blocks::ConvNormActConfig {
+                    channels: [in_channels, self.widths()[0]],
+                    kernel_size: kernel,
+                    stride: [1, 1, 1],
+                    conv_bias: bias,
+                    activation,
+                    norm_epsilon: 1e-5,
+                    init,
+                    zero_norm_weight: false,
+                }
+                .init(device),
+            ],
+        }
+    }
 }
 
 pub(crate) fn cumulative(strides: &[[usize; 3]]) -> Vec<[usize; 3]> {
@@ -263,13 +297,49 @@ impl<B: Backend> Encoder<B> {
     /// - input: `[N, C_in, D, H, W]` with D, H, W divisible by the total stride
     /// - output `s`: `[N, widths[s], D / cum_stride[s][0], H / cum_stride[s][1], W / cum_stride[s][2]]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Vec<Tensor<B, 5>> {
-        let mut x = self.stem.forward(x);
+        self.forward_stages(self.stem.forward(x))
+    }
+
+    /// Run the stages on the output of a stem (this encoder's or, for MultiTalent's
+    /// per-dataset stems, another one); returns every stage's output, finest first.
+    pub fn forward_stages(&self, mut x: Tensor<B, 5>) -> Vec<Tensor<B, 5>> {
         let mut skips = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             x = stage.forward(x);
             skips.push(x.clone());
         }
         skips
+    }
+
+    /// Run the stem and stages on one volume as given (no preprocessing) and return every
+    /// stage's output as a volume `[C_stage, D/s, H/s, W/s]` whose spacing is the input's
+    /// times the stage's stride (for teaching, inspection and checking imports).
+    pub fn features(
+        &self,
+        volume: &crate::volume::Volume,
+        device: &B::Device,
+    ) -> Result<Vec<crate::volume::Volume>, NnError> {
+        let (c, d, h, w) = volume.data.dim();
+        self.check_input([1, c, d, h, w])?;
+        let values: Vec<f32> = volume.data.iter().copied().collect();
+        let x = Tensor::<B, 5>::from_data(burn::tensor::TensorData::new(values, [1, c, d, h, w]), device);
+        let strides = self.cumulative_strides();
+        self.forward(x)
+            .into_iter()
+            .zip(strides)
+            .map(|(t, s)| {
+                let [_, c, d, h, w] = t.dims();
+                let data: Vec<f32> = t
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| NnError::InvalidInput(format!("features: {e:?}")))?;
+                let array = ndarray::Array4::from_shape_vec((c, d, h, w), data)
+                    .map_err(|e| NnError::InvalidInput(format!("features: {e}")))?;
+                let spacing: [f64; 3] = std::array::from_fn(|a| volume.spacing[a] * s[a] as f64);
+                Ok(crate::volume::Volume::from_array(array, spacing))
+            })
+            .collect()
     }
 
     /// Check that an input of shape `[N, C, D, H, W]` fits this encoder.

@@ -6,6 +6,7 @@ pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod pretrain;
 pub mod volume;
 
 use super::help::HelpIndex;
@@ -26,4 +27,6 @@ pub fn register_all(
     metrics::register(engine, help);
     model::register(engine, help);
     plot::register(engine, help);
+    pretrain::register(engine, help);
+    pretrain::register_transfer(engine, help);
 }

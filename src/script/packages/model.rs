@@ -50,22 +50,6 @@ pub type ModelRef = Arc<Mutex<ModelState>>;
 const MODEL_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.mpk";
 
-fn merge_json(base: &mut serde_json::Value, overrides: serde_json::Value) {
-    match (base, overrides) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 /// Apply script options on top of a serde config: unknown keys and wrong types are errors
 /// naming the primitive.
 fn override_config<T: serde::Serialize + serde::de::DeserializeOwned>(
@@ -77,7 +61,7 @@ fn override_config<T: serde::Serialize + serde::de::DeserializeOwned>(
     let mut value = serde_json::to_value(base)
         .map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
     let overrides = crate::script::convert::dynamic_to_json(&Dynamic::from_map(opts.clone()));
-    merge_json(&mut value, overrides);
+    crate::script::convert::merge_json(&mut value, overrides);
     serde_json::from_value(value)
         .map_err(|e| runtime_error(format!("{what}: {e}"), ctx.call_position()))
 }

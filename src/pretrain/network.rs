@@ -1,0 +1,309 @@
+//! The network a pre-training run trains: the encoder that fine-tuning will reuse, plus the
+//! method's pre-training-only parts (a U-Net decoder, S3D's densify step, VoCo's projector,
+//! MultiTalent's extra stems and segmentation heads). Only the encoder (stem and stages) is
+//! transferred by default; the rest is kept in the checkpoint for resuming and "all" transfer.
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use super::PretrainError;
+use super::sparse::masked_instance_norm;
+use crate::nn::blocks::{WeightInit, conv3d};
+use crate::nn::conv::Conv3d;
+use crate::nn::encoder::Stem;
+use crate::nn::{Encoder, EncoderConfig, UNetDecoder, UNetDecoderConfig};
+
+/// A MultiTalent dataset's stem: its name and input channels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StemSpec {
+    /// The dataset's name (what `stem: "select:<name>"` picks in transfer).
+    pub dataset: String,
+    /// Its input channels.
+    pub channels: usize,
+}
+
+/// A MultiTalent segmentation head: which dataset (stem) it belongs to and its classes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    /// Head name: the dataset name, or `<dataset>#<part>` when a dataset was split.
+    pub name: String,
+    /// Index of the dataset in [`PretrainNetworkConfig::stems`].
+    pub dataset: usize,
+    /// The dataset's class ids this head predicts (0-based ids of the dataset), in order;
+    /// the head's channel 0 is background, channel `i + 1` is `classes[i]`.
+    pub classes: Vec<usize>,
+    /// Their names.
+    pub class_names: Vec<String>,
+}
+
+/// What a pre-training network consists of (serialised into every checkpoint).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainNetworkConfig {
+    /// The encoder (its stem serves `stems[0]` for MultiTalent).
+    pub encoder: EncoderConfig,
+    /// The U-Net decoder of MAE, S3D, Models Genesis and MultiTalent.
+    pub decoder: Option<UNetDecoderConfig>,
+    /// S3D's densify step (mask tokens and projections per level).
+    pub densify: bool,
+    /// VoCo's projector width.
+    pub projector_width: Option<usize>,
+    /// MultiTalent: one stem per dataset (dataset 0 uses the encoder's own stem).
+    pub stems: Vec<StemSpec>,
+    /// MultiTalent: the segmentation heads.
+    pub heads: Vec<HeadSpec>,
+}
+
+impl PretrainNetworkConfig {
+    /// Build the network, seeding nothing (seed the device first for reproducible weights).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PretrainNetwork<B>, PretrainError> {
+        let encoder = self.encoder.init::<B>(device)?;
+        let decoder = self
+            .decoder
+            .as_ref()
+            .map(|d| d.init::<B>(device))
+            .transpose()?;
+        let widths = self.encoder.widths().to_vec();
+        let densify = self.densify.then(|| Densify::new(&widths, device));
+        let projector = self
+            .projector_width
+            .map(|w| Projector::new(widths.iter().sum(), w, device));
+        let stems = self
+            .stems
+            .iter()
+            .skip(1)
+            .map(|s| self.encoder.init_stem::<B>(s.channels, device))
+            .collect();
+        let feature_width = widths[0];
+        let heads = self
+            .heads
+            .iter()
+            .map(|h| {
+                conv3d(
+                    [feature_width, h.classes.len() + 1],
+                    [1, 1, 1],
+                    [1, 1, 1],
+                    true,
+                    WeightInit::KaimingNormal,
+                    device,
+                )
+            })
+            .collect();
+        let network = PretrainNetwork {
+            encoder,
+            decoder,
+            densify,
+            projector,
+            stems,
+            heads,
+        };
+        // Clones and saved weights must agree with the module (see `inspect::materialize`).
+        crate::nn::inspect::materialize(&network);
+        Ok(network)
+    }
+}
+
+/// S3D's densify step: per level, a non-affine masked norm, a learnable mask token filling the
+/// masked voxels, and a 3³ projection (identity at level 0).
+#[derive(Module, Debug)]
+pub struct Densify<B: Backend> {
+    /// One mask token per level, `[C_level]`.
+    pub tokens: Vec<Param<Tensor<B, 1>>>,
+    /// The projection of every level but the first.
+    pub projections: Vec<Conv3d<B>>,
+}
+
+impl<B: Backend> Densify<B> {
+    fn new(widths: &[usize], device: &B::Device) -> Self {
+        // nnssl: truncated normal, std 0.02, cut at ±0.02.
+        let tokens = widths
+            .iter()
+            .map(|&c| {
+                let t: Tensor<B, 1> = Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                }
+                .init::<B, 1, _>([c], device)
+                .val()
+                .clamp(-0.02, 0.02);
+                // A fresh leaf tensor: a parameter cannot be the output of an operation.
+                Param::from_tensor(Tensor::from_data(t.into_data(), device))
+            })
+            .collect();
+        let projections = widths
+            .iter()
+            .skip(1)
+            .map(|&c| conv3d([c, c], [3, 3, 3], [1, 1, 1], true, WeightInit::KaimingNormal, device))
+            .collect();
+        Self {
+            tokens,
+            projections,
+        }
+    }
+
+    /// Densify the sparse skips; `masks[i]` is level i's mask (`None`: dense level).
+    pub fn forward(
+        &self,
+        skips: Vec<Tensor<B, 5>>,
+        masks: &[Option<Tensor<B, 5>>],
+    ) -> Vec<Tensor<B, 5>> {
+        skips
+            .into_iter()
+            .enumerate()
+            .map(|(level, f)| {
+                let mask = masks[level].as_ref();
+                let mut f = masked_instance_norm(f, mask, None, 1e-5);
+                if let Some(m) = mask {
+                    let c = f.dims()[1];
+                    let token = self.tokens[level].val().reshape([1, c, 1, 1, 1]);
+                    f = f + token * m.clone().neg().add_scalar(1.0);
+                }
+                match level {
+                    0 => f,
+                    _ => self.projections[level - 1].forward(f),
+                }
+            })
+            .collect()
+    }
+}
+
+/// VoCo's projector: Linear → per-embedding norm → ReLU, twice, then Linear (nnssl normalises
+/// each embedding over its own features, a LayerNorm without affine parameters).
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    /// The three linear layers.
+    pub layers: Vec<Linear<B>>,
+}
+
+impl<B: Backend> Projector<B> {
+    fn new(input: usize, width: usize, device: &B::Device) -> Self {
+        let layers = [(input, width), (width, width), (width, width)]
+            .into_iter()
+            .map(|(i, o)| LinearConfig::new(i, o).init(device))
+            .collect();
+        Self { layers }
+    }
+
+    /// Project pooled features `[N, F]` to embeddings `[N, width]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i + 1 < self.layers.len() {
+                let mean = x.clone().mean_dim(1);
+                let centered = x - mean;
+                let var = centered.clone().square().mean_dim(1);
+                x = relu(centered / var.add_scalar(1e-5).sqrt());
+            }
+        }
+        x
+    }
+}
+
+/// The pre-training network (see the module docs).
+#[derive(Module, Debug)]
+pub struct PretrainNetwork<B: Backend> {
+    /// The encoder that fine-tuning reuses.
+    pub encoder: Encoder<B>,
+    /// The U-Net decoder (all methods but VoCo).
+    pub decoder: Option<UNetDecoder<B>>,
+    /// S3D's densify step.
+    pub densify: Option<Densify<B>>,
+    /// VoCo's projector.
+    pub projector: Option<Projector<B>>,
+    /// MultiTalent's stems of datasets 1, 2, … (dataset 0 uses `encoder.stem`).
+    pub stems: Vec<Stem<B>>,
+    /// MultiTalent's segmentation heads.
+    pub heads: Vec<Conv3d<B>>,
+}
+
+impl<B: Backend> PretrainNetwork<B> {
+    /// The stem of MultiTalent dataset `dataset` (0 = the encoder's own).
+    pub fn stem(&self, dataset: usize) -> &Stem<B> {
+        match dataset {
+            0 => &self.encoder.stem,
+            d => &self.stems[d - 1],
+        }
+    }
+
+    /// VoCo's embedding of crops `[N, C, D, H, W]`: every stage output average-pooled over
+    /// space, concatenated, projected. Returns `[N, width]`.
+    pub fn embed(&self, crops: Tensor<B, 5>) -> Tensor<B, 2> {
+        let skips = self.encoder.forward(crops);
+        let pooled: Vec<Tensor<B, 2>> = skips
+            .into_iter()
+            .map(|s| {
+                let [n, c, d, h, w] = s.dims();
+                s.reshape([n, c, d * h * w]).mean_dim(2).reshape([n, c])
+            })
+            .collect();
+        let features = Tensor::cat(pooled, 1);
+        match &self.projector {
+            Some(p) => p.forward(features),
+            None => features,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ResEncConfig;
+    use crate::nn::testing::{TestBackend, tensor_values, test_device};
+
+    fn config(in_channels: usize) -> PretrainNetworkConfig {
+        let encoder = EncoderConfig::Resenc(ResEncConfig::tiny(in_channels));
+        PretrainNetworkConfig {
+            decoder: Some(UNetDecoderConfig::for_encoder(&encoder, in_channels)),
+            encoder,
+            densify: true,
+            projector_width: Some(16),
+            stems: vec![],
+            heads: vec![],
+        }
+    }
+
+    #[test]
+    fn densify_puts_the_token_exactly_at_masked_voxels_and_level_zero_is_not_projected() {
+        let device = test_device();
+        let net = config(1).init::<TestBackend>(&device).unwrap();
+        let densify = net.densify.unwrap();
+        assert_eq!(densify.projections.len(), 3);
+        let m = super::super::mask::BlockMask {
+            grid: [1, 1, 2],
+            cells: vec![vec![1.0, 0.0]],
+        };
+        let mut pyramid = super::super::sparse::MaskPyramid::<TestBackend>::new(&m, &device);
+        let mask = pyramid.at([2, 2, 2]).unwrap();
+        let f = Tensor::<TestBackend, 5>::ones([1, 8, 2, 2, 2], &device) * mask.clone();
+        let out = densify.forward(vec![f], &[Some(mask.clone())]);
+        let values = tensor_values(out[0].clone());
+        let token = tensor_values(densify.tokens[0].val());
+        let mv = tensor_values(mask);
+        for c in 0..8 {
+            for v in 0..8 {
+                let x = values[c * 8 + v];
+                if mv[v] == 0.0 {
+                    assert!((x - token[c]).abs() < 1e-7, "token at masked voxel");
+                } else {
+                    assert_eq!(x, 0.0, "constant visible values normalise to 0, unprojected");
+                }
+            }
+        }
+        assert!(token.iter().all(|t| t.abs() <= 0.02));
+    }
+
+    #[test]
+    fn embeddings_have_the_projector_width() {
+        let device = test_device();
+        let net = config(1).init::<TestBackend>(&device).unwrap();
+        let z = net.embed(Tensor::ones([3, 1, 8, 8, 8], &device));
+        assert_eq!(z.dims(), [3, 16]);
+    }
+}

@@ -1,0 +1,533 @@
+//! Pre-training primitives: data sources (`nifti_folder`, `synthetic_stream`), `pretrain`,
+//! and `load_pretrained` with its inspection methods.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
+
+use super::data::{DatasetRef, PreprocessedRef};
+use super::model::Backbone;
+use crate::data::world::PoolConfig;
+use crate::data::{PreprocessConfig, TargetSpacing};
+use crate::nn::{self, ScriptBackend};
+use crate::pretrain::{
+    self, CaseSource, Method, PoolSource, PretrainConfig, PretrainInputs, PretrainRun,
+    PretrainSource, Pretrained, Sources,
+};
+use crate::script::convert::{ScriptResult, at, options, runtime_error, to_script};
+use crate::script::help::HelpIndex;
+use crate::script::registrar::Registrar;
+
+/// A folder of NIfTI files to pre-train on.
+#[derive(Clone, Debug)]
+pub struct NiftiFolder(pub PathBuf);
+
+/// The seeded synthetic pre-training stream.
+#[derive(Clone, Debug)]
+pub struct SyntheticStream(pub PoolConfig);
+
+/// A loaded pre-training checkpoint in scripts.
+pub type PretrainedRef = Arc<Pretrained<ScriptBackend>>;
+
+fn spacing_option(ctx: &NativeCallContext, value: Option<Dynamic>) -> ScriptResult<Option<[f64; 3]>> {
+    let Some(v) = value else { return Ok(None) };
+    if let Some(arr) = v.read_lock::<Array>() {
+        return crate::script::convert::f64_triple(ctx, "pretrain: spacing", &arr).map(Some);
+    }
+    if let Some(x) = crate::script::convert::as_f64(&v) {
+        return Ok(Some([x, x, x]));
+    }
+    Err(runtime_error(
+        "pretrain: spacing must be a number or [sd, sh, sw] in mm",
+        ctx.call_position(),
+    ))
+}
+
+fn dataset_name(d: &crate::data::Dataset) -> String {
+    d.root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| d.root.display().to_string())
+}
+
+/// A labelled or unlabelled case source from a Dataset (preprocessed at `spacing`, z-score
+/// default normalisation) or a PreprocessedDataset.
+fn case_source(
+    ctx: &NativeCallContext,
+    value: &Dynamic,
+    spacing: Option<[f64; 3]>,
+    labelled: bool,
+) -> ScriptResult<Option<CaseSource>> {
+    if let Some(d) = value.clone().try_cast::<DatasetRef>() {
+        let config = PreprocessConfig {
+            target_spacing: spacing.map_or(TargetSpacing::Median, TargetSpacing::Fixed),
+            ..PreprocessConfig::default()
+        };
+        let pre = crate::data::preprocess(&d, &config, None).map_err(at(ctx))?;
+        let name = dataset_name(&d);
+        return CaseSource::from_preprocessed(&name, &pre, d.meta.labels.clone(), labelled)
+            .map(Some)
+            .map_err(at(ctx));
+    }
+    if let Some(p) = value.clone().try_cast::<PreprocessedRef>() {
+        let name = p
+            .manifest
+            .dataset_root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.manifest.task.clone());
+        let labels = p.manifest.labels.clone();
+        return CaseSource::from_preprocessed(&name, &p, labels, labelled)
+            .map(Some)
+            .map_err(at(ctx));
+    }
+    Ok(None)
+}
+
+fn sources(
+    ctx: &NativeCallContext,
+    data: &Dynamic,
+    method: Method,
+    spacing: Option<[f64; 3]>,
+    patch: [usize; 3],
+) -> ScriptResult<Sources> {
+    if let Some(list) = data.read_lock::<Array>() {
+        if method != Method::Multitalent {
+            return Err(runtime_error(
+                format!(
+                    "pretrain: a list of datasets is for method \"multitalent\"; {} takes one source",
+                    method.name()
+                ),
+                ctx.call_position(),
+            ));
+        }
+        let mut datasets = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            match case_source(ctx, item, spacing, true)? {
+                Some(s) => datasets.push(Arc::new(s)),
+                None => {
+                    return Err(runtime_error(
+                        format!(
+                            "pretrain: item {i} of the dataset list is a {}, not a Dataset or PreprocessedDataset",
+                            item.type_name()
+                        ),
+                        ctx.call_position(),
+                    ));
+                }
+            }
+        }
+        pretrain::check_multitalent_datasets(&datasets).map_err(at(ctx))?;
+        let heads = Vec::new();
+        return Ok(Sources::Labelled { datasets, heads });
+    }
+    if method == Method::Multitalent {
+        if let Some(s) = case_source(ctx, data, spacing, true)? {
+            return Ok(Sources::Labelled {
+                datasets: vec![Arc::new(s)],
+                heads: Vec::new(),
+            });
+        }
+        return Err(runtime_error(
+            "pretrain: MultiTalent needs a labelled Dataset or a list of them",
+            ctx.call_position(),
+        ));
+    }
+    if let Some(s) = case_source(ctx, data, spacing, false)? {
+        return Ok(Sources::Images(Arc::new(s)));
+    }
+    if let Some(folder) = data.clone().try_cast::<NiftiFolder>() {
+        let s = CaseSource::from_nifti_folder(&folder.0, spacing.unwrap_or([1.0; 3]))
+            .map_err(at(ctx))?;
+        return Ok(Sources::Images(Arc::new(s)));
+    }
+    if let Some(stream) = data.clone().try_cast::<SyntheticStream>() {
+        let mut config = stream.0;
+        if let Some(s) = spacing {
+            config.spacing = s;
+        }
+        pretrain::source::validate_pool(&config, patch).map_err(at(ctx))?;
+        return Ok(Sources::Images(Arc::new(PoolSource { config })));
+    }
+    Err(runtime_error(
+        format!(
+            "pretrain: data must be a Dataset, PreprocessedDataset, nifti_folder(…), synthetic_stream(…) or (MultiTalent) a list of datasets, not {}",
+            data.type_name()
+        ),
+        ctx.call_position(),
+    ))
+}
+
+fn run_map(ctx: &NativeCallContext, run: &PretrainRun) -> ScriptResult<Map> {
+    let mut history = Map::new();
+    let col = |f: &dyn Fn(&crate::train::IterationRecord) -> Dynamic| -> Dynamic {
+        Dynamic::from_array(run.history.iter().map(f).collect())
+    };
+    history.insert("iteration".into(), col(&|r| Dynamic::from(r.iteration as i64)));
+    history.insert("loss".into(), col(&|r| Dynamic::from_float(r.loss)));
+    history.insert("lr".into(), col(&|r| Dynamic::from_float(r.lr)));
+    let mut names: Vec<String> = run
+        .history
+        .iter()
+        .flat_map(|r| r.components.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        history.insert(
+            n.as_str().into(),
+            col(&|r| Dynamic::from_float(r.components.get(&n).copied().unwrap_or(f64::NAN))),
+        );
+    }
+    let mut m = Map::new();
+    m.insert("history".into(), history.into());
+    m.insert("validation".into(), to_script(ctx, &run.validation)?);
+    m.insert(
+        "best".into(),
+        match &run.best {
+            Some(b) => to_script(ctx, b)?,
+            None => Dynamic::UNIT,
+        },
+    );
+    m.insert("iterations".into(), (run.iterations_done as i64).into());
+    m.insert("finished".into(), run.finished.into());
+    m.insert("out".into(), run.out.display().to_string().into());
+    m.insert(
+        "figures".into(),
+        Dynamic::from_array(
+            run.figures
+                .iter()
+                .map(|p| Dynamic::from(p.display().to_string()))
+                .collect(),
+        ),
+    );
+    Ok(m)
+}
+
+fn pretrain_impl(
+    ctx: &NativeCallContext,
+    backbone: &Backbone,
+    data: Dynamic,
+    mut opts: Map,
+) -> ScriptResult<Map> {
+    let device = match opts.remove("device") {
+        None => nn::device("cpu").map_err(at(ctx))?,
+        Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(ctx))?,
+        Some(d) => d
+            .try_cast::<super::model::Device>()
+            .map(|d| d.0)
+            .ok_or_else(|| {
+                runtime_error(
+                    "pretrain: device must be a Device or a name like \"cpu\"",
+                    ctx.call_position(),
+                )
+            })?,
+    };
+    let spacing = spacing_option(ctx, opts.remove("spacing"))?;
+    let method: Method = match opts.get("method") {
+        Some(m) => options(ctx, "pretrain: method", {
+            let mut one = Map::new();
+            one.insert("method".into(), m.clone());
+            one
+        })
+        .map(|c: PretrainConfig| c.method)?,
+        None => Method::Mae,
+    };
+    // Start from the method's defaults, then apply the script's options.
+    let base = serde_json::to_value(PretrainConfig::for_method(method))
+        .map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
+    let mut value = base;
+    let overrides = crate::script::convert::dynamic_to_json(&Dynamic::from_map(opts));
+    crate::script::convert::merge_json(&mut value, overrides);
+    let config: PretrainConfig = serde_json::from_value(value)
+        .map_err(|e| runtime_error(format!("pretrain: {e}"), ctx.call_position()))?;
+    config.validate().map_err(at(ctx))?;
+    let mut sources = sources(ctx, &data, method, spacing, config.patch)?;
+    let network_config =
+        pretrain::network_config(&backbone.0, &sources, &config).map_err(at(ctx))?;
+    if let Sources::Labelled { heads, .. } = &mut sources {
+        *heads = network_config.heads.clone();
+    }
+    let data_plans = match &sources {
+        Sources::Images(s) => vec![s.plan()],
+        Sources::Labelled { datasets, .. } => datasets.iter().map(|d| d.plan()).collect(),
+    };
+    nn::backend::seed(&device, config.seed);
+    let network = network_config
+        .init::<ScriptBackend>(&device)
+        .map_err(at(ctx))?;
+    let inputs = PretrainInputs {
+        network_config: &network_config,
+        sources: &sources,
+        data: data_plans,
+    };
+    match pretrain::pretrain(network, &inputs, &config, &device) {
+        Ok((_, run)) => run_map(ctx, &run),
+        Err(e) => {
+            if matches!(
+                e,
+                pretrain::PretrainError::Train(crate::train::TrainError::Interrupted { .. })
+            ) {
+                crate::util::interrupt::request();
+            }
+            Err(runtime_error(format!("pretrain: {e}"), ctx.call_position()))
+        }
+    }
+}
+
+fn describe_stream(s: &SyntheticStream) -> String {
+    format!(
+        "SyntheticStream(seed {}, {:?}, {} channel(s), spacing {:?})",
+        s.0.seed, s.0.modality, s.0.channels, s.0.spacing
+    )
+}
+
+/// Register the pre-training package.
+pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
+    engine.register_type_with_name::<NiftiFolder>("NiftiFolder");
+    engine.register_type_with_name::<SyntheticStream>("SyntheticStream");
+    engine.register_type_with_name::<PretrainedRef>("Pretrained");
+    engine.register_fn("to_string", |f: &mut NiftiFolder| format!("NiftiFolder({})", f.0.display()));
+    engine.register_fn("to_debug", |f: &mut NiftiFolder| format!("NiftiFolder({})", f.0.display()));
+    engine.register_fn("to_string", |s: &mut SyntheticStream| describe_stream(s));
+    engine.register_fn("to_debug", |s: &mut SyntheticStream| describe_stream(s));
+    engine.register_fn("to_string", |p: &mut PretrainedRef| p.describe());
+    engine.register_fn("to_debug", |p: &mut PretrainedRef| p.describe());
+    let mut r = Registrar::new(
+        engine,
+        help,
+        "pretrain",
+        "pre-training of encoders (MAE, S3D, Models Genesis, VoCo, MultiTalent) and checkpoints",
+    );
+    r.func(
+        "nifti_folder(path: String) -> NiftiFolder",
+        "Every .nii / .nii.gz file of a folder as a pre-training source (resampled to the\n\
+         `spacing` of `pretrain`, z-scored per image). A folder without NIfTI files is an error.",
+        "let scans = nifti_folder(\"scans/\");",
+        |path: &str| -> NiftiFolder { NiftiFolder(PathBuf::from(path)) },
+    );
+    r.func(
+        "synthetic_stream(options: Map) -> SyntheticStream",
+        "The seeded synthetic pre-training stream: CT-like or MRI-like volumes with organs, ring\n\
+         lesions and distractors, a new volume for every draw. Options: seed, modality\n\
+         (\"ct\"|\"mri\"|\"mixed\"), channels, spacing, lesion_probability, max_lesions,\n\
+         distractor_probability, max_distractors, lesion_radius_mm, noise, bias_field (the\n\
+         volume shape follows the pre-training patch).",
+        "let pool = synthetic_stream(#{seed: 1});",
+        |ctx: NativeCallContext, opts: Map| -> ScriptResult<SyntheticStream> {
+            let config: PoolConfig = options(&ctx, "synthetic_stream", opts)?;
+            config.validate().map_err(at(&ctx))?;
+            Ok(SyntheticStream(config))
+        },
+    );
+    r.func(
+        "pretrain(backbone: Backbone, data: Dynamic, options: Map) -> Map",
+        "Pre-train an encoder; writes <out>/last, <out>/best (lowest validation loss) and\n\
+         <out>/figures/iter_K.png (what the method sees and produces). data: a Dataset or\n\
+         PreprocessedDataset (images only), nifti_folder(…), synthetic_stream(…), or for\n\
+         MultiTalent a list of labelled datasets (one stem and head each).\n\
+         Options (defaults: nnssl's): method (\"mae\"|\"spark\"|\"models_genesis\"|\"voco\"|\"multitalent\"),\n\
+         patch [32, 32, 32], batch 4, iterations 1000, lr 0.01 (MultiTalent 0.001), warmup_iters 0,\n\
+         warmup_start_lr, poly_exponent 0.9, optimizer (#{kind: \"sgd\", momentum: 0.99, nesterov:\n\
+         true, weight_decay: 3e-5, grad_clip_norm: 12} or kind \"adamw\"), mask (#{block: 4, ratio:\n\
+         0.75}), spark (#{zero_input: false}), genesis (#{flip_probability, local_shuffle_probability,\n\
+         nonlinear_probability, painting_probability, outpainting_share, …}), voco (#{bases: [1, 2, 2],\n\
+         targets: 4, projector_width: 2048, ema_momentum: (), augment_crops: true,\n\
+         prediction_weight: 1, regularization_weight: 1}), multitalent (#{sampling_exponent: -0.5,\n\
+         max_classes_per_head: (), foreground_fraction: 0.33}), val_patches 8, validate_every 50,\n\
+         figure_every 100, seed 0 (weights and every draw), out (\"runs/pretrain\"), resume,\n\
+         overwrite, stop_at_iteration, progress, spacing (of the data; datasets default to the\n\
+         median, folders and the stream to 1 mm), device (\"cpu\"). Returns #{history: #{iteration,\n\
+         loss, lr, <terms>}, validation, best, iterations, finished, out, figures}.",
+        "let run = pretrain(backbone(\"resenc_tiny\"), synthetic_stream(#{seed: 1}), #{method: \"mae\", patch: [32, 32, 32], iterations: 200, mask: #{block: 4, ratio: 0.75}, out: \"runs/pre/mae\"});\nplot_lines(\"runs/pre/mae/loss.png\", #{loss: run.history.loss}, #{});",
+        |ctx: NativeCallContext, backbone: Backbone, data: Dynamic, opts: Map| -> ScriptResult<Map> {
+            pretrain_impl(&ctx, &backbone, data, opts)
+        },
+    );
+    r.func(
+        "load_pretrained(path: String) -> Pretrained",
+        "Read a pre-training checkpoint (a run folder: its best, else its last; or a checkpoint\n\
+         folder) on the CPU. Printing it shows the method, architecture, spacing,\n\
+         normalisation, patch, channels and stems.",
+        "let ckpt = load_pretrained(\"runs/pre/mae\");\nprint(ckpt);",
+        |ctx: NativeCallContext, path: &str| -> ScriptResult<PretrainedRef> {
+            let device = nn::device("cpu").map_err(at(&ctx))?;
+            pretrain::load_pretrained::<ScriptBackend>(std::path::Path::new(path), &device)
+                .map(Arc::new)
+                .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()))
+        },
+    );
+    r.method(
+        "Pretrained",
+        "backbone() -> Backbone",
+        "The encoder configuration the checkpoint needs (widths, depths, strides, channels), to\n\
+         build a detector that can take its weights.",
+        "let model = detector(\"retina_unet\", ckpt.backbone(), #{num_classes: 1});",
+        |p: &mut PretrainedRef| -> Backbone { Backbone(p.state.network.encoder.clone()) },
+    );
+    r.method(
+        "Pretrained",
+        "stems() -> Array",
+        "The checkpoint's stems as #{dataset, channels} (MultiTalent: one per dataset; otherwise\n\
+         one named \"default\").",
+        "for s in ckpt.stems() { print(s.dataset + \": \" + s.channels); }",
+        |ctx: NativeCallContext, p: &mut PretrainedRef| -> ScriptResult<Dynamic> {
+            to_script(&ctx, &p.state.stems())
+        },
+    );
+    r.method(
+        "Pretrained",
+        "info() -> Map",
+        "Everything pretrain.json holds: method, iteration, config, network, data plans,\n\
+         validation and best.",
+        "print(ckpt.info().method);",
+        |ctx: NativeCallContext, p: &mut PretrainedRef| -> ScriptResult<Dynamic> {
+            let mut state = p.state.clone();
+            state.history.clear();
+            to_script(&ctx, &state)
+        },
+    );
+}
+
+/// A transfer report in scripts: counts as properties, the lists through `details()`, and a
+/// readable table when printed.
+pub type TransferReportRef = Arc<pretrain::TransferReport>;
+
+fn transfer_options(ctx: &NativeCallContext, mut opts: Map) -> ScriptResult<pretrain::TransferOptions> {
+    let stem = match opts.remove("stem") {
+        Some(s) => pretrain::StemPolicy::parse(&s.to_string()).map_err(at(ctx))?,
+        None => pretrain::StemPolicy::default(),
+    };
+    let scope = match opts.remove("scope") {
+        Some(s) => match s.to_string().as_str() {
+            "encoder" => pretrain::TransferScope::Encoder,
+            "all" => pretrain::TransferScope::All,
+            other => {
+                return Err(runtime_error(
+                    format!("transfer: scope must be \"encoder\" or \"all\", got \"{other}\""),
+                    ctx.call_position(),
+                ));
+            }
+        },
+        None => pretrain::TransferScope::Encoder,
+    };
+    if let Some(key) = opts.keys().next() {
+        return Err(runtime_error(
+            format!("transfer: unknown option `{key}`, expected one of `scope`, `stem`"),
+            ctx.call_position(),
+        ));
+    }
+    Ok(pretrain::TransferOptions { scope, stem })
+}
+
+fn volumes_to_array(volumes: Vec<crate::volume::Volume>) -> Array {
+    volumes
+        .into_iter()
+        .map(|v| Dynamic::from(Arc::new(v)))
+        .collect()
+}
+
+/// Register the transfer primitives (part of the pre-training package).
+pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
+    use super::model::{ModelRef, Net};
+    use super::volume::VolumeRef;
+    engine.register_type_with_name::<TransferReportRef>("TransferReport");
+    engine.register_fn("to_string", |r: &mut TransferReportRef| r.to_string());
+    engine.register_fn("to_debug", |r: &mut TransferReportRef| r.to_string());
+    engine.register_get("loaded", |r: &mut TransferReportRef| r.loaded.len() as i64);
+    engine.register_get("skipped_by_name", |r: &mut TransferReportRef| r.skipped_by_name.len() as i64);
+    engine.register_get("skipped_by_shape", |r: &mut TransferReportRef| r.skipped_by_shape.len() as i64);
+    engine.register_get("missing", |r: &mut TransferReportRef| r.missing.len() as i64);
+    engine.register_get("stem", |r: &mut TransferReportRef| r.stem.clone());
+    engine.register_get("stem_policy", |r: &mut TransferReportRef| r.stem_policy.clone());
+    let mut r = Registrar::new(
+        engine,
+        help,
+        "transfer",
+        "weight transfer from pre-training checkpoints into detectors, encoder features",
+    );
+    r.func(
+        "transfer(model: Model, checkpoint: Pretrained, options: Map) -> TransferReport",
+        "Load a pre-trained encoder into a detector, in place. Options: scope (\"encoder\": stem\n\
+         and stages, the default; \"all\": every tensor whose path and shape match), stem (for\n\
+         differing channel counts: \"random\" keeps the fresh stem, \"replicate\" tiles the kernel,\n\
+         \"replicate_scaled\" tiles it and divides by N (default), \"copy_first\", \"mean\" (N → 1),\n\
+         \"select:<dataset>\" picks a MultiTalent stem). Returns a report with loaded,\n\
+         skipped_by_name, skipped_by_shape, missing (counts), stem and details(); it prints as a\n\
+         table. An encoder mismatch is an error naming the tensor and both shapes, and leaves\n\
+         the model unchanged.",
+        "let report = transfer(model, ckpt, #{scope: \"encoder\", stem: \"replicate_scaled\"});\nprint(report);",
+        |ctx: NativeCallContext, m: ModelRef, ckpt: PretrainedRef, opts: Map| -> ScriptResult<TransferReportRef> {
+            let options = transfer_options(&ctx, opts)?;
+            let mut state = m.lock().map_err(|_| {
+                runtime_error("transfer: the model is unusable after an earlier panic", ctx.call_position())
+            })?;
+            let Net::RetinaUNet(net) = &state.net;
+            let (updated, report) = pretrain::transfer(net.clone(), &ckpt, &options)
+                .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
+            state.net = Net::RetinaUNet(updated);
+            Ok(Arc::new(report))
+        },
+    );
+    r.func(
+        "transfer(model: Model, checkpoint: Pretrained) -> TransferReport",
+        "Transfer the encoder with the default stem policy (replicate_scaled).",
+        "print(transfer(model, load_pretrained(\"runs/pre/mae\")));",
+        |ctx: NativeCallContext, m: ModelRef, ckpt: PretrainedRef| -> ScriptResult<TransferReportRef> {
+            let options = pretrain::TransferOptions::default();
+            let mut state = m.lock().map_err(|_| {
+                runtime_error("transfer: the model is unusable after an earlier panic", ctx.call_position())
+            })?;
+            let Net::RetinaUNet(net) = &state.net;
+            let (updated, report) = pretrain::transfer(net.clone(), &ckpt, &options)
+                .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
+            state.net = Net::RetinaUNet(updated);
+            Ok(Arc::new(report))
+        },
+    );
+    r.method(
+        "TransferReport",
+        "details() -> Map",
+        "The report's lists: loaded, skipped_by_name, skipped_by_shape (#{path, checkpoint,\n\
+         detector}), missing, stem_policy, stem.",
+        "print(report.details().skipped_by_shape);",
+        |ctx: NativeCallContext, r: &mut TransferReportRef| -> ScriptResult<Dynamic> {
+            to_script(&ctx, r.as_ref())
+        },
+    );
+    r.func(
+        "features(model: Model, volume: Volume) -> Array",
+        "Run a detector's encoder (stem and stages) on a volume as given, without\n\
+         preprocessing; returns every stage's output as a Volume [C, D, H, W] (spacing times the\n\
+         stage's stride). The volume's size must be divisible by the encoder's total stride.",
+        "let f = features(model, vol);\nprint(f[0].shape());",
+        |ctx: NativeCallContext, m: ModelRef, v: VolumeRef| -> ScriptResult<Array> {
+            use crate::nn::Detector;
+            use burn::module::AutodiffModule;
+            let state = m.lock().map_err(|_| {
+                runtime_error("features: the model is unusable after an earlier panic", ctx.call_position())
+            })?;
+            let Net::RetinaUNet(net) = &state.net;
+            let encoder = net.encoder().valid();
+            encoder
+                .features(&v, &state.device)
+                .map(volumes_to_array)
+                .map_err(|e| runtime_error(format!("features: {e}"), ctx.call_position()))
+        },
+    );
+    r.func(
+        "features(checkpoint: Pretrained, volume: Volume) -> Array",
+        "Run a pre-trained encoder on a volume as given (see features(model, volume)).",
+        "let f = features(load_pretrained(\"runs/pre/mae\"), vol);",
+        |ctx: NativeCallContext, ckpt: PretrainedRef, v: VolumeRef| -> ScriptResult<Array> {
+            use burn::module::AutodiffModule;
+            let device = nn::device("cpu").map_err(at(&ctx))?;
+            ckpt.network
+                .encoder
+                .valid()
+                .features(&v, &device)
+                .map(volumes_to_array)
+                .map_err(|e| runtime_error(format!("features: {e}"), ctx.call_position()))
+        },
+    );
+}
