@@ -2,24 +2,30 @@
 //! LSA, NIfTI-2), compared with values computed once with nibabel 5.4.2 / numpy / scipy 1.17.
 //!
 //! The files come from Debian `mricron-data` and `insighttoolkit5-examples` and from PyPI
-//! `nibabel==5.4.2` and `dipy==1.12.1`; `.ci/setup-data.sh` installs them. A missing file is a
-//! test failure (never a silent pass). The Python package folders are found with `python3`, or
-//! given by `DETLAB_NIBABEL_DIR` / `DETLAB_DIPY_DIR`.
+//! `nibabel==5.4.2` and `dipy==1.12.1`. The tests install them themselves on first use
+//! (`common::setup_data` runs `.ci/setup-data.sh`, which also builds the pinned venv `.venv`
+//! used to locate the Python packages and to read detlab's output back with nibabel). A missing
+//! file or a failed set-up is a test failure (never a silent pass). The Python package folders
+//! can also be given by `DETLAB_NIBABEL_DIR` / `DETLAB_DIPY_DIR`.
 
+mod common;
+
+use common::{SETUP_DATA, setup_data};
 use detlab::volume::boxes::{BoxConvention, box_inside};
 use detlab::volume::{
     AffineSource, Interpolation, NiftiDtype, Volume, VolumeError, read_nifti, read_nifti_header,
     write_nifti,
 };
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SETUP: &str = "run `bash .ci/setup-data.sh` (apt: mricron-data insighttoolkit5-examples; pip: nibabel==5.4.2 dipy==1.12.1 scipy)";
-
+/// `path` after the set-up has run; a test failure naming the file if it is still missing.
 fn require(path: PathBuf) -> PathBuf {
+    setup_data();
     assert!(
         path.exists(),
-        "real-data file {} is missing: {SETUP}",
+        "real-data file {} is missing after the set-up: {SETUP_DATA}",
         path.display()
     );
     path
@@ -29,16 +35,18 @@ fn python_package_dir(package: &str, env: &str) -> PathBuf {
     if let Ok(dir) = std::env::var(env) {
         return PathBuf::from(dir);
     }
-    let out = Command::new("python3")
+    let python = setup_data();
+    let out = Command::new(&python)
         .args([
             "-c",
             &format!("import {package}, os; print(os.path.dirname({package}.__file__))"),
         ])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 to locate {package} ({e}): {SETUP}"));
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {SETUP_DATA}", python.display()));
     assert!(
         out.status.success(),
-        "python3 cannot import {package}: {SETUP}\n{}",
+        "{} cannot import {package}: {SETUP_DATA}\n{}",
+        python.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
@@ -91,13 +99,11 @@ fn check(
             vol.spacing
         );
     }
-    for r in 0..3 {
-        for c in 0..4 {
+    for (r, (got_row, want_row)) in vol.affine.iter().zip(&affine).enumerate() {
+        for (c, (got, want)) in got_row.iter().zip(want_row).enumerate() {
             assert!(
-                (vol.affine[r][c] - affine[r][c]).abs() < 1e-5,
-                "{what}: affine[{r}][{c}] = {} vs nibabel {}",
-                vol.affine[r][c],
-                affine[r][c]
+                (got - want).abs() < 1e-5,
+                "{what}: affine[{r}][{c}] = {got} vs nibabel {want}"
             );
         }
     }
@@ -377,41 +383,60 @@ fn files_written_by_detlab_read_back_identically_in_nibabel() {
     write_nifti(&aniso, &img_path, NiftiDtype::F32).unwrap();
     write_nifti(&aal, &lab_path, NiftiDtype::U8).unwrap();
     assert_eq!(read_nifti(&img_path).unwrap().data, aniso.data);
-    let script = format!(
-        "import nibabel as nib, numpy as np\n\
-         a = nib.load({img:?}); l = nib.load({lab:?})\n\
-         print(a.shape, a.get_data_dtype(), float(np.asanyarray(a.dataobj, dtype=np.float64).sum()))\n\
-         print(l.shape, l.get_data_dtype(), int(np.asanyarray(l.dataobj).astype(np.int64).sum()))\n\
-         print(' '.join(repr(v) for v in a.affine[:3].ravel()))\n\
-         print(' '.join(repr(v) for v in a.get_qform()[:3].ravel()))\n\
-         print(' '.join(repr(v) for v in a.header.get_zooms()))",
-        img = img_path.to_str().unwrap(),
-        lab = lab_path.to_str().unwrap()
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
+    // JSON built from plain Python floats and lists: numpy scalars print differently across
+    // numpy versions (`repr` gives `np.float64(1.0)` under numpy 2).
+    let script = "import json, sys, nibabel as nib, numpy as np\n\
+         a = nib.load(sys.argv[1]); l = nib.load(sys.argv[2])\n\
+         print(json.dumps({\n\
+             'img_shape': list(a.shape), 'img_dtype': str(a.get_data_dtype()),\n\
+             'img_sum': float(np.asanyarray(a.dataobj, dtype=np.float64).sum()),\n\
+             'lab_shape': list(l.shape), 'lab_dtype': str(l.get_data_dtype()),\n\
+             'lab_sum': int(np.asanyarray(l.dataobj).astype(np.int64).sum()),\n\
+             'sform': a.affine[:3].ravel().tolist(),\n\
+             'qform': a.get_qform()[:3].ravel().tolist(),\n\
+             'zooms': [float(z) for z in a.header.get_zooms()]}))";
+    let python = setup_data();
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&img_path)
+        .arg(&lab_path)
         .output()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {SETUP_DATA}", python.display()));
     assert!(
         out.status.success(),
-        "nibabel failed: {}\n{SETUP}",
+        "nibabel ({}) failed: {}\n{SETUP_DATA}",
+        python.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    let sum: f64 = aniso.data.iter().map(|&v| v as f64).sum();
-    assert_eq!(lines[0], format!("(58, 58, 24) float32 {sum:?}"));
-    let label_sum: i64 = aal.data.iter().map(|&v| v as i64).sum();
-    assert_eq!(lines[1], format!("(181, 217, 181) uint8 {label_sum}"));
-    let parse = |l: &str| {
-        l.split(' ')
-            .map(|v| v.parse::<f64>().unwrap())
-            .collect::<Vec<_>>()
+    let got: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("nibabel's output is not one JSON object ({e}): {text}"));
+    let numbers = |key: &str| -> Vec<f64> {
+        got[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} is not a list: {got}"))
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .unwrap_or_else(|| panic!("{key}: {v} is not a number"))
+            })
+            .collect()
     };
-    for (k, (s, q)) in parse(lines[2]).iter().zip(parse(lines[3])).enumerate() {
+    assert_eq!(numbers("img_shape"), vec![58.0, 58.0, 24.0], "{got}");
+    assert_eq!(got["img_dtype"], "float32", "{got}");
+    // Integer-valued voxels: the sum is exact in any order.
+    let sum: f64 = aniso.data.iter().map(|&v| v as f64).sum();
+    assert_eq!(got["img_sum"].as_f64(), Some(sum), "{got}");
+    assert_eq!(numbers("lab_shape"), vec![181.0, 217.0, 181.0], "{got}");
+    assert_eq!(got["lab_dtype"], "uint8", "{got}");
+    let label_sum: i64 = aal.data.iter().map(|&v| v as i64).sum();
+    assert_eq!(got["lab_sum"].as_i64(), Some(label_sum), "{got}");
+    let (sform, qform) = (numbers("sform"), numbers("qform"));
+    assert_eq!((sform.len(), qform.len()), (12, 12), "{got}");
+    for (k, (s, q)) in sform.iter().zip(&qform).enumerate() {
         let want = aniso.affine[k / 4][k % 4];
         assert!((s - want).abs() < 1e-5, "sform entry {k}: {s} vs {want}");
         assert!((q - want).abs() < 1e-3, "qform entry {k}: {q} vs {want}");
     }
-    assert_eq!(parse(lines[4]), vec![4.0, 4.0, 5.0]);
+    assert_eq!(numbers("zooms"), vec![4.0, 4.0, 5.0]);
 }
