@@ -472,7 +472,7 @@ impl Ellipsoid {
 }
 
 /// Blend weight of a soft edge: 1 well inside, 0.5 on the surface, 0 well outside.
-fn soft_edge(inside_distance: f64, edge_mm: f64) -> f64 {
+pub(crate) fn soft_edge(inside_distance: f64, edge_mm: f64) -> f64 {
     if edge_mm <= 0.0 {
         return if inside_distance >= 0.0 { 1.0 } else { 0.0 };
     }
@@ -618,12 +618,12 @@ impl Scene {
     }
 }
 
-fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
+pub(crate) fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
 /// A standard normal sample (Box–Muller; one draw per call keeps the stream simple).
-fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
@@ -923,7 +923,7 @@ fn paint_union(
     }
 }
 
-fn random_direction(rng: &mut ChaCha8Rng) -> [f64; 3] {
+pub(crate) fn random_direction(rng: &mut ChaCha8Rng) -> [f64; 3] {
     loop {
         let v: [f64; 3] = [0, 1, 2].map(|_| rng.random_range(-1.0..1.0));
         let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
@@ -934,7 +934,7 @@ fn random_direction(rng: &mut ChaCha8Rng) -> [f64; 3] {
 }
 
 /// Turn unit direction `dir` towards `towards` by weight `amount`, renormalised.
-fn bend(dir: [f64; 3], towards: [f64; 3], amount: f64) -> [f64; 3] {
+pub(crate) fn bend(dir: [f64; 3], towards: [f64; 3], amount: f64) -> [f64; 3] {
     let v = [0, 1, 2].map(|a| dir[a] * (1.0 - amount) + towards[a] * amount);
     let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-9);
     v.map(|x| x / n)

@@ -371,6 +371,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
             Ok(m)
         },
     );
+    register_world(&mut r);
 }
 
 fn describe(d: &Dataset) -> String {
@@ -410,5 +411,69 @@ fn insert_boxes(m: &mut Map, boxes: &[crate::volume::boxes::Box3], classes: &[us
             .map(|&c| Dynamic::from(c as i64))
             .collect::<Array>()
             .into(),
+    );
+}
+
+/// The synthetic world for pre-training studies: detection tasks, MultiTalent sources and the
+/// unlabelled pool (`crate::data::world`).
+fn register_world(r: &mut Registrar) {
+    use crate::data::world::{self, PoolConfig, SourceConfig, TaskConfig};
+    r.func(
+        "synthetic_task(name: String, path: String, options: Map) -> Dataset",
+        "Generate a small seeded detection task for fine-tuning studies.\n\
+         nnDetection's layout, with labelled training cases and a labelled held-out test set\n\
+         (imagesTs/labelsTs). Tasks: \"nodules\" (CT lung\n\
+         nodules, the synthetic_dataset generator), \"liver_lesion\" (low-contrast lesions in a\n\
+         textured liver), \"mri4_tumour\" (FLAIR/T1/T1ce/T2 tumours: the 4-channel task for stem\n\
+         ablations), \"thick_slices\" (spacing [3.0, 0.8, 0.8]: median and 1 mm spacing differ).\n\
+         Options: cases (8), test_cases (8), seed, shape, spacing (per-task defaults), contrast (1.0),\n\
+         lesion_scale (1.0), noise (1.0), min_lesions (1), max_lesions (3), task. Growing `cases`\n\
+         keeps the earlier cases and the test set. Same seed → identical files.",
+        "let ds = synthetic_task(\"liver_lesion\", \"data/Task911\", #{cases: 8, seed: 0, contrast: 0.8});\nprint(ds.test.len());",
+        |ctx: NativeCallContext, name: &str, path: &str, opts: Map| -> ScriptResult<DatasetRef> {
+            let cfg: TaskConfig = options(&ctx, "synthetic_task", opts)?;
+            world::detection_task(name, std::path::Path::new(path), &cfg)
+                .map(Arc::new)
+                .map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "multitalent_source(name: String, path: String, options: Map) -> Dataset",
+        "Generate a MultiTalent pre-training source with its own label set.\n\
+         Segmentation-style, in nnDetection's layout: every structure is an instance with its\n\
+         class; training cases only. Sources, each with its\n\
+         own labels: \"organs\" (CT: liver, spleen, kidney, liver_tumour), \"vessels\" (CT:\n\
+         vessel, aorta), \"mri4\" (FLAIR/T1/T1ce/T2: edema, tumour_core). Options: cases (8),\n\
+         seed, shape ([32, 32, 32]), spacing ([1, 1, 1]), noise (1.0), task.",
+        "let organs = multitalent_source(\"organs\", \"data/Task950\", #{cases: 8});\nprint(organs.labels);",
+        |ctx: NativeCallContext, name: &str, path: &str, opts: Map| -> ScriptResult<DatasetRef> {
+            let cfg: SourceConfig = options(&ctx, "multitalent_source", opts)?;
+            world::multitalent_source(name, std::path::Path::new(path), &cfg)
+                .map(Arc::new)
+                .map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "pool_volume(options: Map, index: i64) -> Volume",
+        "Volume `index` of the unlabelled pre-training pool.\n\
+         An endless seeded stream (every index differs; the same seed and index give the same\n\
+         volume) of a smooth background, 2–3\n\
+         textured organs, 0–3 ring lesions, 0–3 solid distractors and noise; CT in HU or MRI-like\n\
+         positive channels. Options: seed, shape ([32, 32, 32]), spacing, modality (\"ct\" | \"mri\"\n\
+         | \"mixed\"), channels (MRI), mri_fraction, lesion_probability (0.8), max_lesions (3),\n\
+         distractor_probability (0.8), max_distractors (3), lesion_radius_mm, noise, bias_field.",
+        "let v = pool_volume(#{seed: 0, modality: \"mri\", channels: 2}, 17);\nplot_slice(\"pool17.png\", v);",
+        |ctx: NativeCallContext, opts: Map, index: i64| -> ScriptResult<super::volume::VolumeRef> {
+            let cfg: PoolConfig = options(&ctx, "pool_volume", opts)?;
+            if index < 0 {
+                return Err(runtime_error(
+                    format!("pool_volume: index must be >= 0, got {index}"),
+                    ctx.call_position(),
+                ));
+            }
+            world::pool_volume(&cfg, index as u64)
+                .map(Arc::new)
+                .map_err(at(&ctx))
+        },
     );
 }
