@@ -94,6 +94,12 @@ pub struct VocoConfig {
     pub targets: usize,
     /// Width of the 3-layer projector (nnssl: 2048).
     pub projector_width: usize,
+    /// How the projector normalises its hidden layers: `"sample"` (nnssl: each embedding over
+    /// its own features) or `"batch"` (the original VoCo: each feature over the crops of the
+    /// batch, without affine parameters or running statistics). Pooled features after
+    /// instance norms are nearly the same for every crop; only the batch norm removes that
+    /// shared part, and with `"sample"` the embeddings collapse (nnssl issue #22).
+    pub projector_norm: ProjectorNorm,
     /// Momentum of an EMA teacher whose base embeddings the students' targets are compared
     /// with (the original VoCo: 0.9); `None` is nnssl's default, without a teacher.
     pub ema_momentum: Option<f64>,
@@ -111,12 +117,24 @@ impl Default for VocoConfig {
             bases: [1, 2, 2],
             targets: 4,
             projector_width: 2048,
+            projector_norm: ProjectorNorm::Sample,
             ema_momentum: None,
             augment_crops: true,
             prediction_weight: 1.0,
             regularization_weight: 1.0,
         }
     }
+}
+
+/// The normalisation of VoCo's projector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectorNorm {
+    /// Normalise each embedding over its features (nnssl's `InstanceNorm1d` on `[N, F]`).
+    #[default]
+    Sample,
+    /// Normalise each feature over the batch (the original VoCo's `BatchNorm1d`).
+    Batch,
 }
 
 /// MultiTalent options.

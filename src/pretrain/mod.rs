@@ -118,6 +118,7 @@ pub fn network_config(
                 encoder,
                 densify: false,
                 projector_width: None,
+                projector_batch_norm: false,
                 stems,
                 heads,
             })
@@ -139,6 +140,7 @@ pub fn network_config(
                     .then(|| UNetDecoderConfig::for_encoder(&encoder, channels)),
                 densify: method == Method::Spark,
                 projector_width: (method == Method::Voco).then_some(config.voco.projector_width),
+                projector_batch_norm: config.voco.projector_norm == config::ProjectorNorm::Batch,
                 encoder,
                 stems: Vec::new(),
                 heads: Vec::new(),

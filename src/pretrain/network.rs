@@ -54,6 +54,9 @@ pub struct PretrainNetworkConfig {
     pub densify: bool,
     /// VoCo's projector width.
     pub projector_width: Option<usize>,
+    /// VoCo's projector normalises over the batch (the original VoCo) instead of per sample.
+    #[serde(default)]
+    pub projector_batch_norm: bool,
     /// MultiTalent: one stem per dataset (dataset 0 uses the encoder's own stem).
     pub stems: Vec<StemSpec>,
     /// MultiTalent: the segmentation heads.
@@ -73,7 +76,7 @@ impl PretrainNetworkConfig {
         let densify = self.densify.then(|| Densify::new(&widths, device));
         let projector = self
             .projector_width
-            .map(|w| Projector::new(widths.iter().sum(), w, device));
+            .map(|w| Projector::new(widths.iter().sum(), w, self.projector_batch_norm, device));
         let stems = self
             .stems
             .iter()
@@ -179,15 +182,17 @@ impl<B: Backend> Densify<B> {
 pub struct Projector<B: Backend> {
     /// The three linear layers.
     pub layers: Vec<Linear<B>>,
+    /// Normalise the hidden layers over the batch (dim 0) instead of per sample (dim 1).
+    pub batch_norm: bool,
 }
 
 impl<B: Backend> Projector<B> {
-    fn new(input: usize, width: usize, device: &B::Device) -> Self {
+    fn new(input: usize, width: usize, batch_norm: bool, device: &B::Device) -> Self {
         let layers = [(input, width), (width, width), (width, width)]
             .into_iter()
             .map(|(i, o)| LinearConfig::new(i, o).init(device))
             .collect();
-        Self { layers }
+        Self { layers, batch_norm }
     }
 
     /// Project pooled features `[N, F]` to embeddings `[N, width]`.
@@ -196,9 +201,10 @@ impl<B: Backend> Projector<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x);
             if i + 1 < self.layers.len() {
-                let mean = x.clone().mean_dim(1);
+                let dim = if self.batch_norm { 0 } else { 1 };
+                let mean = x.clone().mean_dim(dim);
                 let centered = x - mean;
-                let var = centered.clone().square().mean_dim(1);
+                let var = centered.clone().square().mean_dim(dim);
                 x = relu(centered / var.add_scalar(1e-5).sqrt());
             }
         }
@@ -264,6 +270,7 @@ mod tests {
             encoder,
             densify: true,
             projector_width: Some(16),
+            projector_batch_norm: false,
             stems: vec![],
             heads: vec![],
         }

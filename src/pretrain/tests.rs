@@ -64,23 +64,32 @@ pub(crate) fn quick_config(method: Method, out: &Path, iterations: usize) -> Pre
     }
 }
 
-fn run_method(
-    config: &PretrainConfig,
-    sources: &Sources,
-    encoder: &EncoderConfig,
-) -> (
+type RunResult = (
     PretrainNetwork<TestBackend>,
     PretrainRun,
     PretrainNetworkConfig,
-) {
+);
+
+fn run_method(config: &PretrainConfig, sources: &Sources, encoder: &EncoderConfig) -> RunResult {
+    run_from(config, sources, encoder, None)
+}
+
+/// Run from `start` (the same initial weights for two runs: the device's seed is shared by
+/// tests running in parallel, so seeding alone does not pin them).
+fn run_from(
+    config: &PretrainConfig,
+    sources: &Sources,
+    encoder: &EncoderConfig,
+    start: Option<PretrainNetwork<TestBackend>>,
+) -> RunResult {
     let device = test_device();
     let network_config = network_config(encoder, sources, config).unwrap();
     let mut sources = sources.clone();
     if let Sources::Labelled { heads, .. } = &mut sources {
         *heads = network_config.heads.clone();
     }
-    crate::nn::backend::seed(&device, 3);
-    let network = network_config.init::<TestBackend>(&device).unwrap();
+    let network =
+        start.unwrap_or_else(|| network_config.init::<TestBackend>(&device).unwrap());
     let data = match &sources {
         Sources::Images(s) => vec![s.plan()],
         Sources::Labelled { datasets, .. } => datasets.iter().map(|d| d.plan()).collect(),
@@ -137,19 +146,41 @@ fn every_reconstruction_method_lowers_its_loss() {
     }
 }
 
+fn component_means(run: &PretrainRun, term: &str, n: usize) -> (f64, f64) {
+    let v: Vec<f64> = run.history.iter().map(|r| r.components[term]).collect();
+    (mean(&v[..n]), mean(&v[v.len() - n..]))
+}
+
 #[test]
-fn voco_logs_its_three_terms_and_its_loss_falls() {
+fn voco_decorrelates_its_base_crops_with_the_original_variant() {
     let dir = tempfile::tempdir().unwrap();
-    let config = quick_config(Method::Voco, dir.path(), 80);
+    // The original VoCo (EMA teacher, batch-normalised projector).
+    let mut config = quick_config(Method::Voco, dir.path(), 80);
+    config.voco.ema_momentum = Some(0.9);
+    config.voco.projector_norm = config::ProjectorNorm::Batch;
     let (_, run, _) = run_method(&config, &pool(), &tiny_encoder(1));
     for term in ["l_pos", "l_neg", "l_reg"] {
         assert!(run.history[0].components.contains_key(term), "{term}");
     }
-    for r in run.history.iter().step_by(10) {
-        eprintln!("{} {:?} {:?}", r.iteration, r.components, r.grad_norm);
-    }
-    let (first, last) = head_and_tail(&run, 10);
-    assert!(last < first, "VoCo {first} → {last}");
+    // What is robust at 16³ in 80 steps: the base crops' embeddings become more orthogonal
+    // (L_reg) and non-overlapping pairs less similar (L_neg). The overlap regression itself
+    // (L_pos) is not learned at this scale, as the paper's "no clear benefit" leads one to
+    // expect; it is logged, not asserted.
+    let (reg_first, reg_last) = component_means(&run, "l_reg", 10);
+    assert!(reg_last < 0.8 * reg_first, "L_reg {reg_first} → {reg_last}");
+    let (neg_first, neg_last) = component_means(&run, "l_neg", 20);
+    assert!(neg_last < neg_first, "L_neg {neg_first} → {neg_last}");
+}
+
+#[test]
+fn voco_as_nnssl_configures_it_collapses_to_one_embedding() {
+    // nnssl's per-sample projector norm: pooled instance-normalised features are nearly the
+    // same for every crop, so all cosines are ≈ 1 (L_reg ≈ 1), as reported in nnssl #22.
+    let dir = tempfile::tempdir().unwrap();
+    let config = quick_config(Method::Voco, dir.path(), 20);
+    let (_, run, _) = run_method(&config, &pool(), &tiny_encoder(1));
+    let (_, reg_last) = component_means(&run, "l_reg", 5);
+    assert!(reg_last > 0.95, "L_reg {reg_last}");
 }
 
 #[test]
@@ -219,10 +250,14 @@ fn multitalent_trains_one_stem_and_head_per_dataset_and_its_loss_falls() {
 fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let whole = quick_config(Method::Mae, &dir.path().join("whole"), 8);
-    let (a, run_a, _) = run_method(&whole, &pool(), &tiny_encoder(1));
+    let initial = network_config(&tiny_encoder(1), &pool(), &whole)
+        .unwrap()
+        .init::<TestBackend>(&test_device())
+        .unwrap();
+    let (a, run_a, _) = run_from(&whole, &pool(), &tiny_encoder(1), Some(initial.clone()));
     let mut part = quick_config(Method::Mae, &dir.path().join("part"), 8);
     part.stop_at_iteration = Some(3);
-    let (_, run_b, _) = run_method(&part, &pool(), &tiny_encoder(1));
+    let (_, run_b, _) = run_from(&part, &pool(), &tiny_encoder(1), Some(initial));
     assert_eq!(run_b.iterations_done, 3);
     assert!(!run_b.finished);
     part.stop_at_iteration = None;
@@ -349,7 +384,29 @@ fn replicate_scaled_keeps_the_response_to_equal_channels_and_mismatches_change_n
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("encoder.") && err.contains("shape"), "{err}");
+    assert!(
+        err.contains("lacks") && err.contains("encoder.stages.2.blocks.1"),
+        "{err}"
+    );
+    // Other widths: the error names the tensor and both shapes.
+    let EncoderConfig::Resenc(base) = tiny_encoder(1) else {
+        unreachable!()
+    };
+    let narrow = EncoderConfig::Resenc(ResEncConfig {
+        widths: vec![8, 16, 24],
+        ..base
+    });
+    let other = RetinaUNetConfig::new(narrow, 1)
+        .init::<TestBackend>(&device)
+        .unwrap();
+    let err = transfer(other, &ckpt, &TransferOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("encoder.stages.2.blocks.0.conv1") && err.contains("[32") && err.contains("[24"),
+        "{err}"
+    );
     // Random keeps the fresh stem.
     let fresh = detector(4);
     let stem_before = transfer::named_tensors(&fresh)["encoder.stem.convs.0.conv.weight"].clone();

@@ -362,7 +362,8 @@ pub fn transfer<B: Backend, M: Module<B>>(
         if options.scope == TransferScope::Encoder {
             return Err(PretrainError::InvalidData(format!(
                 "cannot transfer {path}: the checkpoint's shape is {:?} but the detector's is {:?}; the encoders differ (widths, depths or kernel sizes): build the detector with ckpt.backbone()",
-                data.shape, own.shape
+                data.shape.to_vec(),
+                own.shape.to_vec()
             )));
         }
         report.skipped_by_shape.push(super::transfer::ShapeMismatch {
