@@ -167,6 +167,12 @@ where
         self.plain.step(lr, model, plain)
     }
 
+    fn params_with_state(&self) -> Vec<ParamId> {
+        let mut ids: Vec<ParamId> = self.decayed.to_record().into_keys().collect();
+        ids.extend(self.plain.to_record().into_keys());
+        ids
+    }
+
     fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let mut record = self.decayed.to_record();
         record.extend(self.plain.to_record());
@@ -296,6 +302,16 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainOptimizer<B, M> {
             Kind::AdamW(g) => g.step(lr, model, decayed, plain),
         };
         (model, norm)
+    }
+
+    /// Ids of the parameters that have optimiser state (momentum, Adam moments): those updated
+    /// at least once. A parameter frozen since the start has none.
+    pub fn params_with_state(&self) -> Vec<ParamId> {
+        match &self.kind {
+            Kind::Sgd(g) => g.params_with_state(),
+            Kind::Adam(g) => g.params_with_state(),
+            Kind::AdamW(g) => g.params_with_state(),
+        }
     }
 
     /// The optimiser state (momentum buffers, Adam moments) as bytes (named MessagePack, full

@@ -838,6 +838,21 @@ mod tests {
             "heads trained"
         );
         assert!(run_a.history.iter().all(|r| r.encoder_frozen));
+        // Nor did the frozen encoder (norms included) gain optimiser state: no momentum will
+        // be applied to it when it thaws, as in PyTorch.
+        let saved = load_checkpoint_optimizer(
+            TrainOptimizer::new(&cfg.optimizer).unwrap(),
+            &frozen,
+            &dir.path().join("last"),
+            &device,
+        )
+        .unwrap();
+        let with_state: std::collections::HashSet<_> =
+            saved.params_with_state().into_iter().collect();
+        let encoder_ids = frozen.encoder.param_ids(crate::nn::EncoderPart::All);
+        assert!(!encoder_ids.is_empty());
+        assert!(encoder_ids.iter().all(|id| !with_state.contains(id)), "encoder has optimiser state");
+        assert!(!with_state.is_empty(), "the decoder and heads have momentum");
         let cfg = TrainConfig {
             resume: true,
             stop_at_iteration: Some(4),
