@@ -149,6 +149,9 @@ pub struct MultiTalentConfig {
     pub max_classes_per_head: Option<usize>,
     /// Fraction of patches centred on a labelled object (nnU-Net: 0.33).
     pub foreground_fraction: f64,
+    /// One stem per dataset (MultiTalent's multi-stem trainer, the default); `false` shares
+    /// the encoder's stem, so every dataset must have the same channels.
+    pub per_dataset_stems: bool,
 }
 
 impl Default for MultiTalentConfig {
@@ -157,6 +160,7 @@ impl Default for MultiTalentConfig {
             sampling_exponent: -0.5,
             max_classes_per_head: None,
             foreground_fraction: 0.33,
+            per_dataset_stems: true,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod genesis;
 pub mod mask;
 pub mod network;
 pub mod objective;
+pub mod pytorch;
 pub mod runner;
 pub mod source;
 pub mod sparse;
@@ -70,6 +71,17 @@ pub fn network_config(
                 ));
             }
             let encoder = encoder.with_in_channels(datasets[0].channels());
+            if !config.multitalent.per_dataset_stems
+                && let Some(d) = datasets.iter().find(|d| d.channels() != datasets[0].channels())
+            {
+                return Err(PretrainError::InvalidData(format!(
+                    "dataset '{}' has {} channel(s) but '{}' has {}: datasets that mix channel counts need per-dataset stems (multitalent.per_dataset_stems: true)",
+                    d.name,
+                    d.channels(),
+                    datasets[0].name,
+                    datasets[0].channels()
+                )));
+            }
             let stems = datasets
                 .iter()
                 .map(|d| StemSpec {
@@ -113,6 +125,11 @@ pub fn network_config(
                     });
                 }
             }
+            let stems = if config.multitalent.per_dataset_stems {
+                stems
+            } else {
+                Vec::new()
+            };
             Ok(PretrainNetworkConfig {
                 decoder: Some(UNetDecoderConfig::for_encoder(&encoder, 1)),
                 encoder,

@@ -230,10 +230,11 @@ pub struct PretrainNetwork<B: Backend> {
 }
 
 impl<B: Backend> PretrainNetwork<B> {
-    /// The stem of MultiTalent dataset `dataset` (0 = the encoder's own).
+    /// The stem of MultiTalent dataset `dataset` (0, and every dataset when the stem is
+    /// shared, use the encoder's own).
     pub fn stem(&self, dataset: usize) -> &Stem<B> {
         match dataset {
-            0 => &self.encoder.stem,
+            d if d == 0 || self.stems.is_empty() => &self.encoder.stem,
             d => &self.stems[d - 1],
         }
     }

@@ -97,7 +97,8 @@ fn check_compatible(
     }
     match (config.method, sources) {
         (Method::Multitalent, Sources::Labelled { datasets, .. }) => {
-            if datasets.len() != network_config.stems.len().max(1) {
+            let shared = network_config.stems.is_empty();
+            if !shared && datasets.len() != network_config.stems.len() {
                 return Err(PretrainError::InvalidData(format!(
                     "{} dataset(s) but the network has {} stem(s)",
                     datasets.len(),

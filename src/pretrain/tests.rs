@@ -312,6 +312,18 @@ fn bad_sources_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("labelled datasets"), "{err}");
+    // Mixed channels without per-dataset stems.
+    let dir = tempfile::tempdir().unwrap();
+    let mixed = multitalent_sources(dir.path());
+    let mut shared = config.clone();
+    shared.multitalent.per_dataset_stems = false;
+    let err = network_config(&tiny_encoder(1), &mixed, &shared)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'mri4' has 4 channel(s)") && err.contains("per_dataset_stems"),
+        "{err}"
+    );
 }
 
 fn detector(in_channels: usize) -> crate::nn::RetinaUNet<TestBackend> {
