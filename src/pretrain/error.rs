@@ -41,6 +41,26 @@ pub enum PretrainError {
         /// What is wrong.
         reason: String,
     },
+    /// A tensor or entry of a checkpoint file (PyTorch, safetensors) is missing or unusable.
+    #[error("checkpoint '{path}', key `{key}`: {reason}")]
+    CheckpointKey {
+        /// The file concerned.
+        path: PathBuf,
+        /// The key in the file (state-dict key or top-level entry).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PyTorch checkpoint whose pickle names code to run; it was refused, nothing ran.
+    #[error(
+        "refusing PyTorch checkpoint '{path}': its pickle refers to `{global}`, which is not plain data (tensors, numbers, strings, containers); checkpoints from nnssl and MultiTalent never need it, and detlab never runs code from a checkpoint"
+    )]
+    UnsafePickle {
+        /// The file concerned.
+        path: PathBuf,
+        /// The refused global, `module.name`.
+        global: String,
+    },
     /// A figure could not be written.
     #[error("pre-training figure: {0}")]
     Figure(String),
