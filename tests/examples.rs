@@ -70,12 +70,12 @@ fn run_example_with(name: &str, sets: &[(&str, String)]) -> (tempfile::TempDir, 
 
 #[test]
 fn tutorial_04_pretraining() {
-    let (tmp, stdout) = run_example_with("04_pretraining.rhai", &[("iterations", "160".into())]);
+    let (tmp, stdout) = run_example_with("04_pretraining.rhai", &[("iterations", "80".into())]);
     assert!(stdout.contains("Pretrained mae encoder"), "{stdout}");
     let run = tmp.path().join("mae");
     assert!(run.join("best/pretrain.json").is_file());
     assert!(run.join("last/weights.mpk").is_file());
-    for f in ["figures/iter_000080.png", "figures/iter_000160.png"] {
+    for f in ["figures/iter_000040.png", "figures/iter_000080.png"] {
         assert!(run.join(f).is_file(), "{f} written");
     }
     assert!(tmp.path().join("mae_loss.png").is_file());

@@ -400,7 +400,7 @@ fn reconstruction_loss<B: Backend>(
         match &voxel_mask {
             Some(visible) => {
                 let m = flat_to_array4(visible, [shape[0], 1, shape[2], shape[3], shape[4]], 0);
-                panels.push(Panel::with_range("mask (white = visible)", middle_slice(&m), 0.0, 1.0));
+                panels.push(Panel::with_range("visible cells", middle_slice(&m), 0.0, 1.0));
                 let masked = &target0 * &m;
                 panels.push(Panel::new("masked input", middle_slice(&masked)));
             }
