@@ -266,6 +266,7 @@ pub fn load_pytorch<B: Backend>(
         method,
         names: ExportNames::Nnssl,
         notes,
+        stem_order: Vec::new(),
     };
     imported.build(path, fetch, device)
 }
@@ -390,6 +391,8 @@ struct Imported<'a> {
     method: Option<Method>,
     names: ExportNames,
     notes: Vec<String>,
+    /// The order of MultiTalent's stems, when known (exports); else the file's order.
+    stem_order: Vec<String>,
 }
 
 impl Imported<'_> {
@@ -401,7 +404,14 @@ impl Imported<'_> {
         mut fetch: impl FnMut(usize, &str) -> Result<Vec<f32>, PretrainError>,
         device: &B::Device,
     ) -> Result<Pretrained<B>, PretrainError> {
-        let ids = multistem_ids(self.shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())));
+        let mut ids = multistem_ids(self.shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())));
+        // An export lists its tensors by name; its state keeps the stems' order.
+        ids.sort_by_key(|(id, _)| {
+            self.stem_order
+                .iter()
+                .position(|o| o == id)
+                .unwrap_or(usize::MAX)
+        });
         let in_channels = match ids.first() {
             Some((_, c)) => *c,
             None => self
@@ -717,6 +727,16 @@ pub fn load_safetensors<B: Backend>(
         method: state.as_ref().map(|s| s.method),
         names,
         notes,
+        stem_order: state
+            .as_ref()
+            .map(|s| {
+                s.network
+                    .stems
+                    .iter()
+                    .map(|st| st.dataset.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let fetch = |i: usize, key: &str| {
         let bytes = &canonical[i].1.1;

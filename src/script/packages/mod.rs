@@ -29,4 +29,5 @@ pub fn register_all(
     plot::register(engine, help);
     pretrain::register(engine, help);
     pretrain::register_transfer(engine, help);
+    pretrain::register_pytorch(engine, help);
 }

@@ -352,7 +352,14 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "let ckpt = load_pretrained(\"runs/pre/mae\");\nprint(ckpt);",
         |ctx: NativeCallContext, path: &str| -> ScriptResult<PretrainedRef> {
             let device = nn::device("cpu").map_err(at(&ctx))?;
-            pretrain::load_pretrained::<ScriptBackend>(std::path::Path::new(path), &device)
+            let path = std::path::Path::new(path);
+            // PyTorch (.pth/.pt) and safetensors files go to the PyTorch importer.
+            if pretrain::pytorch::is_weights_file(path) {
+                return pretrain::pytorch::load_file::<ScriptBackend>(path, &Default::default(), &device)
+                    .map(Arc::new)
+                    .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()));
+            }
+            pretrain::load_pretrained::<ScriptBackend>(path, &device)
                 .map(Arc::new)
                 .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()))
         },
@@ -528,6 +535,84 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
                 .features(&v, &device)
                 .map(volumes_to_array)
                 .map_err(|e| runtime_error(format!("features: {e}"), ctx.call_position()))
+        },
+    );
+}
+
+/// Register the PyTorch import and export primitives (part of the pre-training package).
+pub fn register_pytorch(engine: &mut Engine, help: &mut HelpIndex) {
+    use pretrain::pytorch::{ExportNames, PytorchOptions};
+    let mut r = Registrar::new(
+        engine,
+        help,
+        "pytorch",
+        "PyTorch checkpoints: import nnssl / MultiTalent encoders, export under nnssl's names",
+    );
+    r.func(
+        "load_pretrained(path: String, options: Map) -> Pretrained",
+        "Read a PyTorch checkpoint (.pth/.pt of nnssl, MultiTalent or nnU-Net, or a .safetensors\n\
+         export) with options. architecture: a Backbone (e.g. backbone(\"resenc_l\")) for files\n\
+         without a plan, such as nnssl's SparkMAETrainer checkpoints; the weights set the input\n\
+         channels. Without it the file's own plan decides (load_pretrained(path) does the same).\n\
+         The pickle is never executed; a file naming code (e.g. os.system) is refused.",
+        "let ckpt = load_pretrained(\"spark/checkpoint_final.pth\", #{architecture: backbone(\"resenc_l\")});\nprint(ckpt.stems());",
+        |ctx: NativeCallContext, path: &str, mut opts: Map| -> ScriptResult<PretrainedRef> {
+            let mut options = PytorchOptions::default();
+            if let Some(a) = opts.remove("architecture") {
+                let backbone = a.try_cast::<Backbone>().ok_or_else(|| {
+                    runtime_error("load_pretrained: architecture must be a Backbone, e.g. backbone(\"resenc_l\")", ctx.call_position())
+                })?;
+                options.encoder = Some(backbone.0);
+            }
+            if let Some(key) = opts.keys().next() {
+                return Err(runtime_error(
+                    format!("load_pretrained: unknown option `{key}`, expected `architecture`"),
+                    ctx.call_position(),
+                ));
+            }
+            let device = nn::device("cpu").map_err(at(&ctx))?;
+            pretrain::pytorch::load_file::<ScriptBackend>(std::path::Path::new(path), &options, &device)
+                .map(Arc::new)
+                .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()))
+        },
+    );
+    fn save(ctx: &NativeCallContext, ckpt: &PretrainedRef, path: &str, mut opts: Map) -> ScriptResult<Map> {
+        let names = match opts.remove("names") {
+            Some(n) => ExportNames::parse(&n.to_string()).map_err(at(ctx))?,
+            None => ExportNames::Nnssl,
+        };
+        if let Some(key) = opts.keys().next() {
+            return Err(runtime_error(
+                format!("save_pretrained: unknown option `{key}`, expected `names`"),
+                ctx.call_position(),
+            ));
+        }
+        let count = pretrain::pytorch::save_safetensors(ckpt, std::path::Path::new(path), names)
+            .map_err(|e| runtime_error(format!("save_pretrained: {e}"), ctx.call_position()))?;
+        let mut out = Map::new();
+        out.insert("path".into(), Dynamic::from(path.to_string()));
+        out.insert("tensors".into(), Dynamic::from(count as i64));
+        Ok(out)
+    }
+    r.func(
+        "save_pretrained(checkpoint: Pretrained, path: String, options: Map) -> Map",
+        "Write the checkpoint's encoder (stem, stages, MultiTalent stems) as safetensors for\n\
+         PyTorch. names: \"nnssl\" (default: dynamic-network-architectures' keys such as\n\
+         encoder.stages.1.blocks.0.skip.1.conv.weight, with the all_modules aliases, so that\n\
+         network.encoder.load_state_dict(..., strict=True) works after removing \"encoder.\") or\n\
+         \"detlab\" (detlab's paths). load_pretrained reads the file back exactly. Returns\n\
+         #{path, tensors}.",
+        "save_pretrained(load_pretrained(\"runs/pre/mae\"), \"mae_encoder.safetensors\", #{names: \"nnssl\"});",
+        |ctx: NativeCallContext, ckpt: PretrainedRef, path: &str, opts: Map| -> ScriptResult<Map> {
+            save(&ctx, &ckpt, path, opts)
+        },
+    );
+    r.func(
+        "save_pretrained(checkpoint: Pretrained, path: String) -> Map",
+        "Write the checkpoint's encoder as safetensors under nnssl's names (see the 3-argument form).",
+        "save_pretrained(ckpt, \"encoder.safetensors\");",
+        |ctx: NativeCallContext, ckpt: PretrainedRef, path: &str| -> ScriptResult<Map> {
+            save(&ctx, &ckpt, path, Map::new())
         },
     );
 }
