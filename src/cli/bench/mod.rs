@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod eval;
+pub mod genesis;
 pub mod infer;
 pub mod preprocess;
 pub mod train_step;
@@ -15,6 +16,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     (
         "eval",
         "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)",
+    ),
+    (
+        "genesis",
+        "Models Genesis corruption of a 160^3 patch vs a numpy reimplementation of the original loops",
     ),
     (
         "preprocess",
@@ -36,6 +41,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     match name {
         "backends" => backends::run(args),
         "eval" => eval::run(args),
+        "genesis" => genesis::run(args),
         "preprocess" => preprocess::run(args),
         "train-step" => train_step::run(args),
         "infer-memory" => infer::run(args),
