@@ -5,6 +5,7 @@ pub mod eval;
 pub mod genesis;
 pub mod infer;
 pub mod preprocess;
+pub mod pretrain;
 pub mod train_step;
 
 /// The registered benchmarks: (name, one-line description).
@@ -26,6 +27,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy",
     ),
     (
+        "pretrain",
+        "one MAE / S3D pre-training step (batch 2, 32^3 and 64^3, tiny or ResEnc-L widths); --widths, --patch, --threads",
+    ),
+    (
         "train-step",
         "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --threads N, --profile",
     ),
@@ -43,6 +48,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         "eval" => eval::run(args),
         "genesis" => genesis::run(args),
         "preprocess" => preprocess::run(args),
+        "pretrain" => pretrain::run(args),
         "train-step" => train_step::run(args),
         "infer-memory" => infer::run(args),
         "list" => {
