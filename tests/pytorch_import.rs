@@ -158,6 +158,26 @@ fn nnssl_checkpoint_imports_with_its_plan_and_reproduces_pytorch() {
 }
 
 #[test]
+fn plain_conv_unet_imports_as_the_plain_encoder_with_its_stem_from_stage_0() {
+    let p = load_file::<B>(
+        &fixture("nnssl_plain.pth"),
+        &PytorchOptions::default(),
+        &device(),
+    )
+    .unwrap();
+    let EncoderConfig::Retunet(c) = &p.state.network.encoder else {
+        panic!("not the plain encoder: {:?}", p.state.network.encoder)
+    };
+    assert_eq!(
+        (c.in_channels, c.convs_per_stage, c.conv_bias, c.activation),
+        (2, 2, true, detlab::nn::blocks::Activation::Relu)
+    );
+    assert_eq!(c.widths, [4, 8, 16]);
+    assert_eq!(p.state.method, Method::ModelsGenesis);
+    assert!(max_skip_difference(&p, "nnssl_plain", 0) <= 1e-5);
+}
+
+#[test]
 fn spark_checkpoint_without_a_plan_says_what_to_pass_and_imports_with_it() {
     let path = fixture("spark_resenc.pth");
     let e = load_error(&path, &PytorchOptions::default()).to_string();
@@ -243,6 +263,7 @@ fn export_reimports_bit_identically_under_both_namings() {
     for (fixture_name, names) in [
         ("nnssl_resenc.pth", ExportNames::Nnssl),
         ("multitalent_resenc.pth", ExportNames::Nnssl),
+        ("nnssl_plain.pth", ExportNames::Nnssl),
         ("nnssl_resenc.pth", ExportNames::Detlab),
     ] {
         let p = load_file::<B>(
@@ -276,6 +297,8 @@ fn export_reimports_bit_identically_under_both_namings() {
             assert_eq!(written, keys.len());
             let want = if fixture_name.starts_with("multitalent") {
                 "encoder.stem.220.convs.0.all_modules.0.weight"
+            } else if fixture_name.contains("plain") {
+                "encoder.stages.0.0.convs.1.all_modules.1.bias"
             } else {
                 "encoder.stages.1.blocks.0.skip.1.conv.weight"
             };
