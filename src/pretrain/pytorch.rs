@@ -806,6 +806,50 @@ mod tests {
     }
 
     #[test]
+    fn tensors_exactly_resenc_l_s_give_resenc_l_without_a_plan() {
+        let c = ResEncConfig::resenc_l(1);
+        let mut shapes = vec![(
+            "encoder.stem.convs.0.conv.weight".to_string(),
+            vec![32, 1, 3, 3, 3],
+        )];
+        let mut prev = 32;
+        for (s, (&w, &n)) in c.widths.iter().zip(&c.blocks_per_stage).enumerate() {
+            for b in 0..n {
+                let cin = if b == 0 { prev } else { w };
+                shapes.push((
+                    format!("encoder.stages.{s}.blocks.{b}.conv1.conv.weight"),
+                    vec![w, cin, 3, 3, 3],
+                ));
+            }
+            prev = w;
+        }
+        let mut notes = Vec::new();
+        let e = resolve_architecture(
+            Path::new("r.pth"),
+            &PytorchOptions::default(),
+            None,
+            &shapes,
+            "SparkMAETrainer",
+            &mut notes,
+        )
+        .unwrap();
+        assert_eq!(e, EncoderConfig::Resenc(c));
+        assert!(notes[0].contains("exactly ResEnc-L"), "{notes:?}");
+        shapes.pop();
+        assert!(
+            resolve_architecture(
+                Path::new("r.pth"),
+                &PytorchOptions::default(),
+                None,
+                &shapes,
+                "",
+                &mut notes
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn export_names_parse() {
         assert_eq!(ExportNames::parse("nnssl").unwrap(), ExportNames::Nnssl);
         assert!(

@@ -1,5 +1,5 @@
-//! A safe reader of `torch.save` files: a zip archive holding `<name>/data.pkl` (a pickle) and
-//! one file `<name>/data/<key>` per tensor storage.
+//! A safe unpickler for the `data.pkl` of `torch.save` files ([`super::archive`] opens the zip
+//! archive around it): tensors come out as references to their storages, read on demand.
 //!
 //! # Why our own unpickler
 //! - burn-store 0.21's PyTorch reader (the preferred crate) fails on what real nnssl and
@@ -452,7 +452,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, target: usize, pairs: &[usize]) -> PResult<()> {
-        if pairs.len() % 2 != 0 {
+        if !pairs.len().is_multiple_of(2) {
             return invalid("SETITEMS with an odd number of items");
         }
         let Obj::Dict(items) = &mut self.arena[target] else {
