@@ -39,6 +39,7 @@ pub mod crop;
 pub mod error;
 pub mod nifti;
 pub mod normalize;
+pub mod ops;
 pub mod resample;
 
 pub use crop::CropInfo;

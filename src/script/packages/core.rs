@@ -1,4 +1,4 @@
-//! Core primitives: help, and results I/O (JSON, CSV).
+//! Core primitives: help, results I/O (JSON, CSV) and files (exists, mkdir, glob, safe names).
 
 use crate::script::convert::{ScriptResult, dynamic_to_json, json_to_dynamic, runtime_error};
 use crate::script::help::HelpIndex;
@@ -10,12 +10,20 @@ use std::sync::{Arc, OnceLock};
 /// Column names of an array of maps: text columns first (they usually name the row, e.g.
 /// the method), then numeric ones; alphabetical within each group, since script maps do not
 /// keep insertion order.
+///
+/// A column is numeric when every value it has is a number (NaN included); missing keys, `()`
+/// (JSON null, e.g. a NaN that went through a file) and empty strings (an empty CSV cell) do
+/// not count, so a failed or NaN row never moves a column.
 pub fn columns_of(rows: &Array) -> Vec<String> {
     let mut cols: Vec<(bool, String)> = Vec::new();
     for r in rows {
         if let Some(m) = r.read_lock::<Map>() {
             for (k, v) in m.iter() {
-                let numeric = v.is_int() || v.is_float();
+                let missing = v.is_unit()
+                    || (v.is_string()
+                        && v.read_lock::<rhai::ImmutableString>()
+                            .is_some_and(|t| t.is_empty()));
+                let numeric = missing || v.is_int() || v.is_float();
                 match cols.iter_mut().find(|(_, c)| c == k.as_str()) {
                     Some(entry) => entry.0 &= numeric,
                     None => cols.push((numeric, k.to_string())),
@@ -25,6 +33,61 @@ pub fn columns_of(rows: &Array) -> Vec<String> {
     }
     cols.sort();
     cols.into_iter().map(|(_, c)| c).collect()
+}
+
+/// Read a `columns` argument (an array of column names), naming the primitive in errors.
+pub fn columns_arg(
+    ctx: &NativeCallContext,
+    what: &str,
+    columns: &Array,
+) -> ScriptResult<Vec<String>> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_string() {
+                Ok(c.to_string())
+            } else {
+                Err(runtime_error(
+                    format!(
+                        "{what}: columns[{i}] must be a column name (a string), got {}",
+                        c.type_name()
+                    ),
+                    ctx.call_position(),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// A file-name-safe form of `text`: letters, digits and `. _ - = , +` are kept, every other
+/// character (and a leading dot) becomes `_`; when anything was replaced or the text is longer
+/// than 120 characters, a hash of the original is appended, so distinct texts stay distinct.
+pub fn safe_file_name(text: &str) -> String {
+    const MAX: usize = 120;
+    let mut out: String = text
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let kept = c.is_ascii_alphanumeric() || "._-=,+".contains(c);
+            if !kept || (i == 0 && c == '.') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if out != text || out.chars().count() > MAX {
+        // FNV-1a, 64 bits: stable across runs and platforms.
+        let mut hash: u64 = 0xcbf29ce484222325;
+        for b in text.bytes() {
+            hash ^= b as u64;
+            hash = hash.wrapping_mul(0x100000001b3);
+        }
+        out = out.chars().take(MAX).collect();
+        out.push_str(&format!("-{:012x}", hash >> 16));
+    }
+    out
 }
 
 /// A cell as text: numbers compact, strings bare, unit empty.
@@ -94,7 +157,12 @@ pub fn register(
     help: &mut HelpIndex,
     help_cell: Arc<OnceLock<Arc<HelpIndex>>>,
 ) {
-    let mut r = Registrar::new(engine, help, "core", "help and results I/O (JSON, CSV)");
+    let mut r = Registrar::new(
+        engine,
+        help,
+        "core",
+        "help, results I/O (JSON, CSV) and files",
+    );
     let cell = help_cell.clone();
     r.func(
         "help()",
@@ -177,20 +245,22 @@ pub fn register(
     );
     r.func(
         "save_csv(rows: Array, path: String)",
-        "Write an array of maps as CSV: one column per key (text columns first, then numbers).",
+        "Write an array of maps as CSV (atomically; parent folders are created): one column per\n\
+         key, text columns first, then numbers, alphabetical within each; a missing value or NaN\n\
+         never moves a column. Missing values are empty cells, NaN is `NaN`.",
         "save_csv([#{method: \"scratch\", ap: 0.61}, #{method: \"mae\", ap: 0.70}], \"runs/ap.csv\")",
         |ctx: NativeCallContext, rows: Array, path: &str| -> ScriptResult<()> {
-            rows_checked(&ctx, "save_csv", &rows)?;
-            let cols = columns_of(&rows);
-            let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_record(&cols).map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
-            for row in &rows {
-                let m = row.read_lock::<Map>().unwrap();
-                let rec: Vec<String> = cols.iter().map(|c| m.get(c.as_str()).map(cell_text).unwrap_or_default()).collect();
-                w.write_record(&rec).map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
-            }
-            let bytes = w.into_inner().map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
-            write_file(&ctx, path, &bytes)
+            save_csv(&ctx, &rows, path, None)
+        },
+    );
+    r.func(
+        "save_csv(rows: Array, path: String, columns: Array)",
+        "Write the given columns only, in that order (the same `columns` as `table`); a column\n\
+         no row has is written empty.",
+        "save_csv(rows, \"runs/ap.csv\", [\"method\", \"lr\", \"ap\", \"status\"])",
+        |ctx: NativeCallContext, rows: Array, path: &str, columns: Array| -> ScriptResult<()> {
+            let cols = columns_arg(&ctx, "save_csv", &columns)?;
+            save_csv(&ctx, &rows, path, Some(cols))
         },
     );
     r.func(
@@ -279,9 +349,161 @@ pub fn register(
         },
     );
     r.func(
-        "file_exists(path: String) -> bool",
+        "exists(path: String) -> bool",
         "Whether a file or folder exists at `path`.",
+        "if !exists(\"data/Task000\") { synthetic_dataset(\"data/Task000\", #{cases: 8}); }",
+        |path: &str| Path::new(path).exists(),
+    );
+    r.func(
+        "file_exists(path: String) -> bool",
+        "Whether a file or folder exists at `path` (the same as `exists`).",
         "if !file_exists(\"data/Task000\") { synthetic_dataset(\"data/Task000\", #{cases: 8}); }",
         |path: &str| Path::new(path).exists(),
     );
+    r.func(
+        "mkdir(path: String)",
+        "Create the folder `path` and every missing parent (nothing happens if it exists).",
+        "mkdir(\"runs/study/figures\");",
+        |ctx: NativeCallContext, path: &str| -> ScriptResult<()> {
+            std::fs::create_dir_all(path).map_err(|e| {
+                runtime_error(
+                    format!("cannot create folder {path}: {e}"),
+                    ctx.call_position(),
+                )
+            })
+        },
+    );
+    r.func(
+        "glob(pattern: String) -> Array",
+        "The paths matching a shell pattern, sorted: `*` and `?` within a name, `**` across\n\
+         folders, `[abc]` a set. Relative patterns are relative to the working folder; no match\n\
+         gives an empty array.",
+        "for p in glob(\"data/Task000/raw_splitted/imagesTr/*_0000.nii.gz\") { print(p); }",
+        |ctx: NativeCallContext, pattern: &str| -> ScriptResult<Array> {
+            let entries = glob::glob(pattern).map_err(|e| {
+                runtime_error(
+                    format!("glob: invalid pattern \"{pattern}\": {e}"),
+                    ctx.call_position(),
+                )
+            })?;
+            let mut paths = Vec::new();
+            for entry in entries {
+                let path = entry.map_err(|e| {
+                    runtime_error(
+                        format!(
+                            "glob \"{pattern}\": cannot read {}: {}",
+                            e.path().display(),
+                            e.error()
+                        ),
+                        ctx.call_position(),
+                    )
+                })?;
+                paths.push(path.display().to_string());
+            }
+            paths.sort();
+            Ok(paths.into_iter().map(Dynamic::from).collect())
+        },
+    );
+    r.func(
+        "interrupted() -> bool",
+        "Whether Ctrl-C was pressed: a script that catches errors (a sweep) checks it to stop\n\
+         instead of going on with the next item.",
+        "try { run_cell(); } catch (e) { if interrupted() { throw e; } print(`failed: ${e}`); }",
+        crate::util::interrupt::is_requested,
+    );
+    r.func(
+        "safe_name(text: String) -> String",
+        "A file-name-safe form of `text`: letters, digits and . _ - = , + are kept, anything else\n\
+         (and a leading dot) becomes _; when something was replaced, a hash of the original is\n\
+         appended so distinct texts give distinct names.",
+        "let out = \"runs/\" + safe_name(\"lr=0.1,stem=select:mri\");",
+        |ctx: NativeCallContext, text: &str| -> ScriptResult<String> {
+            if text.is_empty() {
+                return Err(runtime_error(
+                    "safe_name: the text is empty",
+                    ctx.call_position(),
+                ));
+            }
+            Ok(safe_file_name(text))
+        },
+    );
+}
+
+fn save_csv(
+    ctx: &NativeCallContext,
+    rows: &Array,
+    path: &str,
+    columns: Option<Vec<String>>,
+) -> ScriptResult<()> {
+    rows_checked(ctx, "save_csv", rows)?;
+    let cols = columns.unwrap_or_else(|| columns_of(rows));
+    let csv_error =
+        |e: csv::Error| runtime_error(format!("save_csv {path}: {e}"), ctx.call_position());
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&cols).map_err(csv_error)?;
+    for row in rows {
+        let m = row
+            .read_lock::<Map>()
+            .expect("rows were checked to be maps");
+        let rec: Vec<String> = cols
+            .iter()
+            .map(|c| m.get(c.as_str()).map(cell_text).unwrap_or_default())
+            .collect();
+        w.write_record(&rec).map_err(csv_error)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| runtime_error(format!("save_csv {path}: {e}"), ctx.call_position()))?;
+    write_file(ctx, path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, Dynamic)]) -> Dynamic {
+        let mut m = Map::new();
+        for (k, v) in pairs {
+            m.insert((*k).into(), v.clone());
+        }
+        Dynamic::from_map(m)
+    }
+
+    #[test]
+    fn a_nan_or_missing_value_does_not_move_a_column() {
+        let ok = row(&[
+            ("method", "mae".into()),
+            ("ap", Dynamic::from_float(0.5)),
+            ("lr", Dynamic::from_float(0.1)),
+        ]);
+        let expected = vec!["method", "ap", "lr"];
+        assert_eq!(columns_of(&vec![ok.clone()]), expected);
+        let nan = row(&[
+            ("method", "x".into()),
+            ("ap", Dynamic::from_float(f64::NAN)),
+        ]);
+        let null = row(&[
+            ("method", "y".into()),
+            ("ap", Dynamic::UNIT),
+            ("lr", "".into()),
+        ]);
+        let failed = row(&[("method", "z".into()), ("error", "boom".into())]);
+        assert_eq!(
+            columns_of(&vec![nan, ok.clone(), null, failed]),
+            vec!["error", "method", "ap", "lr"]
+        );
+        let text = row(&[("ap", "n/a".into())]);
+        assert_eq!(columns_of(&vec![ok, text]), vec!["ap", "method", "lr"]);
+    }
+
+    #[test]
+    fn safe_names_keep_plain_keys_and_hash_replaced_ones() {
+        assert_eq!(safe_file_name("lr=0.1,seed=2"), "lr=0.1,seed=2");
+        let a = safe_file_name("stem=select:mri");
+        let b = safe_file_name("stem=select/mri");
+        assert!(a.starts_with("stem=select_mri-") && a.len() == "stem=select_mri-".len() + 12);
+        assert_ne!(a, b, "distinct texts stay distinct");
+        assert!(safe_file_name("..").starts_with("_.-"));
+        assert!(safe_file_name(&"x".repeat(300)).len() < 140);
+    }
 }

@@ -1,7 +1,7 @@
 //! Plot primitives (PNG or SVG by file extension): slices with boxes, curves, grouped bars,
 //! FROC and PR curves, bootstrap rank histograms and confidence intervals, and text tables.
 
-use super::core::{cell_text, columns_of};
+use super::core::{cell_text, columns_arg, columns_of};
 use super::volume::VolumeRef;
 use crate::plot::{self, BarSeries, Estimate, Series, SliceOptions};
 use crate::script::convert::{ScriptResult, as_f64, at, options, runtime_error};
@@ -396,20 +396,23 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "table(rows: Array)",
-        "Print an aligned text table of an array of maps (one column per key, numbers right-aligned).",
+        "Print an aligned text table of an array of maps: one column per key, text columns first,\n\
+         then numbers (right-aligned), alphabetical within each; a missing value or NaN never\n\
+         moves a column.",
         "table([#{method: \"scratch\", ap: 0.61}, #{method: \"mae\", ap: 0.70}]);",
         |ctx: NativeCallContext, rows: Array| -> ScriptResult<()> {
-            println!("{}", format_rows(&ctx, &rows, None)?);
+            println!("{}", format_rows(&ctx, "table", &rows, None)?);
             Ok(())
         },
     );
     r.func(
         "table(rows: Array, columns: Array)",
-        "Print an aligned table of the given columns only, in that order.",
+        "Print an aligned table of the given columns only, in that order (the same `columns` as\n\
+         `save_csv`); a column no row has is printed empty.",
         "table(rows, [\"method\", \"ap\"]);",
         |ctx: NativeCallContext, rows: Array, columns: Array| -> ScriptResult<()> {
-            let cols: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-            println!("{}", format_rows(&ctx, &rows, Some(cols))?);
+            let cols = columns_arg(&ctx, "table", &columns)?;
+            println!("{}", format_rows(&ctx, "table", &rows, Some(cols))?);
             Ok(())
         },
     );
@@ -418,7 +421,16 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "The aligned text table of an array of maps, as a string (for logs and files).",
         "let text = format_table(rows);",
         |ctx: NativeCallContext, rows: Array| -> ScriptResult<String> {
-            format_rows(&ctx, &rows, None)
+            format_rows(&ctx, "format_table", &rows, None)
+        },
+    );
+    r.func(
+        "format_table(rows: Array, columns: Array) -> String",
+        "The aligned text table of the given columns only, in that order, as a string.",
+        "let text = format_table(rows, [\"method\", \"ap\"]);",
+        |ctx: NativeCallContext, rows: Array, columns: Array| -> ScriptResult<String> {
+            let cols = columns_arg(&ctx, "format_table", &columns)?;
+            format_rows(&ctx, "format_table", &rows, Some(cols))
         },
     );
 }
@@ -430,13 +442,14 @@ struct EstimateList {
 
 fn format_rows(
     ctx: &NativeCallContext,
+    what: &str,
     rows: &Array,
     columns: Option<Vec<String>>,
 ) -> ScriptResult<String> {
     for (i, r) in rows.iter().enumerate() {
         if !r.is_map() {
             return Err(runtime_error(
-                format!("table: row {i} must be a map, got {}", r.type_name()),
+                format!("{what}: row {i} must be a map, got {}", r.type_name()),
                 ctx.call_position(),
             ));
         }

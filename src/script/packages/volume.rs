@@ -6,6 +6,7 @@ use crate::script::help::HelpIndex;
 use crate::script::registrar::Registrar;
 use crate::volume::boxes::{self, BoxConvention};
 use crate::volume::normalize::{self, CtNormalization, IntensityStats};
+use crate::volume::ops::{self, Arithmetic, Comparison, Connectivity, Operand};
 use crate::volume::{Interpolation, NiftiDtype, Volume};
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 use std::path::{Path, PathBuf};
@@ -358,9 +359,10 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.method(
         "Volume",
         "save(path: String)",
-        "Write the volume as NIfTI (.nii or .nii.gz, float32), atomically.",
+        "Write the volume as NIfTI (.nii or .nii.gz, float32), atomically; parent folders are created.",
         "iso.save(\"runs/iso.nii.gz\");",
         |ctx: NativeCallContext, v: &mut VolumeRef, path: &str| -> ScriptResult<()> {
+            create_parent(&ctx, path)?;
             crate::volume::write_nifti(v, Path::new(path), NiftiDtype::F32).map_err(at(&ctx))
         },
     );
@@ -382,6 +384,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
                     }
                 }
             }
+            create_parent(&ctx, path)?;
             crate::volume::write_nifti(v, Path::new(path), dtype).map_err(at(&ctx))
         },
     );
@@ -570,6 +573,327 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
                 &array_to_box(&ctx, "a", &a)?,
                 &array_to_box(&ctx, "b", &b)?,
             ))
+        },
+    );
+    register_ops(&mut r);
+}
+
+/// Create the parent folders of `path` (as `save_json` does).
+fn create_parent(ctx: &NativeCallContext, path: &str) -> ScriptResult<()> {
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            runtime_error(
+                format!("cannot create folder {}: {e}", parent.display()),
+                ctx.call_position(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+const ARITHMETIC_DOC: &str = "Voxel-wise arithmetic of a Volume with a number (either side, int or float) or with\n\
+     another Volume on the same grid (same [D, H, W], spacing and affine; a one-channel volume\n\
+     applies to every channel of the other). Computed in f64, stored as f32; x / 0 is ±inf.\n\
+     The result keeps the left volume's spacing and affine. `-v` negates.";
+
+const COMPARISON_DOC: &str = "Voxel-wise comparison giving a mask (1.0 where it holds, else 0.0) of a Volume with a\n\
+     number (either side) or another Volume on the same grid. The number is rounded to f32\n\
+     (the voxel type) first; comparisons with NaN are false (`!=`: true).";
+
+fn number(value: &Dynamic) -> Option<f64> {
+    if value.is_int() || value.is_float() {
+        as_f64(value)
+    } else {
+        None
+    }
+}
+
+fn operand<'a>(
+    ctx: &NativeCallContext,
+    what: &str,
+    value: &'a Dynamic,
+    volume: &'a Option<VolumeRef>,
+) -> ScriptResult<Operand<'a>> {
+    if let Some(v) = volume {
+        return Ok(Operand::Volume(v));
+    }
+    number(value).map(Operand::Number).ok_or_else(|| {
+        runtime_error(
+            format!(
+                "where: `{what}` must be a Volume or a number, got {}",
+                value.type_name()
+            ),
+            ctx.call_position(),
+        )
+    })
+}
+
+fn connectivity_from(
+    ctx: &NativeCallContext,
+    what: &str,
+    options: &Map,
+    allowed: &[&str],
+) -> ScriptResult<Connectivity> {
+    if let Some(k) = options.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(runtime_error(
+            format!(
+                "{what}: unknown option `{k}`; options are {}",
+                allowed.join(", ")
+            ),
+            ctx.call_position(),
+        ));
+    }
+    match options.get("connectivity") {
+        None => Ok(Connectivity::default()),
+        Some(v) => {
+            let n = v.as_int().map_err(|_| {
+                runtime_error(
+                    format!(
+                        "{what}: `connectivity` must be 6, 18 or 26, got {}",
+                        v.type_name()
+                    ),
+                    ctx.call_position(),
+                )
+            })?;
+            Connectivity::from_neighbours(n)
+                .map_err(|e| runtime_error(format!("{what}: {e}"), ctx.call_position()))
+        }
+    }
+}
+
+fn instances_map(
+    volume: crate::volume::Volume,
+    classes: std::collections::BTreeMap<u32, u32>,
+) -> Map {
+    let mut m = Map::new();
+    m.insert("count".into(), Dynamic::from_int(classes.len() as i64));
+    m.insert("instances".into(), Dynamic::from(Arc::new(volume)));
+    m.insert(
+        "classes".into(),
+        Dynamic::from_map(
+            classes
+                .into_iter()
+                .map(|(id, class)| (id.to_string().into(), Dynamic::from_int(class as i64)))
+                .collect(),
+        ),
+    );
+    m
+}
+
+/// Operators (`+ - * /`, comparisons, unary minus), `where`, connected components and
+/// label-map conversion.
+fn register_ops(r: &mut Registrar) {
+    let arithmetic = [
+        (
+            Arithmetic::Add,
+            "let shifted = ct + 1024;   // also 1024 + ct, ct + other",
+        ),
+        (
+            Arithmetic::Subtract,
+            "let diff = a - b;   // also a - 1.0, 1000.0 - a, -a",
+        ),
+        (
+            Arithmetic::Multiply,
+            "let doubled = ct * 2.0;   // also 2 * ct, mask * ct",
+        ),
+        (
+            Arithmetic::Divide,
+            "let ratio = t1 / t2;   // also ct / 1000, 1.0 / ct",
+        ),
+    ];
+    for (op, example) in arithmetic {
+        let sym = op.symbol();
+        r.func(
+            &format!("{sym}(a: Volume, b: Volume) -> Volume"),
+            ARITHMETIC_DOC,
+            example,
+            move |ctx: NativeCallContext, a: VolumeRef, b: VolumeRef| -> ScriptResult<VolumeRef> {
+                ops::arithmetic(&a, op, &b).map(Arc::new).map_err(at(&ctx))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: Volume, b: f64) -> Volume"),
+            "",
+            "",
+            move |a: VolumeRef, b: f64| -> VolumeRef {
+                Arc::new(ops::arithmetic_number(&a, op, b))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: Volume, b: i64) -> Volume"),
+            "",
+            "",
+            move |a: VolumeRef, b: i64| -> VolumeRef {
+                Arc::new(ops::arithmetic_number(&a, op, b as f64))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: f64, b: Volume) -> Volume"),
+            "",
+            "",
+            move |a: f64, b: VolumeRef| -> VolumeRef {
+                Arc::new(ops::number_arithmetic(a, op, &b))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: i64, b: Volume) -> Volume"),
+            "",
+            "",
+            move |a: i64, b: VolumeRef| -> VolumeRef {
+                Arc::new(ops::number_arithmetic(a as f64, op, &b))
+            },
+        );
+    }
+    r.func(
+        "-(a: Volume) -> Volume",
+        "",
+        "",
+        |a: VolumeRef| -> VolumeRef { Arc::new(ops::map(&a, |x| -x)) },
+    );
+    let comparisons = [
+        (
+            Comparison::Greater,
+            "let bone = ct > 300.0;   // a 0/1 mask",
+        ),
+        (Comparison::GreaterOrEqual, "let body = ct >= -500;"),
+        (Comparison::Less, "let air = ct < -900.0;"),
+        (Comparison::LessOrEqual, "let low = ct <= 0;"),
+        (
+            Comparison::Equal,
+            "let liver = labels == 2;   // one class of a label map",
+        ),
+        (Comparison::NotEqual, "let foreground = labels != 0;"),
+    ];
+    for (cmp, example) in comparisons {
+        let sym = cmp.symbol();
+        r.func(
+            &format!("{sym}(a: Volume, b: Volume) -> Volume"),
+            COMPARISON_DOC,
+            example,
+            move |ctx: NativeCallContext, a: VolumeRef, b: VolumeRef| -> ScriptResult<VolumeRef> {
+                ops::compare(&a, cmp, &b).map(Arc::new).map_err(at(&ctx))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: Volume, b: f64) -> Volume"),
+            "",
+            "",
+            move |a: VolumeRef, b: f64| -> VolumeRef { Arc::new(ops::compare_number(&a, cmp, b)) },
+        );
+        r.func(
+            &format!("{sym}(a: Volume, b: i64) -> Volume"),
+            "",
+            "",
+            move |a: VolumeRef, b: i64| -> VolumeRef {
+                Arc::new(ops::compare_number(&a, cmp, b as f64))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: f64, b: Volume) -> Volume"),
+            "",
+            "",
+            move |a: f64, b: VolumeRef| -> VolumeRef {
+                Arc::new(ops::compare_number(&b, cmp.swapped(), a))
+            },
+        );
+        r.func(
+            &format!("{sym}(a: i64, b: Volume) -> Volume"),
+            "",
+            "",
+            move |a: i64, b: VolumeRef| -> VolumeRef {
+                Arc::new(ops::compare_number(&b, cmp.swapped(), a as f64))
+            },
+        );
+    }
+    r.func(
+        "where(mask: Volume, a: Volume|number, b: Volume|number) -> Volume",
+        "Voxels of `a` where `mask` is not 0, of `b` elsewhere (numpy's where; NaN counts as in\n\
+         the mask). `a` and `b` are Volumes on the mask's grid or numbers (int or float).",
+        "let clipped = where(ct > 1000.0, 1000.0, ct);\nlet body = where(labels > 0, ct, -1000);",
+        |ctx: NativeCallContext,
+         mask: VolumeRef,
+         a: Dynamic,
+         b: Dynamic|
+         -> ScriptResult<VolumeRef> {
+            let va = a.clone().try_cast::<VolumeRef>();
+            let vb = b.clone().try_cast::<VolumeRef>();
+            let oa = operand(&ctx, "a", &a, &va)?;
+            let ob = operand(&ctx, "b", &b, &vb)?;
+            ops::select(&mask, oa, ob).map(Arc::new).map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "connected_components(mask: Volume) -> Volume",
+        "The connected components of a one-channel mask (voxels not 0) as an instance map 1..N,\n\
+         numbered in C order of their first voxel like scipy.ndimage.label. Connectivity 26\n\
+         (faces, edges and corners: scipy with structure np.ones((3, 3, 3)), as nnDetection);\n\
+         scipy's own default is 6. N is `.stats().max`.",
+        "let objects = connected_components(ct > 300.0);\nprint(label_boxes(objects));",
+        |ctx: NativeCallContext, mask: VolumeRef| -> ScriptResult<VolumeRef> {
+            ops::connected_components(&mask, Connectivity::default())
+                .map(|(v, _)| Arc::new(v))
+                .map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "connected_components(mask: Volume, options: Map) -> Volume",
+        "Connected components with options: #{connectivity: 6|18|26} (faces; faces and edges;\n\
+         faces, edges and corners).",
+        "let objects = connected_components(mask, #{connectivity: 6});",
+        |ctx: NativeCallContext, mask: VolumeRef, options: Map| -> ScriptResult<VolumeRef> {
+            let c = connectivity_from(&ctx, "connected_components", &options, &["connectivity"])?;
+            ops::connected_components(&mask, c)
+                .map(|(v, _)| Arc::new(v))
+                .map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "labels_to_instances(labels: Volume) -> Map",
+        "Convert a semantic label map (class values 1..K; 0 and negative values background) as\n\
+         nnDetection does (seg_to_instances): the 26-connected components of each class value in\n\
+         ascending order become instances 1..N. Returns #{instances: Volume, classes: #{\"1\": 0,\n\
+         …}, count: N}, classes 0-based (value − 1), as labelsTr/<case>.json stores them.",
+        "let r = labels_to_instances(load_volume(\"seg.nii.gz\"));\n\
+         r.instances.save(\"raw_splitted/labelsTr/case.nii.gz\", #{dtype: \"i16\"});\n\
+         save_json(#{instances: r.classes}, \"raw_splitted/labelsTr/case.json\");",
+        |ctx: NativeCallContext, labels: VolumeRef| -> ScriptResult<Map> {
+            ops::labels_to_instances(&labels, Connectivity::default(), 0)
+                .map(|(v, c)| instances_map(v, c))
+                .map_err(at(&ctx))
+        },
+    );
+    r.func(
+        "labels_to_instances(labels: Volume, options: Map) -> Map",
+        "labels_to_instances with options: #{connectivity: 6|18|26 (default 26), min_voxels: N\n\
+         (drop smaller components, nnDetection's min_num_voxel; default 0)}.",
+        "let r = labels_to_instances(seg, #{min_voxels: 10});",
+        |ctx: NativeCallContext, labels: VolumeRef, options: Map| -> ScriptResult<Map> {
+            let c = connectivity_from(
+                &ctx,
+                "labels_to_instances",
+                &options,
+                &["connectivity", "min_voxels"],
+            )?;
+            let min_voxels = match options.get("min_voxels") {
+                None => 0,
+                Some(v) => match v.as_int() {
+                    Ok(n) if n >= 0 => n as usize,
+                    _ => {
+                        return Err(runtime_error(
+                            format!(
+                                "labels_to_instances: `min_voxels` must be a non-negative integer, got {v}"
+                            ),
+                            ctx.call_position(),
+                        ));
+                    }
+                },
+            };
+            ops::labels_to_instances(&labels, c, min_voxels)
+                .map(|(v, c)| instances_map(v, c))
+                .map_err(at(&ctx))
         },
     );
 }
