@@ -308,6 +308,19 @@ fn export_reimports_bit_identically_under_both_namings() {
 }
 
 #[test]
+fn an_alias_that_differs_from_its_parameter_is_an_error_naming_both_keys() {
+    let e = load_error(&fixture("tampered_alias.pth"), &PytorchOptions::default()).to_string();
+    for part in [
+        "tampered_alias.pth",
+        "`encoder.stem.convs.0.all_modules.0.weight`",
+        "`encoder.stem.convs.0.conv.weight`",
+        "different values",
+    ] {
+        assert!(e.contains(part), "missing {part} in: {e}");
+    }
+}
+
+#[test]
 fn a_truncated_file_is_an_error_naming_it() {
     let bytes = std::fs::read(fixture("nnssl_resenc.pth")).unwrap();
     let dir = tempfile::tempdir().unwrap();

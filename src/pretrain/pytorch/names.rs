@@ -28,7 +28,9 @@ use super::super::PretrainError;
 
 /// The canonical key of a state-dict key: aliases mapped onto the names that remain.
 pub fn canonical_key(key: &str) -> String {
+    // DDP's `module.` and torch.compile's `_orig_mod.` wrappers.
     let key = key.strip_prefix("module.").unwrap_or(key);
+    let key = key.strip_prefix("_orig_mod.").unwrap_or(key);
     let mut key = match key.strip_prefix("decoder.encoder.") {
         Some(rest) => format!("encoder.{rest}"),
         None => key.to_string(),
