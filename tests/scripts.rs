@@ -180,3 +180,225 @@ fn ctrl_c_stops_a_running_script_cleanly() {
     assert!(err.contains("interrupted by Ctrl-C"), "{err}");
     assert!(err.contains("forever.rhai:3:"), "{err}");
 }
+
+/// The lines of `text` that start with `prefix`.
+fn lines_starting<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn a_sweep_keeps_going_past_a_failed_cell_and_a_rerun_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("study.rhai");
+    // Every closure call leaves a file under calls/, so calls across runs can be counted.
+    std::fs::write(
+        &script,
+        r#"import "sweep" as sweep;
+let rows = sweep::run(#{lr: [0.01, 0.1], seed: [0, 1]}, "cells", |p| {
+    save_json(#{}, `calls/${safe_name(sweep::label(p))}-${glob("calls/*.json").len()}.json`);
+    if ARGS.fail && p.lr == 0.1 && p.seed == 0 { throw "the loss is NaN at lr 0.1"; }
+    #{ap: p.lr + p.seed}
+});
+table(rows, ["lr", "seed", "ap", "status", "error"]);
+save_csv(rows, "rows.csv", ["lr", "seed", "ap", "status", "error"]);
+"#,
+    )
+    .unwrap();
+    let calls = || std::fs::read_dir(tmp.path().join("calls")).unwrap().count();
+
+    let out = run_script(&script, &[("fail", "true".into())], tmp.path());
+    let text = expect_ok(&out, "first run");
+    assert_eq!(calls(), 4, "every cell ran");
+    let ended: Vec<&str> = lines_starting(&text, "cell ")
+        .into_iter()
+        .filter(|l| !l.ends_with(": running"))
+        .collect();
+    assert_eq!(ended.len(), 4, "{text}");
+    assert!(
+        ended[0].starts_with("cell 1/4 lr=0.01 seed=0: ok ("),
+        "{text}"
+    );
+    assert!(ended[0].ends_with(" s)"), "{text}");
+    assert!(
+        ended[2].starts_with("cell 3/4 lr=0.1 seed=0: failed (")
+            && ended[2].ends_with(" s): the loss is NaN at lr 0.1"),
+        "{text}"
+    );
+    assert!(
+        ended[3].starts_with("cell 4/4 lr=0.1 seed=1: ok ("),
+        "{text}"
+    );
+    assert!(
+        text.contains("cell 3/4 lr=0.1 seed=0: running\n"),
+        "a line when a cell starts: {text}"
+    );
+    assert!(text.contains("sweep: 4 cells: 3 ok, 1 failed\n"), "{text}");
+    let csv = std::fs::read_to_string(tmp.path().join("rows.csv")).unwrap();
+    assert_eq!(
+        csv,
+        "lr,seed,ap,status,error\n\
+         0.01,0,0.01,ok,\n\
+         0.01,1,1.01,ok,\n\
+         0.1,0,,failed,the loss is NaN at lr 0.1\n\
+         0.1,1,1.1,ok,\n"
+    );
+    for name in ["lr=0.01,seed=0", "lr=0.01,seed=1", "lr=0.1,seed=1"] {
+        assert!(
+            tmp.path().join(format!("cells/{name}.json")).is_file(),
+            "{name}"
+        );
+    }
+    assert!(!tmp.path().join("cells/lr=0.1,seed=0.json").exists());
+
+    // The rerun reads the three finished cells and runs only the failed one.
+    let out = run_script(&script, &[("fail", "false".into())], tmp.path());
+    let text = expect_ok(&out, "rerun");
+    assert_eq!(calls(), 5, "only the failed cell ran again: {text}");
+    assert_eq!(
+        lines_starting(&text, "cell 1/4"),
+        vec!["cell 1/4 lr=0.01 seed=0: cached"]
+    );
+    assert!(
+        lines_starting(&text, "cell 3/4")
+            .last()
+            .unwrap()
+            .starts_with("cell 3/4 lr=0.1 seed=0: ok ("),
+        "{text}"
+    );
+    assert!(
+        text.contains("sweep: 4 cells: 4 ok (3 cached), 0 failed\n"),
+        "{text}"
+    );
+    let csv = std::fs::read_to_string(tmp.path().join("rows.csv")).unwrap();
+    assert!(csv.contains("\n0.1,0,0.1,ok,\n"), "{csv}");
+}
+
+#[test]
+fn table_and_save_csv_keep_the_column_order_with_nan_and_missing_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("t.rhai");
+    std::fs::write(
+        &script,
+        r#"let rows = [
+    #{method: "mae", ap: 0.0 / 0.0, lr: 0.1},
+    #{method: "scratch", ap: 0.5, lr: 0.01},
+    #{method: "voco", lr: 0.01},
+    #{method: "s3d", ap: (), lr: 0.01},
+];
+save_csv(rows, "all.csv");
+save_csv(rows, "some.csv", ["lr", "method", "ap"]);
+table(rows);
+"#,
+    )
+    .unwrap();
+    let out = run_script(&script, &[], tmp.path());
+    let text = expect_ok(&out, "tables");
+    let all = std::fs::read_to_string(tmp.path().join("all.csv")).unwrap();
+    assert_eq!(
+        all,
+        "method,ap,lr\nmae,NaN,0.1\nscratch,0.5,0.01\nvoco,,0.01\ns3d,,0.01\n"
+    );
+    let some = std::fs::read_to_string(tmp.path().join("some.csv")).unwrap();
+    assert_eq!(
+        some,
+        "lr,method,ap\n0.1,mae,NaN\n0.01,scratch,0.5\n0.01,voco,\n0.01,s3d,\n"
+    );
+    let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["method", "ap", "lr"], "{text}");
+}
+
+#[test]
+fn connected_components_and_labels_to_instances_match_scipy_and_nndetection() {
+    let python = setup_data();
+    let tmp = tempfile::tempdir().unwrap();
+    // Random masks and label maps (numpy, seeded), labelled by scipy: ndimage.label with a
+    // full 3×3×3 structure (26), its default (6) and generate_binary_structure(3, 2) (18), and
+    // nnDetection's seg_to_instances (per class, full structure), all in detlab's [D, H, W]
+    // order (nibabel's array transposed), as NIfTI files.
+    let make = r#"
+import sys, numpy as np, nibabel as nib
+from scipy import ndimage
+out = sys.argv[1]
+rng = np.random.default_rng(5)
+mask = (ndimage.uniform_filter(rng.random((14, 17, 19)), 2) > 0.55).astype(np.uint8)
+seg = np.where(rng.random((14, 17, 19)) < 0.25, rng.integers(1, 4, (14, 17, 19)), 0).astype(np.int16)
+seg[seg == 2] = 3  # classes 1 and 3: a gap in the values
+def save(a, name):
+    nib.save(nib.Nifti1Image(a.transpose(2, 1, 0).astype(np.float32), np.eye(4)), f"{out}/{name}.nii.gz")
+save(mask, "mask")
+save(seg, "seg")
+for n, structure in [(26, np.ones((3, 3, 3))), (6, None), (18, ndimage.generate_binary_structure(3, 2))]:
+    save(ndimage.label(mask, structure=structure)[0], f"scipy_{n}")
+instances = np.zeros_like(seg, dtype=np.int32)
+classes = {}
+i = 1
+for uc in [u for u in np.unique(seg) if u > 0]:
+    labelled, _ = ndimage.label(seg == uc, structure=np.ones((3, 3, 3)))
+    for iid in [k for k in np.unique(labelled) if k > 0]:
+        instances[labelled == iid] = i
+        classes[str(i)] = int(uc) - 1
+        i += 1
+save(instances, "nndet")
+import json
+json.dump(classes, open(f"{out}/nndet.json", "w"))
+print(int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]), i - 1)
+"#;
+    let out = Command::new(&python)
+        .args(["-c", make, &tmp.path().display().to_string()])
+        .output()
+        .unwrap();
+    let counts = expect_ok(&out, "numpy/scipy reference");
+    let script = tmp.path().join("cc.rhai");
+    std::fs::write(
+        &script,
+        r#"let mask = load_volume("mask.nii.gz");
+for n in [26, 6, 18] {
+    let ours = connected_components(mask, #{connectivity: n});
+    let theirs = load_volume(`scipy_${n}.nii.gz`);
+    assert_eq((ours != theirs).stats().max, 0.0, `connectivity ${n}: same labels as scipy`);
+    print(`${n}: ${ours.stats().max.to_int()}`);
+}
+assert_eq((connected_components(mask) != load_volume("scipy_26.nii.gz")).stats().max, 0.0, "26 is the default");
+let r = labels_to_instances(load_volume("seg.nii.gz"));
+assert_eq((r.instances != load_volume("nndet.nii.gz")).stats().max, 0.0, "same instances as nnDetection");
+assert_eq(r.classes, load_json("nndet.json"), "same instance classes as nnDetection");
+print(`instances ${r.count}`);
+"#,
+    )
+    .unwrap();
+    let out = run_script(&script, &[], tmp.path());
+    let text = expect_ok(&out, "detlab components");
+    let (components, instances) = counts.trim().split_once(' ').unwrap();
+    assert!(text.contains(&format!("26: {components}\n")), "{text}");
+    assert!(text.contains(&format!("instances {instances}\n")), "{text}");
+    assert!(
+        components.parse::<u32>().unwrap() > 5 && instances.parse::<u32>().unwrap() > 50,
+        "the reference cases are not trivial: {components} components, {instances} instances"
+    );
+}
+
+#[test]
+fn help_shows_the_file_and_volume_primitives() {
+    for (name, expected) in [
+        (
+            "where",
+            "where(mask: Volume, a: Volume|number, b: Volume|number) -> Volume",
+        ),
+        ("glob", "glob(pattern: String) -> Array"),
+        ("connected_components", "scipy.ndimage.label"),
+        ("labels_to_instances", "seg_to_instances"),
+        ("+", "Voxel-wise arithmetic"),
+        (">", "giving a mask"),
+        (
+            "save_csv",
+            "save_csv(rows: Array, path: String, columns: Array)",
+        ),
+    ] {
+        let out = Command::new(detlab())
+            .args(["help", name])
+            .output()
+            .unwrap();
+        let text = expect_ok(&out, &format!("detlab help {name}"));
+        assert!(text.contains(expected), "help {name}: {text}");
+    }
+}
