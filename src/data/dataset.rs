@@ -9,6 +9,9 @@
 //! <root>/splits.json                                   folds (see [`super::splits`])
 //! ```
 //!
+//! The four folders may also sit directly in `<root>` (no `raw_splitted/`); when both exist,
+//! `raw_splitted/` is read. Datasets are always written with `raw_splitted/`.
+//!
 //! # Validation
 //! [`Dataset::open`] collects every problem and returns them all in one
 //! [`DataError::Invalid`], each naming its file. Cheap checks (always): the description file,
@@ -173,14 +176,19 @@ impl Dataset {
             }
             Err(ps) => return Err(DataError::Invalid { root, problems: ps }),
         };
-        let raw = root.join("raw_splitted");
+        let nested = root.join("raw_splitted");
+        let raw = if !nested.is_dir() && root.join("imagesTr").is_dir() {
+            root.clone()
+        } else {
+            nested
+        };
         let mut train = Vec::new();
         let mut test = Vec::new();
         let train_images = raw.join("imagesTr");
         if !train_images.is_dir() {
             problems.push(Problem::new(
                 &train_images,
-                "missing folder (training images <case>_<MMMM>.nii.gz)",
+                "missing folder (training images <case>_<MMMM>.nii.gz, in raw_splitted/imagesTr or imagesTr)",
             ));
         } else {
             train = scan_subset(
@@ -1135,6 +1143,37 @@ pub(crate) mod tests {
         // The mask is stored as an integer type.
         let info = volume::read_nifti_header(full.train[0].label.as_ref().unwrap()).unwrap();
         assert_eq!(info.stored_type, volume::StoredType::U8);
+    }
+
+    #[test]
+    fn a_dataset_without_raw_splitted_opens_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = tiny_dataset(dir.path(), &["CT"]);
+        for folder in ["imagesTr", "labelsTr"] {
+            std::fs::rename(
+                dir.path().join("raw_splitted").join(folder),
+                dir.path().join(folder),
+            )
+            .unwrap();
+        }
+        std::fs::remove_dir(dir.path().join("raw_splitted")).unwrap();
+        let flat = Dataset::open(dir.path()).unwrap();
+        assert_eq!(flat.train_ids(), ds.train_ids());
+        assert!(flat.train[0].images[0].starts_with(dir.path().join("imagesTr")));
+        assert_eq!(
+            flat.load_case("case1").unwrap().instance_classes,
+            tiny_case("case1", 1, 1).instance_classes
+        );
+        std::fs::remove_dir_all(dir.path().join("imagesTr")).unwrap();
+        let problems = problems_of(dir.path());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].path.ends_with("raw_splitted/imagesTr"));
+        assert!(
+            problems[0]
+                .message
+                .contains("in raw_splitted/imagesTr or imagesTr"),
+            "{problems:?}"
+        );
     }
 
     #[test]
