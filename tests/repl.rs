@@ -114,3 +114,29 @@ fn repl_load_runs_a_file_in_the_session() {
     enter(&mut p, ":quit");
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn repl_completes_option_keys_and_suggests_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = start(&tmp.path().join("history"));
+
+    // Inside a primitive's options map, Tab offers its option keys.
+    p.exp_string(PROMPT).unwrap();
+    settle();
+    p.send("pool_volume(#{seed: 1, chan").unwrap();
+    p.send("\t").unwrap();
+    p.flush().unwrap();
+    p.exp_string("channels: ").unwrap();
+    p.send_control('u').unwrap();
+    p.flush().unwrap();
+    p.send_line("").unwrap();
+
+    // A typo gets the nearest name, and the session goes on.
+    enter(&mut p, "resampel(1)");
+    p.exp_string("unknown function `resampel`; did you mean `resample`?")
+        .unwrap();
+    enter(&mut p, "40 + 2");
+    p.exp_string("42").unwrap();
+    enter(&mut p, ":quit");
+    p.exp_eof().unwrap();
+}

@@ -59,16 +59,19 @@ pub fn run(file: &Path, sets: &[String]) -> i32 {
     }
 }
 
-/// Compile a script without running it; returns the exit code.
+/// Compile a script without running it and report its syntax errors, or its calls to
+/// functions that exist nowhere; returns the exit code.
 pub fn check(file: &Path) -> i32 {
     let interp = Interpreter::new(std::env::current_dir().unwrap_or_default());
     match interp.check_file(file) {
         Ok(()) => {
-            println!("{}: ok", file.display());
+            print_out(&format!("{}: ok", file.display()));
             0
         }
-        Err(e) => {
-            eprintln!("error: {e}");
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
             1
         }
     }
@@ -79,18 +82,31 @@ pub fn help(name: Option<&str>) -> i32 {
     let interp = Interpreter::new(std::env::current_dir().unwrap_or_default());
     match name {
         None => {
-            println!("{}", interp.help().overview());
+            print_out(&interp.help().overview());
             0
         }
         Some(n) => match interp.help().render(n) {
             Some(text) => {
-                println!("{text}");
+                print_out(&text);
                 0
             }
             None => {
-                eprintln!("error: no primitive named '{n}' (`detlab help` lists them)");
+                let names: Vec<&str> = interp.help().entries().map(|e| e.name.as_str()).collect();
+                let hint = match detlab::script::error::suggest(n, names) {
+                    Some(s) => format!("did you mean `{s}`? "),
+                    None => String::new(),
+                };
+                eprintln!("error: no primitive named '{n}'; {hint}(`detlab help` lists them)");
                 1
             }
         },
     }
+}
+
+/// Write `text` and a newline to stdout; a reader that went away (`detlab help | head`) is
+/// not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|_| out.flush());
 }

@@ -21,19 +21,44 @@ pub fn at<E: std::fmt::Display>(
     move |e| runtime_error(e.to_string(), pos)
 }
 
-/// Deserialize an options map into a typed config; unknown or mistyped keys are reported
-/// with the name of the primitive, e.g. "resample: unknown option `ordr`, expected one of …".
+/// Deserialize an options map into a typed config (over its serde defaults).
+///
+/// The one conversion of options maps: integers are accepted wherever a float is expected,
+/// and an error names the primitive and the option, e.g. "train: option `lr` must be a number
+/// (Float), got String \"0.1\"" or "resample: unknown option `ordr`; did you mean `order`?
+/// Expected one of: …" (the list comes from the primitive's declared options).
 pub fn options<T: DeserializeOwned>(
     ctx: &NativeCallContext,
     what: &str,
     map: Map,
 ) -> ScriptResult<T> {
-    rhai::serde::from_dynamic::<T>(&Dynamic::from_map(map)).map_err(|e| {
-        runtime_error(
-            format!("{what}: {}", clean_serde_message(&e.to_string())),
-            ctx.call_position(),
-        )
-    })
+    super::options::deserialize::<T>(what, None, &map)
+        .map_err(|message| runtime_error(message, ctx.call_position()))
+}
+
+/// Lay an options map over `base` (a preset config) and deserialize the result, with the
+/// same conversions and errors as [`options`].
+pub fn options_over<T: Serialize + DeserializeOwned>(
+    ctx: &NativeCallContext,
+    what: &str,
+    base: &T,
+    map: &Map,
+) -> ScriptResult<T> {
+    let base = serde_json::to_value(base)
+        .map_err(|e| runtime_error(format!("{what}: {e}"), ctx.call_position()))?;
+    super::options::deserialize::<T>(what, Some(base), map)
+        .map_err(|message| runtime_error(message, ctx.call_position()))
+}
+
+/// Check an options map against the declared options of a primitive before reading it: an
+/// unknown key is an error naming it, its nearest match and every valid key.
+pub fn check_options(
+    ctx: &NativeCallContext,
+    set: &super::options::OptionSet,
+    map: &Map,
+) -> ScriptResult<()> {
+    set.check(map)
+        .map_err(|message| runtime_error(message, ctx.call_position()))
 }
 
 /// Convert a typed value into a script value (maps, arrays, numbers, strings).
@@ -46,15 +71,6 @@ pub fn to_script<T: Serialize>(ctx: &NativeCallContext, value: &T) -> ScriptResu
 pub fn to_script_plain<T: Serialize>(value: &T) -> Dynamic {
     rhai::serde::to_dynamic(value)
         .unwrap_or_else(|e| Dynamic::from(format!("<unconvertible: {e}>")))
-}
-
-/// Rhai's serde errors end with " (line 1, position 1)": the position is meaningless there.
-fn clean_serde_message(message: &str) -> String {
-    let m = message.trim();
-    match m.rfind(" (line ") {
-        Some(i) if m.ends_with(')') => m[..i].to_string(),
-        _ => m.to_string(),
-    }
 }
 
 /// Read a script number (int or float) as f64.

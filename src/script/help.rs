@@ -21,7 +21,8 @@ pub enum EntryKind {
 pub struct Signature {
     /// Receiver type for methods and properties (e.g. "Volume").
     pub receiver: Option<String>,
-    /// The signature as users read it, e.g. `resample(spacing: [f64; 3]) -> Volume`.
+    /// The signature as registered, e.g. `resample(spacing: [f64; 3]) -> Volume` (shown with
+    /// script type names: `[Float; 3]`).
     pub text: String,
 }
 
@@ -69,14 +70,15 @@ impl HelpEntry {
         }
     }
 
-    /// The full help text: signatures, description and example.
+    /// The full help text: signatures, description, the options table (for a primitive that
+    /// takes an options map) and example.
     pub fn render(&self) -> String {
         let mut out = String::new();
         for s in &self.signatures {
-            match (&s.receiver, self.kind) {
-                (Some(r), EntryKind::Property) => out.push_str(&format!("{r}.{}\n", s.text)),
-                (Some(r), _) => out.push_str(&format!("{r}.{}\n", s.text)),
-                (None, _) => out.push_str(&format!("{}\n", s.text)),
+            let text = super::error::user_types_in(&s.text);
+            match &s.receiver {
+                Some(r) => out.push_str(&format!("{r}.{text}\n")),
+                None => out.push_str(&format!("{text}\n")),
             }
         }
         out.push('\n');
@@ -84,6 +86,14 @@ impl HelpEntry {
             out.push_str("  ");
             out.push_str(line);
             out.push('\n');
+        }
+        for set in super::options::sets_for(&self.name) {
+            out.push('\n');
+            for line in set.render().lines() {
+                out.push_str("  ");
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         if !self.example.is_empty() {
             out.push_str("\nExample:\n");

@@ -9,16 +9,38 @@ pub mod complete;
 pub mod convert;
 pub mod error;
 pub mod help;
+pub mod maps;
+pub mod options;
 pub mod packages;
 pub mod registrar;
 pub mod resolver;
 
-pub use error::{ScriptError, ScriptErrorKind};
+pub use error::{Catalog, ScriptError, ScriptErrorKind};
 pub use help::HelpIndex;
 
-use rhai::{AST, Dynamic, Engine, Map, Scope};
+use rhai::{AST, ASTNode, Dynamic, Engine, Expr, Map, Position, Scope, Stmt};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+
+/// Functions the Rhai language itself provides (keywords), which no package registers.
+const BUILTIN_FUNCTIONS: &[&str] = &[
+    "print",
+    "debug",
+    "type_of",
+    "eval",
+    "Fn",
+    "call",
+    "curry",
+    "is_shared",
+    "is_def_var",
+    "is_def_fn",
+    "this",
+    "global",
+];
+
+/// How deeply expressions may nest (the parse of deep literals, e.g. nested arrays).
+pub const MAX_EXPR_DEPTH: usize = 256;
 
 /// How often (in script operations) the engine checks for Ctrl-C.
 const INTERRUPT_CHECK_EVERY: u64 = 1024;
@@ -26,7 +48,7 @@ const INTERRUPT_CHECK_EVERY: u64 = 1024;
 /// Build the detlab engine with every domain package registered, and its help index.
 pub fn build_engine(fallback_dir: PathBuf) -> (Engine, Arc<HelpIndex>) {
     let mut engine = Engine::new();
-    engine.set_max_expr_depths(256, 256);
+    engine.set_max_expr_depths(MAX_EXPR_DEPTH, MAX_EXPR_DEPTH);
     engine.set_module_resolver(resolver::DetlabResolver::new(fallback_dir));
     engine.on_progress(|ops| {
         if ops % INTERRUPT_CHECK_EVERY == 0 && crate::util::interrupt::is_requested() {
@@ -38,9 +60,34 @@ pub fn build_engine(fallback_dir: PathBuf) -> (Engine, Arc<HelpIndex>) {
     let help_cell: Arc<OnceLock<Arc<HelpIndex>>> = Arc::new(OnceLock::new());
     let mut help = HelpIndex::default();
     packages::register_all(&mut engine, &mut help, help_cell.clone());
+    register_map_reads(&mut engine, &mut help);
     let help = Arc::new(help);
     let _ = help_cell.set(help.clone());
     (engine, help)
+}
+
+/// Strict map reads ([`maps`]) and `map.get(key, default)` for keys that may be missing.
+fn register_map_reads(engine: &mut Engine, help: &mut HelpIndex) {
+    engine.set_fail_on_invalid_map_property(true);
+    maps::register(engine);
+    let properties: Vec<String> = help
+        .entries()
+        .filter(|e| e.kind == help::EntryKind::Property)
+        .map(|e| e.name.clone())
+        .collect();
+    for name in properties {
+        maps::forward_getter(engine, &name);
+    }
+    let mut r = registrar::Registrar::new(engine, help, "core", "");
+    r.method(
+        "Map",
+        "get(key: String, default: Dynamic) -> Dynamic",
+        "The value of `key`, or `default` when the map has no such key.\n\
+         Reading a missing key with `m.key` or `m[\"key\"]` is an error naming the key and\n\
+         listing the keys present; `get` (or `m.key ?? default`) is for keys that may be missing.",
+        "let ap = metrics.get(\"AP_IoU_0.10_MaxDet_100\", 0.0);",
+        maps::get_or_default,
+    );
 }
 
 /// A script session: the engine, its scope, and the functions defined so far.
@@ -50,6 +97,8 @@ pub struct Interpreter {
     scope: Scope<'static>,
     functions: AST,
     display_ast: AST,
+    /// Closures (`anon$…` functions) → the file and position where they are written.
+    closures: HashMap<String, (String, Position)>,
 }
 
 /// Parse a `--set key=value` value: bool, integer, float, JSON array/map, else a string.
@@ -89,6 +138,7 @@ impl Interpreter {
             scope,
             functions: AST::empty(),
             display_ast,
+            closures: HashMap::new(),
         }
     }
 
@@ -113,14 +163,118 @@ impl Interpreter {
         self.scope.push_constant("ARGS", args);
     }
 
-    /// Compile a file without running it; syntax errors carry file, line and column.
-    pub fn check_file(&self, path: &Path) -> Result<(), ScriptError> {
+    /// Compile a file without running it: its syntax errors, or else its calls to functions
+    /// that exist nowhere, each with file, line and column.
+    pub fn check_file(&self, path: &Path) -> Result<(), Vec<ScriptError>> {
         let name = path.display().to_string();
-        let source = std::fs::read_to_string(path).map_err(|e| ScriptError::io(&name, &e))?;
-        self.engine
-            .compile(&source)
-            .map(|_| ())
-            .map_err(|e| ScriptError::from_parse(&e, &name, &source))
+        let source = std::fs::read_to_string(path).map_err(|e| vec![ScriptError::io(&name, &e)])?;
+        let errors = self.check_source(&source, &name);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The problems `detlab check` reports in `source` (named `name`): a syntax error, or the
+    /// calls to functions and methods that exist nowhere (with the nearest name).
+    pub fn check_source(&self, source: &str, name: &str) -> Vec<ScriptError> {
+        let ast = match self.engine.compile(source) {
+            Ok(ast) => ast,
+            Err(e) => return vec![ScriptError::from_parse(&e, name, source)],
+        };
+        let catalog = self.catalog(Some(&ast));
+        let known = |n: &str| catalog.functions.contains_key(n) || BUILTIN_FUNCTIONS.contains(&n);
+        let mut errors = Vec::new();
+        ast.walk(&mut |path: &[ASTNode]| {
+            let (call, pos, method) = match path.last() {
+                Some(ASTNode::Expr(Expr::FnCall(f, pos))) => (f, *pos, false),
+                Some(ASTNode::Stmt(Stmt::FnCall(f, pos))) => (f, *pos, false),
+                Some(ASTNode::Expr(Expr::MethodCall(f, pos))) => (f, *pos, true),
+                _ => return true,
+            };
+            let fn_name = call.name.as_str();
+            if call.is_qualified()
+                || !rhai::is_valid_identifier(fn_name)
+                || fn_name.starts_with("anon$")
+                || known(fn_name)
+            {
+                return true;
+            }
+            let kind = if method { "method" } else { "function" };
+            let mut message = format!("unknown {kind} `{fn_name}`");
+            if let Some(s) = error::suggest(fn_name, catalog.functions.keys().map(String::as_str)) {
+                message.push_str(&format!("; did you mean `{s}`?"));
+            }
+            errors.push(ScriptError::located(
+                ScriptErrorKind::UnknownFunction,
+                message,
+                name,
+                source,
+                pos,
+            ));
+            true
+        });
+        errors.sort_by_key(|e| (e.line, e.column));
+        errors
+    }
+
+    /// The names the engine knows (primitives with their signatures, the standard library,
+    /// script functions of `ast` and of this session), the members of each type, the
+    /// variables in scope and where closures are written: what error messages draw on.
+    pub fn catalog(&self, ast: Option<&AST>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for e in self.help.entries() {
+            for s in &e.signatures {
+                let text = match &s.receiver {
+                    Some(r) => format!("{r}.{}", s.text),
+                    None => s.text.clone(),
+                };
+                catalog
+                    .functions
+                    .entry(e.name.clone())
+                    .or_default()
+                    .push(error::user_types_in(&text));
+                if let Some(r) = &s.receiver {
+                    catalog
+                        .members
+                        .entry(r.clone())
+                        .or_default()
+                        .push(e.name.clone());
+                }
+            }
+        }
+        let documented: Vec<String> = catalog.functions.keys().cloned().collect();
+        for signature in self.engine.gen_fn_signatures(true) {
+            let fn_name = signature.split('(').next().unwrap_or("").trim();
+            if !rhai::is_valid_identifier(fn_name) || documented.iter().any(|d| d == fn_name) {
+                continue;
+            }
+            catalog
+                .functions
+                .entry(fn_name.to_string())
+                .or_default()
+                .push(error::user_types_in(&maps::unmark(&signature)));
+        }
+        for script in [Some(&self.functions), ast].into_iter().flatten() {
+            for f in script.iter_functions() {
+                if f.name.starts_with("anon$") {
+                    continue;
+                }
+                let text = format!("{}({})", f.name, f.params.join(", "));
+                let list = catalog.functions.entry(f.name.to_string()).or_default();
+                if !list.contains(&text) {
+                    list.push(text);
+                }
+            }
+        }
+        for members in catalog.members.values_mut() {
+            members.sort();
+            members.dedup();
+        }
+        catalog.variables = self.variable_names();
+        catalog.closures = self.closures.clone();
+        catalog
     }
 
     /// Run a script file in this session and return the value of its last statement.
@@ -135,11 +289,17 @@ impl Interpreter {
     /// `name` is the file (or `<repl>`) that error messages name. Imports resolve against
     /// the folder of `name` when it is a file.
     pub fn eval_source(&mut self, source: &str, name: &str) -> Result<Dynamic, ScriptError> {
-        let mut ast = self
-            .engine
-            .compile(source)
+        let mut ast = maps::compile(&self.engine, source)
             .map_err(|e| ScriptError::from_parse(&e, name, source))?;
         ast.set_source(name);
+        for f in ast.iter_fn_def() {
+            if f.name.starts_with("anon$") {
+                self.closures.insert(
+                    f.name.to_string(),
+                    (name.to_string(), f.body.start_position()),
+                );
+            }
+        }
         // Keep earlier `fn` definitions visible, and remember new ones for later lines.
         let mut combined = self.functions.clone_functions_only();
         combined += ast;
@@ -148,7 +308,12 @@ impl Interpreter {
             .engine
             .eval_ast_with_scope::<Dynamic>(&mut self.scope, &combined);
         self.functions += combined.clone_functions_only();
-        result.map_err(|e| ScriptError::from_eval(&e, name, source))
+        result.map_err(|e| {
+            let catalog = self.catalog(Some(&combined));
+            let mut error = ScriptError::explain(&e, name, source, &catalog);
+            error.message = maps::unmark(&error.message);
+            error
+        })
     }
 
     /// Whether `input` is an unfinished expression or block that should continue on the

@@ -2,6 +2,7 @@
 //! comment as metadata) and records the same text in the [`HelpIndex`].
 
 use super::help::{EntryKind, HelpEntry, HelpIndex, Signature};
+use super::options::OptionSet;
 use rhai::{Engine, FuncRegistration, RhaiNativeFunc, Variant};
 
 /// Registers the primitives of one domain package.
@@ -65,6 +66,13 @@ impl<'a> Registrar<'a> {
         self.engine
     }
 
+    /// Declare the options map of a primitive: `help` prints its table, errors list its keys
+    /// and the REPL completes them.
+    pub fn options(&mut self, set: OptionSet) -> &mut Self {
+        super::options::register(set);
+        self
+    }
+
     fn record(
         &mut self,
         kind: EntryKind,
@@ -73,7 +81,16 @@ impl<'a> Registrar<'a> {
         doc: &str,
         example: &str,
     ) -> (String, Vec<String>) {
-        let (name, params) = parse_signature(signature);
+        let (mut name, params) = parse_signature(signature);
+        if kind == EntryKind::Property {
+            // `name -> Type`: the type may have no parentheses to end the name at.
+            name = signature
+                .split("->")
+                .next()
+                .unwrap_or(signature)
+                .trim()
+                .to_string();
+        }
         self.help.add(HelpEntry {
             name: name.clone(),
             domain: self.domain.clone(),

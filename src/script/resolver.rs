@@ -86,7 +86,7 @@ impl DetlabResolver {
         }
         let wrap =
             |err: Box<EvalAltResult>| Box::new(EvalAltResult::ErrorInModule(key.clone(), err, pos));
-        let mut ast = engine.compile(source_text).map_err(|e| wrap(e.into()))?;
+        let mut ast = super::maps::compile(engine, source_text).map_err(|e| wrap(e.into()))?;
         ast.set_source(key.clone());
         let mut module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(wrap)?;
         module.build_index();

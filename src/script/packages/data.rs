@@ -7,12 +7,15 @@ use crate::data::{
     self, Dataset, PreprocessConfig, PreprocessedDataset, Splits, SyntheticConfig, TargetSpacing,
 };
 use crate::metrics::ImageGt;
-use crate::script::convert::{ScriptResult, as_f64, at, options, runtime_error, to_script};
+use crate::script::convert::{
+    ScriptResult, as_f64, at, check_options, options, runtime_error, to_script,
+};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
 use crate::volume::boxes::BoxConvention;
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// The script-side handle of a raw dataset.
 pub type DatasetRef = Arc<Dataset>;
@@ -58,10 +61,73 @@ fn splits_to_script(s: &Splits) -> Map {
     m
 }
 
+/// `preprocess`'s options: the preprocessing settings plus the cache folder.
+static PREPROCESS_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::of::<PreprocessConfig>("preprocess").with(&[
+        Extra::new(
+            "spacing",
+            "\"median\" or Float or [Float, Float, Float]",
+            "\"median\"",
+            "Target spacing in mm (the same as `target_spacing`, written simply).",
+        ),
+        Extra::new(
+            "cache",
+            "String",
+            "<dataset>/preprocessed/<hash>",
+            "Folder of the preprocessing cache (the same settings reuse it).",
+        ),
+    ])
+});
+
+/// `Dataset.splits`'s options.
+static SPLITS_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "splits",
+        &[
+            Extra::new("folds", "Int", "5", "Number of cross-validation folds."),
+            Extra::new(
+                "seed",
+                "Int",
+                "12345",
+                "Seed of the fold assignment (nnDetection's).",
+            ),
+            Extra::new(
+                "file",
+                "String",
+                "()",
+                "Read the folds from this splits.json instead.",
+            ),
+        ],
+    )
+});
+
+/// `Dataset.split`'s options.
+static SPLIT_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "split",
+        &[
+            Extra::new(
+                "val",
+                "Float",
+                "0.2",
+                "Fraction of the training cases for validation.",
+            ),
+            Extra::new(
+                "test",
+                "Float",
+                "0.0",
+                "Fraction of the training cases held out for testing.",
+            ),
+            Extra::new("seed", "Int", "0", "Seed of the split."),
+        ],
+    )
+});
+
 fn preprocess_config(
     ctx: &NativeCallContext,
     mut opts: Map,
 ) -> ScriptResult<(PreprocessConfig, Option<String>)> {
+    check_options(ctx, &PREPROCESS_OPTIONS, &opts)?;
     let cache = opts.remove("cache").map(|c| c.to_string());
     if let Some(s) = opts.remove("spacing") {
         let target = if s.is_string() {
@@ -129,6 +195,17 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "data",
         "nnDetection-layout datasets, synthetic CT, splits, preprocessing",
     );
+    {
+        use crate::data::world::{PoolConfig, SourceConfig, TaskConfig};
+        r.options(OptionSet::of::<data::OpenOptions>("dataset"))
+            .options(OptionSet::of::<SyntheticConfig>("synthetic_dataset"))
+            .options((*SPLITS_OPTIONS).clone())
+            .options((*SPLIT_OPTIONS).clone())
+            .options((*PREPROCESS_OPTIONS).clone())
+            .options(OptionSet::of::<TaskConfig>("synthetic_task"))
+            .options(OptionSet::of::<SourceConfig>("multitalent_source"))
+            .options(OptionSet::of::<PoolConfig>("pool_volume"));
+    }
 
     r.func(
         "dataset(path: String) -> Dataset",
@@ -155,9 +232,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "synthetic_dataset(path: String, options: Map) -> Dataset",
         "Generate a seeded CT-like detection dataset in nnDetection's layout: a body (~40 HU),\n\
          lungs (~−800 HU), a bone shell, noise; nodule-like lesions with LIDC-IDRI sizes and\n\
-         counts; vessel and blob distractors of similar size. Same seed → identical files.\n\
-         Options: cases, test_cases, seed, shape [D, H, W], spacing [sd, sh, sw], two_classes,\n\
-         min_lesions, max_lesions, size_scale, size_range_mm, vessels, blobs, noise_hu, task, …",
+         counts; vessel and blob distractors of similar size. Same seed → identical files.",
         "let ds = synthetic_dataset(\"data/Task900_Synthetic\", #{cases: 8, test_cases: 4, seed: 0});",
         |ctx: NativeCallContext, path: &str, opts: Map| -> ScriptResult<DatasetRef> {
             let cfg: SyntheticConfig = options(&ctx, "synthetic_dataset", opts)?;
@@ -259,6 +334,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          seed: 12345} folds (nnDetection's) and saves them. #{file: path} reads a user split.",
         "let s = ds.splits(#{folds: 5, seed: 12345});\nprint(s.folds[0].val);",
         |ctx: NativeCallContext, d: &mut DatasetRef, mut opts: Map| -> ScriptResult<Map> {
+            check_options(&ctx, &SPLITS_OPTIONS, &opts)?;
             let file = opts.remove("file").map(|f| f.to_string());
             let folds = opts
                 .remove("folds")
@@ -289,6 +365,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          → #{train, val, test} id lists (deterministic for a seed).",
         "let s = ds.split(#{val: 0.25, seed: 1});\nprint(s.val);",
         |ctx: NativeCallContext, d: &mut DatasetRef, mut opts: Map| -> ScriptResult<Map> {
+            check_options(&ctx, &SPLIT_OPTIONS, &opts)?;
             let val = opts.remove("val").and_then(|v| as_f64(&v)).unwrap_or(0.2);
             let test = opts.remove("test").and_then(|v| as_f64(&v)).unwrap_or(0.0);
             let seed = opts
@@ -314,14 +391,14 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "preprocess(dataset: Dataset, options: Map) -> PreprocessedDataset",
         "Preprocess every case (in parallel): crop to non-zero, resample to the target spacing\n\
          (image linear, instance mask nearest), normalise (CT: dataset foreground 0.5/99.5\n\
-         percentile clip + z-score; other modalities: per-case z-score). Options: spacing ([1, 1, 1]\n\
-         mm as in the paper, a number, or \"median\" = nnDetection's rule), normalization\n\
-         (\"auto\"|\"ct\"|\"zscore\"|\"none\"), crop_nonzero, include_test, cache (folder; default\n\
-         <dataset>/preprocessed/<settings hash>). The same settings reuse the cache.",
+         percentile clip + z-score; other modalities: per-case z-score). spacing [1, 1, 1] is the\n\
+         paper's choice, \"median\" nnDetection's rule. The same settings reuse the cache.",
         "let pre = preprocess(ds, #{spacing: [1.0, 1.0, 1.0]});",
         |ctx: NativeCallContext, d: DatasetRef, opts: Map| -> ScriptResult<PreprocessedRef> {
             let (cfg, cache) = preprocess_config(&ctx, opts)?;
-            data::preprocess(&d, &cfg, cache.as_deref().map(std::path::Path::new)).map(Arc::new).map_err(at(&ctx))
+            data::preprocess(&d, &cfg, cache.as_deref().map(std::path::Path::new))
+                .map(Arc::new)
+                .map_err(at(&ctx))
         },
     );
     r.getter(

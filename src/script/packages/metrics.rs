@@ -11,11 +11,50 @@
 //! Predictions and GT are joined by `id` when both have ids, else by position.
 
 use crate::metrics::{self, BootstrapConfig, EvalConfig, ImageGt, ImagePred};
-use crate::script::convert::{ScriptResult, as_f64, at, options, runtime_error, to_script};
+use crate::script::convert::{
+    ScriptResult, as_f64, at, check_options, options, runtime_error, to_script,
+};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 use std::path::Path;
+use std::sync::LazyLock;
+
+/// `evaluate`'s options: nnDetection's evaluation settings.
+static EVALUATE_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::of::<EvalConfig>("evaluate").with(&[Extra::new(
+        "iou",
+        "[Float, …]",
+        "the iou_thresholds",
+        "Short for `iou_thresholds`.",
+    )])
+});
+
+/// The options of a curve at one IoU: the evaluation settings plus the IoU and class.
+fn curve_options(primitive: &str, class_default: &'static str) -> OptionSet {
+    OptionSet::of::<EvalConfig>(primitive).with(&[
+        Extra::new(
+            "iou",
+            "Float",
+            "0.1",
+            "The IoU threshold of a true positive.",
+        ),
+        Extra::new(
+            "class",
+            "Int",
+            class_default,
+            "The class (0-based) of the curve.",
+        ),
+    ])
+}
+
+/// `froc_curve`'s options.
+static FROC_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| curve_options("froc_curve", "all classes pooled"));
+
+/// `pr_curve`'s options.
+static PR_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| curve_options("pr_curve", "0"));
 
 /// Something that can provide ground truth for case ids.
 pub trait GroundTruthProvider: Send + Sync {
@@ -299,6 +338,7 @@ fn evaluate_impl(
     gt: Option<&Dynamic>,
     opts: Map,
 ) -> ScriptResult<Map> {
+    check_options(ctx, &EVALUATE_OPTIONS, &opts)?;
     let cfg = eval_config(ctx, opts)?;
     let records = case_records(ctx, "predictions", predictions)?;
     let gts = ground_truth_for(ctx, &records, gt)?;
@@ -315,6 +355,15 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "metrics",
         "nnDetection-exact mAP, FROC, curves and bootstrap rankings",
     );
+    r.options((*EVALUATE_OPTIONS).clone())
+        .options((*FROC_OPTIONS).clone())
+        .options((*PR_OPTIONS).clone())
+        .options(OptionSet::of::<BootstrapConfig>("bootstrap").with(&[Extra::new(
+            "ground_truth",
+            "Dataset or String or Array",
+            "()",
+            "The ground truth (a Dataset, folder or GT array; needed unless records carry `gt`).",
+        )]));
     r.func(
         "evaluate(predictions: Array, ground_truth: Dynamic) -> Map",
         "Score predictions against ground truth with nnDetection's exact semantics.\n\
@@ -331,9 +380,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "evaluate(predictions: Array, ground_truth: Dynamic, options: Map) -> Map",
-        "Evaluate with options: iou (AP thresholds, default [0.1, 0.5]), max_det (100),\n\
-         fppi (FROC grid), froc_iou, skip_empty_classes (leave classes without GT out),\n\
-         num_classes, per_class, froc_nan_without_tp, nndetection_froc_rounding.",
+        "Evaluate with options (the table below); `skip_empty_classes` leaves classes without GT out.",
         "let m = evaluate(preds, gt, #{iou: [0.1, 0.3], skip_empty_classes: true});",
         |ctx: NativeCallContext,
          predictions: Dynamic,
@@ -361,6 +408,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          gt: Dynamic,
          mut opts: Map|
          -> ScriptResult<Dynamic> {
+            check_options(&ctx, &FROC_OPTIONS, &opts)?;
             let iou = opts.remove("iou").and_then(|v| as_f64(&v)).unwrap_or(0.1);
             let class = opts
                 .remove("class")
@@ -380,6 +428,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          #{recall, precision, precision_envelope, scores, recall_grid, grid_precision, ap, num_gt}.",
         "let c = pr_curve(preds, gt, #{class: 0, iou: 0.1});\nprint(c.ap);",
         |ctx: NativeCallContext, predictions: Dynamic, gt: Dynamic, mut opts: Map| -> ScriptResult<Dynamic> {
+            check_options(&ctx, &PR_OPTIONS, &opts)?;
             let iou = opts.remove("iou").and_then(|v| as_f64(&v)).unwrap_or(0.1);
             let class = opts.remove("class").and_then(|v| v.as_int().ok()).unwrap_or(0).max(0) as usize;
             let cfg = eval_config(&ctx, opts)?;
@@ -394,9 +443,6 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "bootstrap(results_by_method: Map, options: Map) -> Map",
         "Case-level bootstrap of several methods evaluated on the same cases.\n\
          results_by_method: method name → predictions (or case records with `gt`).\n\
-         Options: ground_truth (a Dataset, folder or GT array; needed unless records carry `gt`),\n\
-         n (1000), seed (0), metric (\"AP_IoU_0.10_MaxDet_100\"), extra_metrics, ties (\"min\"|\"average\"),\n\
-         ci_percentiles ([2.5, 97.5]), eval (evaluate options).\n\
          Returns #{metric, n, seed, methods, ranking (by mean rank), summary: method → #{value, mean,\n\
          ci_low, ci_high, std, mean_rank, rank_counts, metrics}, beats: a → b → fraction of resamples\n\
          in which a is strictly better than b}.",

@@ -10,14 +10,15 @@ use crate::nn::{
     self, DetectorConfig, DispatchDevice, EncoderConfig, ModelSpec, RetinaUNet, RetinaUNetConfig,
     ScriptBackend,
 };
-use crate::script::convert::{ScriptResult, at, options, runtime_error, to_script};
+use crate::script::convert::{ScriptResult, at, check_options, options, runtime_error, to_script};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
 use crate::train::{self, TrainConfig, TrainRun};
 use burn::module::{AutodiffModule, Module};
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// A device handle in scripts.
 #[derive(Clone, Debug)]
@@ -51,20 +52,92 @@ const MODEL_FILE: &str = "model.json";
 const WEIGHTS_FILE: &str = "weights.mpk";
 
 /// Apply script options on top of a serde config: unknown keys and wrong types are errors
-/// naming the primitive.
+/// naming the primitive and the option.
 fn override_config<T: serde::Serialize + serde::de::DeserializeOwned>(
     ctx: &NativeCallContext,
     what: &str,
     base: &T,
     opts: &Map,
 ) -> ScriptResult<T> {
-    let mut value = serde_json::to_value(base)
-        .map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
-    let overrides = crate::script::convert::dynamic_to_json(&Dynamic::from_map(opts.clone()));
-    crate::script::convert::merge_json(&mut value, overrides);
-    serde_json::from_value(value)
-        .map_err(|e| runtime_error(format!("{what}: {e}"), ctx.call_position()))
+    crate::script::convert::options_over(ctx, what, base, opts)
 }
+
+/// `backbone`'s options for the Retina U-Net encoder presets.
+static RETUNET_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::over(
+        "backbone",
+        &crate::nn::RetUNetEncoderConfig::nndetection(1, 6),
+    )
+    .variant("\"retunet\", \"retunet_tiny\"")
+    .with(&[Extra::new(
+        "stages",
+        "Int",
+        "6",
+        "Stages of the \"retunet\" preset (widths 32·2^s, capped at 320).",
+    )])
+});
+
+/// `backbone`'s options for the residual encoder presets.
+static RESENC_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::over("backbone", &crate::nn::ResEncConfig::resenc_l(1))
+        .variant("\"resenc_l\", \"resenc_tiny\"")
+});
+
+/// `detector`'s options: the Retina U-Net settings (the encoder is the backbone given).
+static DETECTOR_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::over("detector", &RetinaUNetConfig::tiny(1, 1))
+        .without(&["encoder"])
+        .with(&[
+            Extra::new(
+                "device",
+                "Device or String",
+                "\"cpu\"",
+                "Where the model runs: a Device or a name like \"cuda:0\".",
+            ),
+            Extra::new("seed", "Int", "0", "Seed of the weight initialisation."),
+        ])
+});
+
+/// `train`'s options: the training settings plus the case selection.
+static TRAIN_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::of::<TrainConfig>("train").with(&[
+        Extra::new("out", "String", "\"runs/train\"", "Output folder for the `last` and `best` checkpoints."),
+        Extra::new("train_ids", "[String, …]", "a seeded split", "The training case ids (default: the cases left by `val_fraction`)."),
+        Extra::new("val_ids", "[String, …]", "a seeded split", "The validation case ids (default: a seeded `val_fraction` of the training cases)."),
+        Extra::new("val_fraction", "Float", "0.2", "Fraction of the training cases held out for validation when no ids are given."),
+        Extra::new("plan_anchors", "Bool", "first training", "Plan the anchor sizes from the training boxes (default: only when the model was never trained)."),
+    ])
+});
+
+/// `predict`'s options: the inference settings plus what to predict and where to write it.
+static PREDICT_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::of::<InferenceConfig>("predict").with(&[
+        Extra::new(
+            "split",
+            "\"test\" | \"train\" | \"all\"",
+            "\"test\"",
+            "The cases of a PreprocessedDataset to predict.",
+        ),
+        Extra::new(
+            "ids",
+            "[String, …]",
+            "the split",
+            "The case ids to predict (instead of `split`).",
+        ),
+        Extra::new(
+            "out",
+            "String",
+            "()",
+            "Folder for one prediction file `<case>.json` per case.",
+        ),
+        Extra::new(
+            "id",
+            "String",
+            "the file name",
+            "The case name of a raw Volume's prediction.",
+        ),
+    ])
+});
 
 fn backbone_preset(
     ctx: &NativeCallContext,
@@ -90,6 +163,12 @@ fn backbone_preset(
 }
 
 fn make_backbone(ctx: &NativeCallContext, name: &str, mut opts: Map) -> ScriptResult<Backbone> {
+    let set = if name.starts_with("resenc") {
+        &RESENC_OPTIONS
+    } else {
+        &RETUNET_OPTIONS
+    };
+    check_options(ctx, set, &opts)?;
     let in_channels = opts
         .remove("in_channels")
         .and_then(|v| v.as_int().ok())
@@ -377,6 +456,7 @@ fn train_impl(
     data: &PreprocessedRef,
     mut opts: Map,
 ) -> ScriptResult<Map> {
+    check_options(ctx, &TRAIN_OPTIONS, &opts)?;
     let train_ids = opts
         .remove("train_ids")
         .map(|v| ids_option(ctx, "train: train_ids", v))
@@ -467,6 +547,7 @@ fn predict_impl(
     data: Dynamic,
     mut opts: Map,
 ) -> ScriptResult<Dynamic> {
+    check_options(ctx, &PREDICT_OPTIONS, &opts)?;
     let split = opts
         .remove("split")
         .map(|s| s.to_string())
@@ -576,6 +657,15 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "model",
         "backbones, detectors, training and prediction (burn)",
     );
+    for set in [
+        &RETUNET_OPTIONS,
+        &RESENC_OPTIONS,
+        &DETECTOR_OPTIONS,
+        &TRAIN_OPTIONS,
+        &PREDICT_OPTIONS,
+    ] {
+        r.options((**set).clone());
+    }
 
     r.func(
         "device(name: String) -> Device",
@@ -595,8 +685,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "backbone(name: String, options: Map) -> Backbone",
-        "An encoder from a preset with overrides: in_channels, stages (retunet), widths,\n\
-         blocks_per_stage (resenc), strides, kernel_sizes, conv_bias, activation, init, …",
+        "An encoder from a preset with overrides of any of its settings (the tables below).",
         "let enc = backbone(\"retunet\", #{stages: 4, widths: [16, 32, 64, 128], in_channels: 1});",
         |ctx: NativeCallContext, name: &str, opts: Map| -> ScriptResult<Backbone> {
             make_backbone(&ctx, name, opts)
@@ -624,27 +713,34 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "detector(kind: String, backbone: Backbone, options: Map) -> Model",
-        "Build a detector around an encoder. kind: \"retina_unet\". Options: num_classes (1),\n\
-         fpn_channels (128), head_channels (128), head_convs, detection_levels, anchor_sizes,\n\
-         segmentation (\"foreground\"|\"classes\"|\"none\"), loss (#{classification: \"bce\"|\"focal\",\n\
-         regression: \"giou\"|\"smooth_l1\"|\"l1\", *_weight}), matcher, sampler, inference, plus\n\
-         device (a Device or \"cpu\") and seed (weight initialisation, default 0). Anchors are\n\
-         planned from the training boxes when the model is first trained.",
+        "Build a detector around an encoder. kind: \"retina_unet\". Anchors are planned from the\n\
+         training boxes when the model is first trained.",
         "let model = detector(\"retina_unet\", backbone(\"retunet_tiny\"), #{num_classes: 1});",
-        |ctx: NativeCallContext, kind: &str, backbone: Backbone, mut opts: Map| -> ScriptResult<ModelRef> {
+        |ctx: NativeCallContext,
+         kind: &str,
+         backbone: Backbone,
+         mut opts: Map|
+         -> ScriptResult<ModelRef> {
+            check_options(&ctx, &DETECTOR_OPTIONS, &opts)?;
             let device = match opts.remove("device") {
                 None => nn::device("cpu").map_err(at(&ctx))?,
                 Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(&ctx))?,
-                Some(d) => d
-                    .try_cast::<Device>()
-                    .map(|d| d.0)
-                    .ok_or_else(|| runtime_error("detector: device must be a Device or a name like \"cpu\"", ctx.call_position()))?,
+                Some(d) => d.try_cast::<Device>().map(|d| d.0).ok_or_else(|| {
+                    runtime_error(
+                        "detector: device must be a Device or a name like \"cpu\"",
+                        ctx.call_position(),
+                    )
+                })?,
             };
-            let seed = opts.remove("seed").and_then(|v| v.as_int().ok()).unwrap_or(0) as u64;
+            let seed = opts
+                .remove("seed")
+                .and_then(|v| v.as_int().ok())
+                .unwrap_or(0) as u64;
             let detector = match kind {
                 "retina_unet" => {
                     let base = RetinaUNetConfig::new(backbone.0.clone(), 1);
-                    let mut cfg: RetinaUNetConfig = override_config(&ctx, "detector", &base, &opts)?;
+                    let mut cfg: RetinaUNetConfig =
+                        override_config(&ctx, "detector", &base, &opts)?;
                     cfg.encoder = backbone.0;
                     DetectorConfig::RetinaUnet(cfg)
                 }
@@ -656,7 +752,8 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
                 }
             };
             detector.validate().map_err(at(&ctx))?;
-            let state = ModelState::build(ModelSpec::new(detector), device, seed).map_err(at(&ctx))?;
+            let state =
+                ModelState::build(ModelSpec::new(detector), device, seed).map_err(at(&ctx))?;
             Ok(Arc::new(Mutex::new(state)))
         },
     );
@@ -726,12 +823,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "Train the model in place on patches of a preprocessed dataset; returns the run:\n\
          #{history: #{iteration, loss, lr, cls, reg, seg_ce, seg_dice, …}, epochs: [#{epoch,\n\
          train_loss_mean, metrics, seconds}], best, last, iterations, finished}.\n\
-         Options: lr, epochs, iters_per_epoch, batch, patch [D, H, W], warmup_iters,\n\
-         freeze_encoder_iters (only decoder and heads train first), frozen_part, optimizer\n\
-         (#{kind: \"sgd\"|\"adam\"|\"adamw\", momentum, nesterov, weight_decay, amsgrad, …}), seed,\n\
-         out (checkpoint folder, default runs/train), resume, overwrite (replace a run already in out), augment, val_patches, best_metric,\n\
-         train_ids / val_ids (default: a seeded 80/20 split of the training cases, val_fraction),\n\
-         plan_anchors (default: on the first training). Ctrl-C stops cleanly, keeping `last`.",
+         Ctrl-C stops cleanly, keeping `last`.",
         "let run = train(model, pre, #{lr: 0.01, epochs: 4, iters_per_epoch: 50, batch: 2, patch: [32, 32, 32], out: \"runs/demo\"});\nplot_lines(\"runs/demo/loss.png\", #{loss: run.history.loss}, #{});",
         |ctx: NativeCallContext, m: ModelRef, data: PreprocessedRef, opts: Map| -> ScriptResult<Map> {
             train_impl(&ctx, &m, &data, opts)
@@ -742,10 +834,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "Predict whole volumes with sliding windows (training patch, 50 % overlap), mirror TTA and\n\
          weighted box clustering, as nnDetection does; boxes are restored to the original image grid.\n\
          data: a PreprocessedDataset (→ an array of #{id, boxes, boxes_mm, scores, classes, …}) or a\n\
-         raw Volume (preprocessed with the model's plan → one prediction map).\n\
-         Options: split (\"test\"|\"train\"|\"all\"), ids, out (folder for one JSON file per case),\n\
-         tta (true/false), merge (\"wbc\"|\"nms\"), overlap, tile_batch, score_threshold,\n\
-         max_detections, model_iou, ensemble_iou, patch_size.",
+         raw Volume (preprocessed with the model's plan → one prediction map).",
         "let preds = predict(model, pre, #{split: \"test\", tta: false, merge: \"wbc\", out: \"runs/demo/predictions\"});",
         |ctx: NativeCallContext, m: ModelRef, data: Dynamic, opts: Map| -> ScriptResult<Dynamic> { predict_impl(&ctx, &m, data, opts) },
     );
