@@ -1,4 +1,8 @@
 //! The error type of the training module.
+//!
+//! Messages count iterations and epochs from 1, as the progress lines do (`epoch 2/8`, the bar's
+//! `41/320`): "iteration 41" is the 41st iteration of the run. The fields of the errors (and the
+//! history records) hold 0-based indices.
 
 use std::path::PathBuf;
 
@@ -31,8 +35,10 @@ pub enum TrainError {
     Metrics(#[from] MetricsError),
     /// The loss became NaN or infinite; the step was not applied.
     #[error(
-        "the loss is not finite at iteration {iteration} (0-based; epoch {epoch}): total {total}, components {components}; \
-         lower the learning rate, enable `optimizer.grad_clip_norm` or check the data for NaN/Inf"
+        "the loss is not finite at iteration {} (epoch {}; both counted from 1, as in the progress lines): total {total}, components {components}; \
+         lower the learning rate, enable `optimizer.grad_clip_norm` or check the data for NaN/Inf",
+        .iteration + 1,
+        .epoch + 1
     )]
     NonFiniteLoss {
         /// The 0-based iteration whose loss was not finite.
@@ -46,8 +52,9 @@ pub enum TrainError {
     },
     /// Ctrl-C (or another interruption request) stopped the run; the state was saved.
     #[error(
-        "training interrupted before iteration {iteration} (0-based; {iteration} iterations done); \
-         the state was saved to '{checkpoint}': run again with `resume: true` to continue"
+        "training interrupted after {iteration} iteration(s) (the next would have been iteration {}, counted from 1); \
+         the state was saved to '{checkpoint}': run again with `resume: true` to continue",
+        .iteration + 1
     )]
     Interrupted {
         /// Number of iterations completed (= the 0-based index of the next iteration).

@@ -925,6 +925,7 @@ mod tests {
         let err = fit(model(&device), train, vec![], &cfg).unwrap_err();
         let TrainError::NonFiniteLoss {
             iteration,
+            epoch,
             components,
             ..
         } = &err
@@ -938,7 +939,11 @@ mod tests {
         );
         let message = err.to_string();
         assert!(
-            message.contains(&format!("iteration {iteration} ")) && message.contains("not finite"),
+            message.starts_with(&format!(
+                "the loss is not finite at iteration {} (epoch {}; both counted from 1, as in the progress lines): total ",
+                iteration + 1,
+                epoch + 1
+            )),
             "{message}"
         );
     }
@@ -994,7 +999,11 @@ mod tests {
             }
             other => panic!("{other}"),
         }
-        assert!(err.to_string().contains("before iteration 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("after 2 iteration(s) (the next would have been iteration 3"),
+            "{err}"
+        );
         let cfg = TrainConfig {
             resume: true,
             ..cfg
