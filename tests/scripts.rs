@@ -402,3 +402,35 @@ fn help_shows_the_file_and_volume_primitives() {
         assert!(text.contains(expected), "help {name}: {text}");
     }
 }
+
+#[test]
+fn predict_prints_a_line_per_case_unless_progress_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("p.rhai");
+    std::fs::write(
+        &script,
+        r#"let ds = synthetic_dataset("data", #{cases: 2, test_cases: 2, seed: 0, shape: [24, 24, 24], spacing: [1.0, 1.0, 1.0], min_lesions: 1, max_lesions: 1, size_range_mm: [4.0, 6.0], vessels: 0, blobs: 0});
+let pre = preprocess(ds, #{spacing: [1.0, 1.0, 1.0]});
+let model = detector("retina_unet", backbone("retunet_tiny"), #{num_classes: 1, fpn_channels: 16, head_channels: 16, seed: 0});
+let preds = predict(model, pre, #{split: "test", tta: false, patch_size: [16, 16, 16], progress: ARGS.progress});
+print(`predicted ${preds.len()}`);
+"#,
+    )
+    .unwrap();
+    let out = run_script(&script, &[("progress", "true".into())], tmp.path());
+    expect_ok(&out, "predict with progress");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines = lines_starting(&err, "case ");
+    assert_eq!(lines.len(), 2, "{err}");
+    for (i, line) in lines.iter().enumerate() {
+        let prefix = format!("case {}/2 ", i + 1);
+        assert!(
+            line.starts_with(&prefix) && line.contains(" tiles, ") && line.ends_with(" s"),
+            "{err}"
+        );
+    }
+    let out = run_script(&script, &[("progress", "false".into())], tmp.path());
+    expect_ok(&out, "predict without progress");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(lines_starting(&err, "case ").is_empty(), "{err}");
+}

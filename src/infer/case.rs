@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::InferError;
 use super::config::InferenceConfig;
-use super::predict::collect_predictions;
+use super::predict::{CaseProgress, collect_predictions};
 use crate::data::{PreprocessPlan, PreprocessedCase, PreprocessedDataset, RestoreInfo};
 use crate::metrics::ImagePred;
 use crate::metrics::io::PredictionFile;
@@ -137,12 +137,15 @@ pub fn predict_dataset<B: Backend, M: Detector<B>>(
         ids.to_vec()
     };
     let mut out = Vec::with_capacity(ids.len());
+    let mut progress = CaseProgress::new(cfg.progress, ids.len());
     for id in &ids {
+        progress.start();
         let case = dataset.load_case(id)?;
         let prediction = predict_case(model, &case, patch_size, cfg, device)?;
         if let Some(dir) = out_dir {
             prediction.write(dir).map_err(|e| e.in_case(id))?;
         }
+        progress.finished(id, prediction.boxes.len(), prediction.num_tiles);
         out.push(prediction);
     }
     Ok(out)
