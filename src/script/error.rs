@@ -114,6 +114,8 @@ pub fn user_type_name(type_name: &str) -> String {
         "bool" => "Bool".into(),
         "char" => "Char".into(),
         "str" | "string" | "String" => "String".into(),
+        "int" => "Int".into(),
+        "float" => "Float".into(),
         "map" | "Map" | "rhai::Map" => "Map".into(),
         "array" | "Array" | "rhai::Array" => "Array".into(),
         "blob" | "Blob" => "Blob".into(),
@@ -130,11 +132,15 @@ pub fn user_types_in(text: &str) -> String {
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
         if !word.is_empty() {
+            // After `: ` or `-> ` a word is a type (`len(map: map)`); elsewhere only Rhai's
+            // Rust type names are rewritten.
+            let type_position = out.ends_with(": ") || out.ends_with("-> ");
             let mapped = match word.as_str() {
                 "i64" | "i32" | "u64" | "u32" | "usize" | "INT" | "f64" | "f32" | "FLOAT"
                 | "bool" | "ImmutableString" | "rhai::Map" | "rhai::Array" | "rhai::FnPtr" => {
                     user_type_name(word)
                 }
+                _ if type_position => user_type_name(word),
                 _ => word.clone(),
             };
             out.push_str(&mapped);
@@ -517,6 +523,10 @@ mod tests {
         assert_eq!(
             user_types_in("len (&str | ImmutableString | String, i64)"),
             "len (String, Int)"
+        );
+        assert_eq!(
+            user_types_in("keys(map: map) -> Array"),
+            "keys(map: Map) -> Array"
         );
     }
 

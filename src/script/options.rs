@@ -417,10 +417,20 @@ fn strip_wrappers(rust_type: &str) -> &str {
 /// The first sentence of a doc paragraph (the whole paragraph when it has one sentence).
 fn first_sentence(doc: &str) -> String {
     let doc = doc.trim();
-    match doc.find(". ") {
-        Some(i) => doc[..=i].to_string(),
-        None => doc.to_string(),
+    let mut from = 0;
+    while let Some(i) = doc[from..].find(". ").map(|i| from + i) {
+        // "e.g. ", "i.e. ", "cf. " and "vs. " do not end a sentence.
+        let before = &doc[..i];
+        if ["e.g", "i.e", "cf", "vs"]
+            .iter()
+            .any(|a| before.ends_with(a))
+        {
+            from = i + 2;
+            continue;
+        }
+        return doc[..=i].to_string();
     }
+    doc.to_string()
 }
 
 /// A Rust type in script terms: `f64` → `Float`, `[usize; 3]` → `[Int, Int, Int]`,
