@@ -191,7 +191,8 @@ pub(crate) fn render_svg<F: Figure>(figure: &F) -> PlotResult<String> {
     Ok(svg)
 }
 
-/// Render `figure` in the format chosen by `path`'s extension and write it atomically.
+/// Render `figure` in the format chosen by `path`'s extension and write it atomically
+/// (parent folders are created).
 pub(crate) fn write_figure<F: Figure>(path: &Path, figure: &F) -> PlotResult<()> {
     let format = OutputFormat::from_path(path)?;
     let with_path = |e: PlotError| match e {
@@ -207,6 +208,19 @@ pub(crate) fn write_figure<F: Figure>(path: &Path, figure: &F) -> PlotResult<()>
             .map_err(with_path)?,
         OutputFormat::Svg => render_svg(figure).map_err(with_path)?.into_bytes(),
     };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| PlotError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    // Like every writer, a figure creates its parent folders.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| PlotError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
     crate::util::atomic_write(path, &bytes).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
