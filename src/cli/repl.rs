@@ -155,7 +155,9 @@ fn meta(interp: &Rc<RefCell<Interpreter>>, line: &str) -> bool {
         ":vars" => {
             let i = interp.borrow();
             for (name, constant, value) in i.scope().iter_raw() {
-                let ty = i.engine().map_type_name(value.type_name());
+                let ty = detlab::script::error::user_type_name(
+                    i.engine().map_type_name(value.type_name()),
+                );
                 println!("  {}{name}: {ty}", if constant { "const " } else { "" });
             }
         }
