@@ -388,7 +388,7 @@ fn help_shows_the_file_and_volume_primitives() {
         ("connected_components", "scipy.ndimage.label"),
         ("labels_to_instances", "seg_to_instances"),
         ("+", "Voxel-wise arithmetic"),
-        (">", "giving a mask"),
+        (">", "comparison into a 0/1 mask"),
         (
             "save_csv",
             "save_csv(rows: Array, path: String, columns: Array)",

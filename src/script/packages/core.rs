@@ -245,9 +245,9 @@ pub fn register(
     );
     r.func(
         "save_csv(rows: Array, path: String)",
-        "Write an array of maps as CSV (atomically; parent folders are created): one column per\n\
-         key, text columns first, then numbers, alphabetical within each; a missing value or NaN\n\
-         never moves a column. Missing values are empty cells, NaN is `NaN`.",
+        "Write an array of maps as CSV, atomically, creating parent folders.\n\
+         One column per key: text columns first, then numbers, alphabetical within each; a\n\
+         missing value or NaN never moves a column. Missing values are empty cells, NaN is `NaN`.",
         "save_csv([#{method: \"scratch\", ap: 0.61}, #{method: \"mae\", ap: 0.70}], \"runs/ap.csv\")",
         |ctx: NativeCallContext, rows: Array, path: &str| -> ScriptResult<()> {
             save_csv(&ctx, &rows, path, None)
@@ -375,9 +375,9 @@ pub fn register(
     );
     r.func(
         "glob(pattern: String) -> Array",
-        "The paths matching a shell pattern, sorted: `*` and `?` within a name, `**` across\n\
-         folders, `[abc]` a set. Relative patterns are relative to the working folder; no match\n\
-         gives an empty array.",
+        "The paths matching a shell pattern, sorted.\n\
+         `*` and `?` match within a name, `**` across folders, `[abc]` one of a set. Relative\n\
+         patterns are relative to the working folder; no match gives an empty array.",
         "for p in glob(\"data/Task000/raw_splitted/imagesTr/*_0000.nii.gz\") { print(p); }",
         |ctx: NativeCallContext, pattern: &str| -> ScriptResult<Array> {
             let entries = glob::glob(pattern).map_err(|e| {
@@ -406,16 +406,16 @@ pub fn register(
     );
     r.func(
         "interrupted() -> bool",
-        "Whether Ctrl-C was pressed: a script that catches errors (a sweep) checks it to stop\n\
-         instead of going on with the next item.",
+        "Whether Ctrl-C was pressed.\n\
+         A script that catches errors (like a sweep) checks it to stop instead of going on.",
         "try { run_cell(); } catch (e) { if interrupted() { throw e; } print(`failed: ${e}`); }",
         crate::util::interrupt::is_requested,
     );
     r.func(
         "safe_name(text: String) -> String",
-        "A file-name-safe form of `text`: letters, digits and . _ - = , + are kept, anything else\n\
-         (and a leading dot) becomes _; when something was replaced, a hash of the original is\n\
-         appended so distinct texts give distinct names.",
+        "A file-name-safe form of `text` (for a file or folder per sweep cell).\n\
+         Letters, digits and `_ - = , + .` are kept; anything else (and a leading dot) becomes\n\
+         `_`, and then a hash of the original is appended so distinct texts give distinct names.",
         "let out = \"runs/\" + safe_name(\"lr=0.1,stem=select:mri\");",
         |ctx: NativeCallContext, text: &str| -> ScriptResult<String> {
             if text.is_empty() {

@@ -594,14 +594,16 @@ fn create_parent(ctx: &NativeCallContext, path: &str) -> ScriptResult<()> {
     Ok(())
 }
 
-const ARITHMETIC_DOC: &str = "Voxel-wise arithmetic of a Volume with a number (either side, int or float) or with\n\
-     another Volume on the same grid (same [D, H, W], spacing and affine; a one-channel volume\n\
-     applies to every channel of the other). Computed in f64, stored as f32; x / 0 is ±inf.\n\
-     The result keeps the left volume's spacing and affine. `-v` negates.";
+const ARITHMETIC_DOC: &str = "Voxel-wise arithmetic of Volumes and numbers: `ct * 2.0`, `2 * ct`, `a + b`, `-v`.\n\
+     A number may stand on either side (int or float); two volumes must share a grid (same\n\
+     [D, H, W], spacing and affine; a one-channel volume applies to every channel of the\n\
+     other). Computed in f64, stored as f32; x / 0 is ±inf. The result keeps the left\n\
+     volume's spacing and affine.";
 
-const COMPARISON_DOC: &str = "Voxel-wise comparison giving a mask (1.0 where it holds, else 0.0) of a Volume with a\n\
-     number (either side) or another Volume on the same grid. The number is rounded to f32\n\
-     (the voxel type) first; comparisons with NaN are false (`!=`: true).";
+const COMPARISON_DOC: &str = "Voxel-wise comparison into a 0/1 mask: `ct > 300.0`, `labels == 2`, `a <= b`.\n\
+     A number may stand on either side (int or float); two volumes must share a grid. The\n\
+     number is rounded to f32 (the voxel type) first; comparisons with NaN are false (`!=`:\n\
+     true).";
 
 fn number(value: &Dynamic) -> Option<f64> {
     if value.is_int() || value.is_float() {
@@ -810,8 +812,9 @@ fn register_ops(r: &mut Registrar) {
     }
     r.func(
         "where(mask: Volume, a: Volume|number, b: Volume|number) -> Volume",
-        "Voxels of `a` where `mask` is not 0, of `b` elsewhere (numpy's where; NaN counts as in\n\
-         the mask). `a` and `b` are Volumes on the mask's grid or numbers (int or float).",
+        "Voxels of `a` where `mask` is not 0, else of `b` (numpy's where).\n\
+         `a` and `b` are Volumes on the mask's grid or numbers (int or float); NaN in the mask\n\
+         counts as not 0.",
         "let clipped = where(ct > 1000.0, 1000.0, ct);\nlet body = where(labels > 0, ct, -1000);",
         |ctx: NativeCallContext,
          mask: VolumeRef,
@@ -827,10 +830,11 @@ fn register_ops(r: &mut Registrar) {
     );
     r.func(
         "connected_components(mask: Volume) -> Volume",
-        "The connected components of a one-channel mask (voxels not 0) as an instance map 1..N,\n\
-         numbered in C order of their first voxel like scipy.ndimage.label. Connectivity 26\n\
-         (faces, edges and corners: scipy with structure np.ones((3, 3, 3)), as nnDetection);\n\
-         scipy's own default is 6. N is `.stats().max`.",
+        "The connected components of a one-channel mask as an instance map 1..N.\n\
+         Mask voxels are those not 0; components are numbered in C order of their first voxel,\n\
+         like scipy.ndimage.label. Connectivity 26 (faces, edges and corners: scipy with\n\
+         structure np.ones((3, 3, 3)), as nnDetection); scipy's own default is 6. N is\n\
+         `.stats().max`.",
         "let objects = connected_components(ct > 300.0);\nprint(label_boxes(objects));",
         |ctx: NativeCallContext, mask: VolumeRef| -> ScriptResult<VolumeRef> {
             ops::connected_components(&mask, Connectivity::default())
@@ -852,10 +856,11 @@ fn register_ops(r: &mut Registrar) {
     );
     r.func(
         "labels_to_instances(labels: Volume) -> Map",
-        "Convert a semantic label map (class values 1..K; 0 and negative values background) as\n\
-         nnDetection does (seg_to_instances): the 26-connected components of each class value in\n\
-         ascending order become instances 1..N. Returns #{instances: Volume, classes: #{\"1\": 0,\n\
-         …}, count: N}, classes 0-based (value − 1), as labelsTr/<case>.json stores them.",
+        "A semantic label map as nnDetection's instances: #{instances, classes, count}.\n\
+         As nnDetection's seg_to_instances: the 26-connected components of each class value\n\
+         (1..K; 0 and negative values are background) in ascending order become instances 1..N.\n\
+         `instances` is the instance map, `classes` maps \"1\" → class index (value − 1, 0-based,\n\
+         as labelsTr/<case>.json stores it), `count` is N.",
         "let r = labels_to_instances(load_volume(\"seg.nii.gz\"));\n\
          r.instances.save(\"raw_splitted/labelsTr/case.nii.gz\", #{dtype: \"i16\"});\n\
          save_json(#{instances: r.classes}, \"raw_splitted/labelsTr/case.json\");",
