@@ -434,3 +434,38 @@ print(`predicted ${preds.len()}`);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(lines_starting(&err, "case ").is_empty(), "{err}");
 }
+
+#[test]
+fn ctrl_c_stops_a_sweep_instead_of_failing_the_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("sweep_forever.rhai");
+    std::fs::write(
+        &script,
+        "import \"sweep\" as sweep;\nsweep::run(#{n: [1, 2]}, \"cells\", |p| { let i = 0; loop { i += 1; } });\n",
+    )
+    .unwrap();
+    let child = Command::new(detlab())
+        .arg("run")
+        .arg(&script)
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{text}{err}");
+    assert!(err.contains("interrupted by Ctrl-C"), "{err}");
+    assert_eq!(
+        text, "cell 1/2 n=1: running\n",
+        "no failed row, no next cell"
+    );
+    assert!(!tmp.path().join("cells").exists(), "nothing cached");
+}
