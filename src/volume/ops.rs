@@ -434,19 +434,20 @@ struct Component {
     size: usize,
 }
 
-/// Label the components of `keys` (one per voxel of a `[D, H, W]` grid; `None` = background):
+/// Label the components of the voxels of a `[D, H, W]` grid by their `key` (0 = background):
 /// neighbouring voxels with equal keys are connected. Returns the component index of every
 /// voxel (0 = background, else 1 + index into the components) and the components in the order
-/// of their first voxel in C order.
+/// of their first voxel in C order. Memory: one u32 per voxel besides the input.
 fn components(
-    keys: &[Option<u32>],
+    values: &[f32],
+    key: impl Fn(f32) -> u32,
     shape: [usize; 3],
     connectivity: Connectivity,
 ) -> (Vec<u32>, Vec<Component>) {
     let [d, h, w] = shape;
     let offsets = connectivity.earlier_neighbours();
     // Provisional labels (1-based) per voxel, and a union-find forest over them.
-    let mut provisional = vec![0u32; keys.len()];
+    let mut provisional = vec![0u32; values.len()];
     let mut parent: Vec<u32> = vec![0];
     fn find(parent: &mut [u32], mut x: u32) -> u32 {
         while parent[x as usize] != x {
@@ -460,7 +461,10 @@ fn components(
         for y in 0..h {
             for x in 0..w {
                 let i = (z * h + y) * w + x;
-                let Some(key) = keys[i] else { continue };
+                let k = key(values[i]);
+                if k == 0 {
+                    continue;
+                }
                 let mut label = 0u32;
                 for [dz, dy, dx] in &offsets {
                     let (nz, ny, nx) = (z as isize + dz, y as isize + dy, x as isize + dx);
@@ -468,7 +472,7 @@ fn components(
                         continue;
                     }
                     let j = (nz as usize * h + ny as usize) * w + nx as usize;
-                    if keys[j] != Some(key) {
+                    if key(values[j]) != k {
                         continue;
                     }
                     let other = find(&mut parent, provisional[j]);
@@ -499,7 +503,7 @@ fn components(
         let root = find(&mut parent, *p) as usize;
         if final_of[root] == 0 {
             found.push(Component {
-                key: keys[i].expect("labelled voxels have a key"),
+                key: key(values[i]),
                 size: 0,
             });
             final_of[root] = found.len() as u32;
@@ -522,8 +526,9 @@ fn one_channel(v: &Volume, what: &str) -> Result<(), VolumeError> {
     Ok(())
 }
 
-fn label_volume(like: &Volume, labels: impl Fn(usize) -> u32, len: usize) -> Volume {
-    let data: Vec<f32> = (0..len).map(|i| labels(i) as f32).collect();
+/// A one-channel volume on `like`'s grid holding `labels` (the allocation is reused).
+fn label_volume(like: &Volume, labels: Vec<u32>, relabel: impl Fn(u32) -> u32) -> Volume {
+    let data: Vec<f32> = labels.into_iter().map(|l| relabel(l) as f32).collect();
     computed(like, 1, data)
 }
 
@@ -534,11 +539,12 @@ pub fn connected_components(
     connectivity: Connectivity,
 ) -> Result<(Volume, usize), VolumeError> {
     one_channel(mask, "connected_components")?;
-    let keys: Vec<Option<u32>> = voxels(mask)
-        .iter()
-        .map(|&v| (v != 0.0).then_some(1))
-        .collect();
-    let (labels, found) = components(&keys, mask.spatial_shape(), connectivity);
+    let (labels, found) = components(
+        &voxels(mask),
+        |v| u32::from(v != 0.0),
+        mask.spatial_shape(),
+        connectivity,
+    );
     if found.len() > MAX_EXACT_LABEL {
         return Err(VolumeError::InvalidArgument(format!(
             "{}: {} components, more than the {MAX_EXACT_LABEL} an f32 volume numbers exactly",
@@ -546,7 +552,7 @@ pub fn connected_components(
             found.len()
         )));
     }
-    Ok((label_volume(mask, |i| labels[i], labels.len()), found.len()))
+    Ok((label_volume(mask, labels, |l| l), found.len()))
 }
 
 /// nnDetection's conversion of a semantic label map (class values 1..K, 0 and negative values
@@ -561,11 +567,12 @@ pub fn labels_to_instances(
 ) -> Result<(Volume, BTreeMap<u32, u32>), VolumeError> {
     one_channel(labels, "labels_to_instances")?;
     labels.check_integer_labels()?;
-    let keys: Vec<Option<u32>> = voxels(labels)
-        .iter()
-        .map(|&v| (v > 0.0).then_some(v as u32))
-        .collect();
-    let (component_of, found) = components(&keys, labels.spatial_shape(), connectivity);
+    let (component_of, found) = components(
+        &voxels(labels),
+        |v| if v > 0.0 { v as u32 } else { 0 },
+        labels.spatial_shape(),
+        connectivity,
+    );
     let mut order: Vec<usize> = (0..found.len())
         .filter(|&c| found[c].size >= min_voxels.max(1))
         .collect();
@@ -584,11 +591,7 @@ pub fn labels_to_instances(
         instance_of[c + 1] = id;
         classes.insert(id, found[c].key - 1);
     }
-    let volume = label_volume(
-        labels,
-        |i| instance_of[component_of[i] as usize],
-        component_of.len(),
-    );
+    let volume = label_volume(labels, component_of, |c| instance_of[c as usize]);
     Ok((volume, classes))
 }
 
