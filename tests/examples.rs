@@ -98,7 +98,13 @@ fn tutorial_04_pretraining() {
 fn tutorial_05_transfer() {
     let (tmp, stdout) = run_example_with("05_transfer.rhai", &[("steps", "24".into())]);
     assert!(stdout.contains("Transfer report"), "{stdout}");
-    assert!(stdout.contains("equal to the checkpoint's: true"), "{stdout}");
-    assert!(stdout.contains("1 → 4 input channels by replicate_scaled"), "{stdout}");
+    assert!(
+        stdout.contains("equal to the checkpoint's: true"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 → 4 input channels by replicate_scaled"),
+        "{stdout}"
+    );
     assert!(tmp.path().join("finetune/last/state.json").is_file());
 }

@@ -22,16 +22,30 @@ fn lr_sweep_runs_caches_its_cells_and_reruns_without_training() {
     let ap = a["summary"][0]["ap_mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&ap), "{a}");
     assert!(tmp.path().join("out/ap_vs_lr.png").is_file());
-    assert!(tmp.path().join("out/pretrain/mae/last/pretrain.json").is_file());
-    let cells = std::fs::read_dir(tmp.path().join("out/cells")).unwrap().count();
+    assert!(
+        tmp.path()
+            .join("out/pretrain/mae/last/pretrain.json")
+            .is_file()
+    );
+    let cells = std::fs::read_dir(tmp.path().join("out/cells"))
+        .unwrap()
+        .count();
     assert_eq!(cells, 1);
     // A rerun trains nothing: no new training folders, identical results.
     std::fs::remove_dir_all(tmp.path().join("out/runs")).unwrap();
     let again = std::time::Instant::now();
     expect_ok(&run_script(&script, &sets, tmp.path()), "lr_sweep rerun");
-    assert!(!tmp.path().join("out/runs").exists(), "a cached cell was trained again");
+    assert!(
+        !tmp.path().join("out/runs").exists(),
+        "a cached cell was trained again"
+    );
     let b: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
     assert_eq!(a["cells"], b["cells"]);
-    assert!(again.elapsed() < first, "{:?} vs {:?}", again.elapsed(), first);
+    assert!(
+        again.elapsed() < first,
+        "{:?} vs {:?}",
+        again.elapsed(),
+        first
+    );
 }

@@ -259,7 +259,8 @@ impl<B: Backend> ModuleMapper<B> for Blend<B> {
         };
         param.map(|teacher| {
             let shape = teacher.shape();
-            teacher.mul_scalar(self.momentum) + student.reshape(shape).mul_scalar(1.0 - self.momentum)
+            teacher.mul_scalar(self.momentum)
+                + student.reshape(shape).mul_scalar(1.0 - self.momentum)
         })
     }
 }

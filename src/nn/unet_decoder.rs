@@ -202,8 +202,14 @@ mod tests {
             .into_iter()
             .map(|p| p.path)
             .collect();
-        assert!(names.contains(&"transpconvs.0.weight".to_string()), "{names:?}");
-        assert!(names.contains(&"stages.2.convs.0.conv.weight".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"transpconvs.0.weight".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"stages.2.convs.0.conv.weight".to_string()),
+            "{names:?}"
+        );
     }
 
     #[test]

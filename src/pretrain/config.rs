@@ -462,7 +462,12 @@ mod tests {
         assert_eq!(c.optimizer.momentum, 0.99);
         assert_eq!(c.optimizer.grad_clip_norm, Some(12.0));
         assert_eq!(c.mask.ratio, 0.75);
-        assert_eq!(PretrainConfig::for_method(Method::Voco).optimizer.grad_clip_norm, None);
+        assert_eq!(
+            PretrainConfig::for_method(Method::Voco)
+                .optimizer
+                .grad_clip_norm,
+            None
+        );
         assert_eq!(PretrainConfig::for_method(Method::Multitalent).lr, 1e-3);
         let err = serde_json::from_str::<PretrainConfig>(r#"{"mask": {"blok": 4}}"#).unwrap_err();
         assert!(err.to_string().contains("blok"), "{err}");
@@ -478,7 +483,10 @@ mod tests {
             ..Default::default()
         };
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("mask.block") && e.contains("[32, 32, 30]"), "{e}");
+        assert!(
+            e.contains("mask.block") && e.contains("[32, 32, 30]"),
+            "{e}"
+        );
         let c = PretrainConfig {
             mask: MaskConfig {
                 block: 16,

@@ -99,7 +99,13 @@ mod tests {
         assert_eq!(&full[0..4], &[1.0, 1.0, 0.0, 0.0]);
         // Row 2 of slice 1: cells (1,0) (1,1).
         assert_eq!(&full[16 + 8..16 + 12], &[0.0, 0.0, 1.0, 1.0]);
-        assert_eq!(mask.at_resolution([1, 2, 2]).unwrap(), vec![1.0, 0.0, 0.0, 1.0]);
-        assert!(mask.at_resolution([1, 1, 1]).is_none(), "coarser than the grid is dense");
+        assert_eq!(
+            mask.at_resolution([1, 2, 2]).unwrap(),
+            vec![1.0, 0.0, 0.0, 1.0]
+        );
+        assert!(
+            mask.at_resolution([1, 1, 1]).is_none(),
+            "coarser than the grid is dense"
+        );
     }
 }

@@ -42,7 +42,7 @@ pub mod transfer;
 
 use std::sync::Arc;
 
-pub use checkpoint::{Pretrained, PretrainState, load_pretrained, read_state};
+pub use checkpoint::{PretrainState, Pretrained, load_pretrained, read_state};
 pub use config::{Method, PretrainConfig};
 pub use error::PretrainError;
 pub use network::{HeadSpec, PretrainNetwork, PretrainNetworkConfig, StemSpec};
@@ -72,7 +72,9 @@ pub fn network_config(
             }
             let encoder = encoder.with_in_channels(datasets[0].channels());
             if !config.multitalent.per_dataset_stems
-                && let Some(d) = datasets.iter().find(|d| d.channels() != datasets[0].channels())
+                && let Some(d) = datasets
+                    .iter()
+                    .find(|d| d.channels() != datasets[0].channels())
             {
                 return Err(PretrainError::InvalidData(format!(
                     "dataset '{}' has {} channel(s) but '{}' has {}: datasets that mix channel counts need per-dataset stems (multitalent.per_dataset_stems: true)",

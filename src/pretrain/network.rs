@@ -65,7 +65,10 @@ pub struct PretrainNetworkConfig {
 
 impl PretrainNetworkConfig {
     /// Build the network, seeding nothing (seed the device first for reproducible weights).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<PretrainNetwork<B>, PretrainError> {
+    pub fn init<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<PretrainNetwork<B>, PretrainError> {
         let encoder = self.encoder.init::<B>(device)?;
         let decoder = self
             .decoder
@@ -142,7 +145,16 @@ impl<B: Backend> Densify<B> {
         let projections = widths
             .iter()
             .skip(1)
-            .map(|&c| conv3d([c, c], [3, 3, 3], [1, 1, 1], true, WeightInit::KaimingNormal, device))
+            .map(|&c| {
+                conv3d(
+                    [c, c],
+                    [3, 3, 3],
+                    [1, 1, 1],
+                    true,
+                    WeightInit::KaimingNormal,
+                    device,
+                )
+            })
             .collect();
         Self {
             tokens,
@@ -300,7 +312,10 @@ mod tests {
                 if mv[v] == 0.0 {
                     assert!((x - token[c]).abs() < 1e-7, "token at masked voxel");
                 } else {
-                    assert_eq!(x, 0.0, "constant visible values normalise to 0, unprojected");
+                    assert_eq!(
+                        x, 0.0,
+                        "constant visible values normalise to 0, unprojected"
+                    );
                 }
             }
         }

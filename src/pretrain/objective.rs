@@ -5,21 +5,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array4, Axis};
-use rand::Rng;
 use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use ndarray::{Array2, Array4, Axis};
+use rand::Rng;
 
 use super::PretrainError;
 use super::config::{Method, PretrainConfig};
-use crate::plot::Panel;
-use super::crops::{augment_crop, crop, overlap_labels, VocoAugmentConfig};
+use super::crops::{VocoAugmentConfig, augment_crop, crop, overlap_labels};
 use super::genesis::corrupt;
 use super::mask::BlockMask;
 use super::network::{HeadSpec, PretrainNetwork};
 use super::source::{CaseSource, PretrainSource};
 use super::sparse::{MaskPyramid, sparse_encoder_forward};
+use crate::plot::Panel;
 
 /// Where a run's batches come from.
 #[derive(Clone)]
@@ -214,7 +214,13 @@ fn prepare_reconstruction<R: Rng>(
             })
         }
         method => {
-            let mask = BlockMask::draw(batch, config.patch, config.mask.block, config.mask.ratio, rng);
+            let mask = BlockMask::draw(
+                batch,
+                config.patch,
+                config.mask.block,
+                config.mask.ratio,
+                rng,
+            );
             let (target, shape) = stack(&images);
             let input = if method == Method::Mae {
                 // MAE: masked voxels set to 0 (the mean after z-scoring), no mask token.
@@ -311,7 +317,10 @@ fn to_array4<B: Backend>(t: Tensor<B, 5>, sample: usize) -> Array4<f32> {
 
 fn middle_slice(volume: &Array4<f32>) -> Array2<f32> {
     let d = volume.dim().1;
-    volume.index_axis(Axis(0), 0).index_axis(Axis(0), d / 2).to_owned()
+    volume
+        .index_axis(Axis(0), 0)
+        .index_axis(Axis(0), d / 2)
+        .to_owned()
 }
 
 fn flat_to_array4(values: &[f32], shape: [usize; 5], sample: usize) -> Array4<f32> {
@@ -340,14 +349,34 @@ pub fn loss<B: Backend>(
             target,
             shape,
             mask,
-        } => reconstruction_loss(network, config, input, target, *shape, mask.as_ref(), want_figure, device),
+        } => reconstruction_loss(
+            network,
+            config,
+            input,
+            target,
+            *shape,
+            mask.as_ref(),
+            want_figure,
+            device,
+        ),
         PreparedBatch::Voco {
             crops,
             shape,
             bases,
             targets,
             labels,
-        } => voco_loss(network, config, crops, *shape, *bases, *targets, labels, teacher_bases, want_figure, device),
+        } => voco_loss(
+            network,
+            config,
+            crops,
+            *shape,
+            *bases,
+            *targets,
+            labels,
+            teacher_bases,
+            want_figure,
+            device,
+        ),
         PreparedBatch::Segmentation(groups) => {
             segmentation_loss(network, groups, heads, want_figure, device)
         }
@@ -383,9 +412,12 @@ fn reconstruction_loss<B: Backend>(
     let squared = (prediction.clone() - y).square();
     let (name, value, voxel_mask) = match mask {
         Some(mask) => {
-            let visible = mask.at_resolution([shape[2], shape[3], shape[4]]).unwrap_or_default();
+            let visible = mask
+                .at_resolution([shape[2], shape[3], shape[4]])
+                .unwrap_or_default();
             let hidden: Vec<f32> = visible.iter().map(|v| 1.0 - v).collect();
-            let hidden_t = tensor::<B, 5>(&hidden, [shape[0], 1, shape[2], shape[3], shape[4]], device);
+            let hidden_t =
+                tensor::<B, 5>(&hidden, [shape[0], 1, shape[2], shape[3], shape[4]], device);
             let count = hidden.iter().sum::<f32>() * shape[1] as f32;
             let value = (squared * hidden_t).sum().div_scalar(count.max(1.0));
             ("masked_mse", value, Some(visible))
@@ -400,7 +432,12 @@ fn reconstruction_loss<B: Backend>(
         match &voxel_mask {
             Some(visible) => {
                 let m = flat_to_array4(visible, [shape[0], 1, shape[2], shape[3], shape[4]], 0);
-                panels.push(Panel::with_range("visible cells", middle_slice(&m), 0.0, 1.0));
+                panels.push(Panel::with_range(
+                    "visible cells",
+                    middle_slice(&m),
+                    0.0,
+                    1.0,
+                ));
                 let masked = &target0 * &m;
                 panels.push(Panel::new("masked input", middle_slice(&masked)));
             }
@@ -449,21 +486,34 @@ fn voco_loss<B: Backend>(
     // The prediction term compares targets with detached bases (nnssl), or with the EMA
     // teacher's bases (the original VoCo).
     let reference = match teacher_bases {
-        Some(t) => normalize_rows(t.reshape([images, per_image, width]))
-            .slice([0..images, 0..bases, 0..width]),
+        Some(t) => normalize_rows(t.reshape([images, per_image, width])).slice([
+            0..images,
+            0..bases,
+            0..width,
+        ]),
         None => base_z.clone().detach(),
     };
     let similarity = relu(target_z.matmul(reference.swap_dims(1, 2))); // [N, T, K]
     let y = tensor::<B, 3>(labels, [images, targets, bases], device);
     let positive_weight: f32 = labels.iter().sum();
-    let l_pos = (y.clone() * ((y.clone() - similarity.clone()).abs().neg().add_scalar(1.0 + 1e-6)).log().neg())
-        .sum()
-        .div_scalar(positive_weight.max(1e-6));
-    let zeros: Vec<f32> = labels.iter().map(|&v| if v == 0.0 { 1.0 } else { 0.0 }).collect();
+    let l_pos = (y.clone()
+        * ((y.clone() - similarity.clone())
+            .abs()
+            .neg()
+            .add_scalar(1.0 + 1e-6))
+        .log()
+        .neg())
+    .sum()
+    .div_scalar(positive_weight.max(1e-6));
+    let zeros: Vec<f32> = labels
+        .iter()
+        .map(|&v| if v == 0.0 { 1.0 } else { 0.0 })
+        .collect();
     let zero_count: f32 = zeros.iter().sum();
-    let l_neg = (similarity.clone().square() * tensor::<B, 3>(&zeros, [images, targets, bases], device))
-        .sum()
-        .div_scalar(zero_count.max(1.0));
+    let l_neg = (similarity.clone().square()
+        * tensor::<B, 3>(&zeros, [images, targets, bases], device))
+    .sum()
+    .div_scalar(zero_count.max(1.0));
     let base_similarity = relu(base_z.clone().matmul(base_z.swap_dims(1, 2))); // [N, K, K]
     let upper: Vec<f32> = (0..bases * bases)
         .map(|i| if i % bases > i / bases { 1.0 } else { 0.0 })
@@ -478,13 +528,20 @@ fn voco_loss<B: Backend>(
         let crop_shape = [shape[0], shape[1], shape[2], shape[3], shape[4]];
         let mut panels = Vec::new();
         for k in 0..bases.min(4) {
-            panels.push(Panel::new(format!("base {k}"), middle_slice(&flat_to_array4(crops, crop_shape, k))));
+            panels.push(Panel::new(
+                format!("base {k}"),
+                middle_slice(&flat_to_array4(crops, crop_shape, k)),
+            ));
         }
         for t in 0..targets.min(2) {
-            panels.push(Panel::new(format!("target {t}"), middle_slice(&flat_to_array4(crops, crop_shape, bases + t))));
+            panels.push(Panel::new(
+                format!("target {t}"),
+                middle_slice(&flat_to_array4(crops, crop_shape, bases + t)),
+            ));
         }
-        let true_overlap = Array2::from_shape_vec((targets, bases), labels[..targets * bases].to_vec())
-            .unwrap_or_else(|_| Array2::zeros((targets, bases)));
+        let true_overlap =
+            Array2::from_shape_vec((targets, bases), labels[..targets * bases].to_vec())
+                .unwrap_or_else(|_| Array2::zeros((targets, bases)));
         let predicted: Vec<f32> = similarity
             .detach()
             .slice([0..1, 0..targets, 0..bases])
@@ -494,7 +551,12 @@ fn voco_loss<B: Backend>(
             .unwrap_or_default();
         let predicted = Array2::from_shape_vec((targets, bases), predicted)
             .unwrap_or_else(|_| Array2::zeros((targets, bases)));
-        panels.push(Panel::with_range("true overlap (target × base)", true_overlap, 0.0, 1.0));
+        panels.push(Panel::with_range(
+            "true overlap (target × base)",
+            true_overlap,
+            0.0,
+            1.0,
+        ));
         panels.push(Panel::with_range("predicted overlap", predicted, 0.0, 1.0));
         panels
     });
@@ -519,7 +581,11 @@ fn segmentation_loss<B: Backend>(
     // Every sample goes through its dataset's stem; the trunk then runs once on all of them.
     let stemmed: Vec<Tensor<B, 5>> = groups
         .iter()
-        .map(|g| network.stem(g.dataset).forward(tensor::<B, 5>(&g.images, g.shape, device)))
+        .map(|g| {
+            network
+                .stem(g.dataset)
+                .forward(tensor::<B, 5>(&g.images, g.shape, device))
+        })
         .collect();
     let features = network
         .decoder
@@ -533,11 +599,14 @@ fn segmentation_loss<B: Backend>(
     for g in groups {
         let n = g.shape[0];
         let [_, c, d, h, w] = features.dims();
-        let f = features.clone().slice([start..start + n, 0..c, 0..d, 0..h, 0..w]);
+        let f = features
+            .clone()
+            .slice([start..start + n, 0..c, 0..d, 0..h, 0..w]);
         start += n;
         let logits = network.heads[g.head].forward(f);
         let channels = logits.dims()[1];
-        let target = Tensor::<B, 4, Int>::from_data(TensorData::new(g.target.clone(), [n, d, h, w]), device);
+        let target =
+            Tensor::<B, 4, Int>::from_data(TensorData::new(g.target.clone(), [n, d, h, w]), device);
         let one_hot: Tensor<B, 5> = target
             .clone()
             .one_hot(channels)
@@ -550,7 +619,10 @@ fn segmentation_loss<B: Backend>(
         let probabilities = softmax(logits.clone(), 1);
         // Batch Dice over the foreground channels (nnU-Net's smooth 1e-5, background excluded).
         let sum_dims = |t: Tensor<B, 5>| -> Tensor<B, 1> {
-            t.swap_dims(0, 1).reshape([channels as i32, -1]).sum_dim(1).reshape([channels])
+            t.swap_dims(0, 1)
+                .reshape([channels as i32, -1])
+                .sum_dim(1)
+                .reshape([channels])
         };
         let intersection = sum_dims(probabilities.clone() * one_hot.clone());
         let denominator = sum_dims(probabilities.clone()) + sum_dims(one_hot);
@@ -569,10 +641,21 @@ fn segmentation_loss<B: Backend>(
             let image = flat_to_array4(&g.images, g.shape, 0);
             panels.push(Panel::new(format!("{name}: image"), middle_slice(&image)));
             let truth: Vec<f32> = g.target[..d * h * w].iter().map(|&v| v as f32).collect();
-            let truth = Array4::from_shape_vec((1, d, h, w), truth).unwrap_or_else(|_| Array4::zeros((1, d, h, w)));
-            panels.push(Panel::with_range(format!("{name}: labels"), middle_slice(&truth), 0.0, (channels - 1).max(1) as f64));
+            let truth = Array4::from_shape_vec((1, d, h, w), truth)
+                .unwrap_or_else(|_| Array4::zeros((1, d, h, w)));
+            panels.push(Panel::with_range(
+                format!("{name}: labels"),
+                middle_slice(&truth),
+                0.0,
+                (channels - 1).max(1) as f64,
+            ));
             let predicted = logits.detach().argmax(1).float();
-            panels.push(Panel::with_range(format!("{name}: prediction"), middle_slice(&to_array4(predicted, 0)), 0.0, (channels - 1).max(1) as f64));
+            panels.push(Panel::with_range(
+                format!("{name}: prediction"),
+                middle_slice(&to_array4(predicted, 0)),
+                0.0,
+                (channels - 1).max(1) as f64,
+            ));
         }
     }
     StepLoss {
@@ -599,7 +682,11 @@ mod tests {
         }
         for i in 0..3 {
             let observed = counts[i] as f64 / 20_000.0;
-            assert!((observed - p[i]).abs() < 0.015, "{i}: {observed} vs {}", p[i]);
+            assert!(
+                (observed - p[i]).abs() < 0.015,
+                "{i}: {observed} vs {}",
+                p[i]
+            );
         }
     }
 }

@@ -21,7 +21,9 @@ use super::network::{PretrainNetwork, PretrainNetworkConfig};
 use super::objective::{PreparedBatch, Sources, loss, prepare_batch};
 use super::source::DataPlan;
 use crate::nn::inspect::exponential_moving_average;
-use crate::train::checkpoint::{OPTIMIZER_FILE, WEIGHTS_FILE, locate_checkpoint_marked, replace_dir};
+use crate::train::checkpoint::{
+    OPTIMIZER_FILE, WEIGHTS_FILE, locate_checkpoint_marked, replace_dir,
+};
 use crate::train::rng::{RngStream, iteration_rng};
 use crate::train::{IterationRecord, TrainError, TrainOptimizer};
 
@@ -90,9 +92,7 @@ fn check_compatible(
         };
         return Err(PretrainError::config(
             "patch",
-            format!(
-                "{what} {patch:?} must be a multiple of the encoder's total stride {total:?}"
-            ),
+            format!("{what} {patch:?} must be a multiple of the encoder's total stride {total:?}"),
         ));
     }
     match (config.method, sources) {
@@ -188,7 +188,9 @@ fn write<B: AutodiffBackend>(dir: &std::path::Path, s: Saved<B>) -> Result<(), P
         if let Some(teacher) = s.teacher {
             crate::nn::save_weights(teacher, &tmp.join(TEACHER_FILE))?;
         }
-        let io = |path: PathBuf, e: std::io::Error| TrainError::checkpoint(path, format!("cannot write: {e}"));
+        let io = |path: PathBuf, e: std::io::Error| {
+            TrainError::checkpoint(path, format!("cannot write: {e}"))
+        };
         if let Some(bytes) = &optimizer_bytes {
             let path = tmp.join(OPTIMIZER_FILE);
             crate::util::atomic_write(&path, bytes).map_err(|e| io(path.clone(), e))?;
@@ -252,10 +254,11 @@ pub(crate) fn run<B: AutodiffBackend>(
                 reason,
             })
         };
-        let (dir, state) =
-            read_state(&last_dir).map_err(|e| resume_error(e.to_string()))?;
+        let (dir, state) = read_state(&last_dir).map_err(|e| resume_error(e.to_string()))?;
         if dir != last_dir {
-            return Err(resume_error("no `last` checkpoint in this run folder".into()));
+            return Err(resume_error(
+                "no `last` checkpoint in this run folder".into(),
+            ));
         }
         let differences = config_differences(&state.config, config);
         if !differences.is_empty() {
@@ -273,12 +276,15 @@ pub(crate) fn run<B: AutodiffBackend>(
             return Err(resume_error("the checkpoint has no optimizer state".into()));
         }
         network = crate::nn::load_weights(network, &last_dir.join(WEIGHTS_FILE), device)?;
-        let bytes = std::fs::read(last_dir.join(OPTIMIZER_FILE)).map_err(|e| {
-            resume_error(format!("cannot read {OPTIMIZER_FILE}: {e}"))
-        })?;
+        let bytes = std::fs::read(last_dir.join(OPTIMIZER_FILE))
+            .map_err(|e| resume_error(format!("cannot read {OPTIMIZER_FILE}: {e}")))?;
         optimizer = optimizer.load_bytes(bytes, &network, device)?;
         if let Some(t) = teacher.take() {
-            teacher = Some(crate::nn::load_weights(t, &last_dir.join(TEACHER_FILE), device)?);
+            teacher = Some(crate::nn::load_weights(
+                t,
+                &last_dir.join(TEACHER_FILE),
+                device,
+            )?);
         }
         start = state.iteration;
         history = state.history;
@@ -297,7 +303,10 @@ pub(crate) fn run<B: AutodiffBackend>(
         for dir in [&last_dir, &best_dir, &config.out.join("figures")] {
             if dir.exists() {
                 std::fs::remove_dir_all(dir).map_err(|e| {
-                    PretrainError::checkpoint(dir.clone(), format!("cannot delete it for `overwrite: true`: {e}"))
+                    PretrainError::checkpoint(
+                        dir.clone(),
+                        format!("cannot delete it for `overwrite: true`: {e}"),
+                    )
                 })?;
             }
         }
@@ -343,7 +352,16 @@ pub(crate) fn run<B: AutodiffBackend>(
     for iteration in start..stop {
         if interrupted(iteration) {
             bar.abandon();
-            save(&last_dir, &network, Some(&optimizer), teacher.as_ref(), iteration, &history, &validation, &best)?;
+            save(
+                &last_dir,
+                &network,
+                Some(&optimizer),
+                teacher.as_ref(),
+                iteration,
+                &history,
+                &validation,
+                &best,
+            )?;
             return Err(TrainError::Interrupted {
                 iteration,
                 checkpoint: last_dir,
@@ -371,7 +389,15 @@ pub(crate) fn run<B: AutodiffBackend>(
             }
             _ => None,
         };
-        let step = loss(&network, config, &batch, teacher_bases, &heads, want_figure, device);
+        let step = loss(
+            &network,
+            config,
+            &batch,
+            teacher_bases,
+            &heads,
+            want_figure,
+            device,
+        );
         let value = scalar(&step.total);
         let components: BTreeMap<String, f64> = step
             .components
@@ -415,7 +441,10 @@ pub(crate) fn run<B: AutodiffBackend>(
             encoder_frozen: false,
         });
         bar.inc(1);
-        bar.set_message(format!("{} loss {value:.4} lr {lr:.2e}", config.method.name()));
+        bar.set_message(format!(
+            "{} loss {value:.4} lr {lr:.2e}",
+            config.method.name()
+        ));
 
         let done = iteration + 1;
         if done.is_multiple_of(config.validate_every) || done == total {
@@ -441,19 +470,46 @@ pub(crate) fn run<B: AutodiffBackend>(
                         iteration: done,
                         loss: mean,
                     });
-                    save(&best_dir, &network, None, teacher.as_ref(), done, &history, &validation, &best)?;
+                    save(
+                        &best_dir,
+                        &network,
+                        None,
+                        teacher.as_ref(),
+                        done,
+                        &history,
+                        &validation,
+                        &best,
+                    )?;
                     line.push_str(" (best)");
                 }
             }
             say(line);
-            save(&last_dir, &network, Some(&optimizer), teacher.as_ref(), done, &history, &validation, &best)?;
+            save(
+                &last_dir,
+                &network,
+                Some(&optimizer),
+                teacher.as_ref(),
+                done,
+                &history,
+                &validation,
+                &best,
+            )?;
             last_written_at = Some(done);
         }
     }
     bar.finish_and_clear();
     let done = stop.max(start);
     if last_written_at != Some(done) && !(start == done && done == total && config.resume) {
-        save(&last_dir, &network, Some(&optimizer), teacher.as_ref(), done, &history, &validation, &best)?;
+        save(
+            &last_dir,
+            &network,
+            Some(&optimizer),
+            teacher.as_ref(),
+            done,
+            &history,
+            &validation,
+            &best,
+        )?;
     }
     Ok((
         network,

@@ -280,7 +280,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("no NIfTI files") && err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.contains("no NIfTI files") && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -288,7 +291,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = Array4::from_shape_fn((1, 8, 8, 8), |(_, d, h, w)| (d * 64 + h * 8 + w) as f32);
         let volume = Volume::from_array(data, [2.0, 2.0, 2.0]);
-        crate::volume::write_nifti(&volume, &dir.path().join("a.nii.gz"), crate::volume::NiftiDtype::F32).unwrap();
+        crate::volume::write_nifti(
+            &volume,
+            &dir.path().join("a.nii.gz"),
+            crate::volume::NiftiDtype::F32,
+        )
+        .unwrap();
         let source = CaseSource::from_nifti_folder(dir.path(), [1.0; 3]).unwrap();
         assert_eq!(source.channels(), 1);
         let image = source.cases[0].image();

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Tensor, TensorData};
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 
 use super::mask::BlockMask;
 use crate::nn::Encoder;
@@ -120,7 +120,11 @@ pub fn sparse_block<B: Backend>(
     x: Tensor<B, 5>,
     masks: &mut MaskPyramid<B>,
 ) -> Tensor<B, 5> {
-    let main = sparse_unit(&block.conv2, sparse_unit(&block.conv1, x.clone(), masks), masks);
+    let main = sparse_unit(
+        &block.conv2,
+        sparse_unit(&block.conv1, x.clone(), masks),
+        masks,
+    );
     let mut shortcut = avg_pool3d(x, block.skip_pool);
     if block.skip_pool != [1, 1, 1]
         && let Some(m) = masks.at(spatial(&shortcut))
@@ -195,7 +199,8 @@ mod tests {
         };
         let mut pyramid = MaskPyramid::<TestBackend>::new(&m, &device);
         let mk = pyramid.at([2, 4, 4]).unwrap();
-        let noise = Tensor::<TestBackend, 5>::random([1, 2, 2, 4, 4], Distribution::Default, &device);
+        let noise =
+            Tensor::<TestBackend, 5>::random([1, 2, 2, 4, 4], Distribution::Default, &device);
         let changed = x.clone() + noise * (mk.clone().neg().add_scalar(1.0));
         let a = tensor_values(masked_instance_norm(x.clone(), Some(&mk), None, 1e-5));
         let b = tensor_values(masked_instance_norm(changed, Some(&mk), None, 1e-5));
@@ -207,13 +212,21 @@ mod tests {
             }
         }
         // Statistics over the visible half: those voxels have mean 0 and variance 1.
-        let visible: Vec<f64> = a.iter().zip(&mv).filter(|(_, m)| **m == 1.0).map(|(v, _)| *v).collect();
+        let visible: Vec<f64> = a
+            .iter()
+            .zip(&mv)
+            .filter(|(_, m)| **m == 1.0)
+            .map(|(v, _)| *v)
+            .collect();
         let per_channel = visible.len() / 2;
         for c in 0..2 {
             let vals = &visible[c * per_channel..(c + 1) * per_channel];
             let mean = vals.iter().sum::<f64>() / vals.len() as f64;
             let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
-            assert!(mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-2, "{mean} {var}");
+            assert!(
+                mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-2,
+                "{mean} {var}"
+            );
         }
     }
 
@@ -222,8 +235,8 @@ mod tests {
         // The test backend is the script backend, which already records gradients.
         type AD = TestBackend;
         let device = test_device();
-        let x = Tensor::<AD, 5>::random([1, 1, 2, 2, 2], Distribution::Default, &device)
-            .require_grad();
+        let x =
+            Tensor::<AD, 5>::random([1, 1, 2, 2, 2], Distribution::Default, &device).require_grad();
         let m = mask([1, 1, 2], vec![0.0, 1.0]);
         let mut pyramid = MaskPyramid::<AD>::new(&m, &device);
         let mk = pyramid.at([2, 2, 2]).unwrap();
@@ -249,14 +262,19 @@ mod tests {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
         let m = BlockMask::draw(1, [16, 16, 16], 4, 0.5, &mut rng);
         let mut pyramid = MaskPyramid::<TestBackend>::new(&m, &device);
-        let x = Tensor::<TestBackend, 5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
+        let x =
+            Tensor::<TestBackend, 5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
         let (skips, levels) = sparse_encoder_forward(&encoder, x, &mut pyramid, false);
         assert_eq!(skips.len(), 4);
         assert!(levels[3].is_none(), "2³ is coarser than the 4³ grid: dense");
         for s in 0..3 {
             let values = tensor_values(skips[s].clone());
             let mk = tensor_values(levels[s].clone().unwrap().repeat_dim(1, skips[s].dims()[1]));
-            let leaked = values.iter().zip(&mk).filter(|(v, m)| **m == 0.0 && **v != 0.0).count();
+            let leaked = values
+                .iter()
+                .zip(&mk)
+                .filter(|(v, m)| **m == 0.0 && **v != 0.0)
+                .count();
             assert_eq!(leaked, 0, "stage {s}");
             assert!(values.iter().zip(&mk).any(|(v, m)| *m == 1.0 && *v != 0.0));
         }

@@ -88,8 +88,7 @@ fn run_from(
     if let Sources::Labelled { heads, .. } = &mut sources {
         *heads = network_config.heads.clone();
     }
-    let network =
-        start.unwrap_or_else(|| network_config.init::<TestBackend>(&device).unwrap());
+    let network = start.unwrap_or_else(|| network_config.init::<TestBackend>(&device).unwrap());
     let data = match &sources {
         Sources::Images(s) => vec![s.plan()],
         Sources::Labelled { datasets, .. } => datasets.iter().map(|d| d.plan()).collect(),
@@ -416,7 +415,9 @@ fn replicate_scaled_keeps_the_response_to_equal_channels_and_mismatches_change_n
         .unwrap()
         .to_string();
     assert!(
-        err.contains("encoder.stages.2.blocks.0.conv1") && err.contains("[32") && err.contains("[24"),
+        err.contains("encoder.stages.2.blocks.0.conv1")
+            && err.contains("[32")
+            && err.contains("[24"),
         "{err}"
     );
     // Random keeps the fresh stem.

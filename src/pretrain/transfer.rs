@@ -134,7 +134,11 @@ impl fmt::Display for TransferReport {
         writeln!(f, "  skipped by name   {:>5}", self.skipped_by_name.len())?;
         writeln!(f, "  skipped by shape  {:>5}", self.skipped_by_shape.len())?;
         writeln!(f, "  missing           {:>5}", self.missing.len())?;
-        writeln!(f, "  stem policy       {} ({})", self.stem_policy, self.stem)?;
+        writeln!(
+            f,
+            "  stem policy       {} ({})",
+            self.stem_policy, self.stem
+        )?;
         for m in &self.skipped_by_shape {
             writeln!(
                 f,
@@ -169,8 +173,10 @@ pub fn named_tensors<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, T
             self.stack.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.out
-                .insert(self.stack.join("."), param.val().into_data().convert::<f32>());
+            self.out.insert(
+                self.stack.join("."),
+                param.val().into_data().convert::<f32>(),
+            );
         }
     }
     let mut c = Collect {
@@ -203,7 +209,11 @@ pub fn load_named_tensors<B: Backend, M: Module<B>>(
                     let device = t.device();
                     let require_grad = t.is_require_grad();
                     let new = Tensor::<B, D>::from_data(data.clone(), &device);
-                    if require_grad { new.require_grad() } else { new }
+                    if require_grad {
+                        new.require_grad()
+                    } else {
+                        new
+                    }
                 }),
                 None => param,
             }
@@ -231,7 +241,8 @@ pub fn adapt_stem_kernel(
     let k = kd * kh * kw;
     let at = |out: usize, input: usize, v: usize| values[(out * i + input) * k + v];
     let mut result = vec![0.0f32; o * channels * k];
-    let mut set = |out: usize, input: usize, v: usize, x: f32| result[(out * channels + input) * k + v] = x;
+    let mut set =
+        |out: usize, input: usize, v: usize, x: f32| result[(out * channels + input) * k + v] = x;
     match policy {
         StemPolicy::Replicate | StemPolicy::ReplicateScaled | StemPolicy::Select(_) => {
             let scale = if matches!(policy, StemPolicy::Replicate) {
@@ -293,13 +304,16 @@ pub fn transfer<B: Backend, M: Module<B>>(
     // Select a MultiTalent stem: its tensors replace the encoder's own under `encoder.stem`.
     let mut stem_note = String::new();
     if let StemPolicy::Select(name) = &options.stem {
-        let index = stems.iter().position(|s| &s.dataset == name).ok_or_else(|| {
-            let names: Vec<&str> = stems.iter().map(|s| s.dataset.as_str()).collect();
-            PretrainError::config(
-                "stem",
-                format!("the checkpoint has no stem \"{name}\"; its stems: {names:?}"),
-            )
-        })?;
+        let index = stems
+            .iter()
+            .position(|s| &s.dataset == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = stems.iter().map(|s| s.dataset.as_str()).collect();
+                PretrainError::config(
+                    "stem",
+                    format!("the checkpoint has no stem \"{name}\"; its stems: {names:?}"),
+                )
+            })?;
         if index > 0 {
             let prefix = format!("stems.{}.", index - 1);
             let selected: Vec<(String, TensorData)> = source
@@ -347,7 +361,11 @@ pub fn transfer<B: Backend, M: Module<B>>(
             let adapted = adapt_stem_kernel(data, own.shape[1], &options.stem)?;
             stem_note = format!(
                 "{}{} → {} input channels by {}",
-                if stem_note.is_empty() { String::new() } else { format!("{stem_note}; ") },
+                if stem_note.is_empty() {
+                    String::new()
+                } else {
+                    format!("{stem_note}; ")
+                },
                 data.shape[1],
                 own.shape[1],
                 match &options.stem {
@@ -366,11 +384,13 @@ pub fn transfer<B: Backend, M: Module<B>>(
                 own.shape.to_vec()
             )));
         }
-        report.skipped_by_shape.push(super::transfer::ShapeMismatch {
-            path: path.clone(),
-            checkpoint: data.shape.to_vec(),
-            detector: own.shape.to_vec(),
-        });
+        report
+            .skipped_by_shape
+            .push(super::transfer::ShapeMismatch {
+                path: path.clone(),
+                checkpoint: data.shape.to_vec(),
+                detector: own.shape.to_vec(),
+            });
     }
     for path in target.keys().filter(|p| in_scope(p)) {
         let stem_random = options.stem == StemPolicy::Random && path.starts_with("encoder.stem.");
@@ -419,11 +439,17 @@ mod tests {
         assert_eq!(r.shape.to_vec(), vec![2, 4, 1, 1, 1]);
         assert_eq!(values(&r), vec![2.0, 2.0, 2.0, 2.0, -4.0, -4.0, -4.0, -4.0]);
         let rs = adapt_stem_kernel(&one, 4, &StemPolicy::ReplicateScaled).unwrap();
-        assert_eq!(values(&rs), vec![0.5, 0.5, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0]);
+        assert_eq!(
+            values(&rs),
+            vec![0.5, 0.5, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0]
+        );
         let cf = adapt_stem_kernel(&one, 4, &StemPolicy::CopyFirst).unwrap();
         assert_eq!(values(&cf), vec![2.0, 0.0, 0.0, 0.0, -4.0, 0.0, 0.0, 0.0]);
         // Four input channels to one.
-        let four = kernel(vec![1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 4.0, 4.0], [2, 4, 1, 1, 1]);
+        let four = kernel(
+            vec![1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 4.0, 4.0],
+            [2, 4, 1, 1, 1],
+        );
         let m = adapt_stem_kernel(&four, 1, &StemPolicy::Mean).unwrap();
         assert_eq!(values(&m), vec![3.0, 2.0]);
         let cf = adapt_stem_kernel(&four, 1, &StemPolicy::CopyFirst).unwrap();
@@ -436,10 +462,16 @@ mod tests {
 
     #[test]
     fn stem_policies_parse_and_unknown_names_are_errors() {
-        assert_eq!(StemPolicy::parse("select:vessels").unwrap(), StemPolicy::Select("vessels".into()));
+        assert_eq!(
+            StemPolicy::parse("select:vessels").unwrap(),
+            StemPolicy::Select("vessels".into())
+        );
         assert_eq!(StemPolicy::parse("mean").unwrap(), StemPolicy::Mean);
         let e = StemPolicy::parse("tile").unwrap_err().to_string();
-        assert!(e.contains("\"tile\"") && e.contains("replicate_scaled"), "{e}");
+        assert!(
+            e.contains("\"tile\"") && e.contains("replicate_scaled"),
+            "{e}"
+        );
         assert!(StemPolicy::parse("select:").is_err());
     }
 }

@@ -58,5 +58,5 @@ pub use optim::{OptimizerConfig, OptimizerKind, TrainOptimizer};
 pub use records::{CheckpointInfo, EpochRecord, IterationRecord, TrainRun};
 pub use sampler::{CaseData, Patch, PatchSampler, SampleSource};
 pub use schedule::{LrSchedule, Phase};
-pub use trainer::{has_checkpoint, train, train_on_cases, validate, validation_patches};
 pub(crate) use trainer::progress_bar;
+pub use trainer::{has_checkpoint, train, train_on_cases, validate, validation_patches};

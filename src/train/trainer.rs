@@ -851,8 +851,14 @@ mod tests {
             saved.params_with_state().into_iter().collect();
         let encoder_ids = frozen.encoder.param_ids(crate::nn::EncoderPart::All);
         assert!(!encoder_ids.is_empty());
-        assert!(encoder_ids.iter().all(|id| !with_state.contains(id)), "encoder has optimiser state");
-        assert!(!with_state.is_empty(), "the decoder and heads have momentum");
+        assert!(
+            encoder_ids.iter().all(|id| !with_state.contains(id)),
+            "encoder has optimiser state"
+        );
+        assert!(
+            !with_state.is_empty(),
+            "the decoder and heads have momentum"
+        );
         let cfg = TrainConfig {
             resume: true,
             stop_at_iteration: Some(4),

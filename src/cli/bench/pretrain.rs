@@ -39,7 +39,12 @@ impl PretrainSource for Noise {
             preprocessing: None,
         }
     }
-    fn patch(&self, patch: [usize; 3], index: u64, _rng: &mut dyn rand::RngCore) -> ndarray::Array4<f32> {
+    fn patch(
+        &self,
+        patch: [usize; 3],
+        index: u64,
+        _rng: &mut dyn rand::RngCore,
+    ) -> ndarray::Array4<f32> {
         use rand::Rng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(index);
         ndarray::Array4::from_shape_simple_fn((1, patch[0], patch[1], patch[2]), || {
@@ -67,7 +72,12 @@ fn encoder(widths: &str) -> EncoderConfig {
     }
 }
 
-fn step_times(method: Method, widths: &str, patch: usize, steps: usize) -> Result<Vec<f64>, String> {
+fn step_times(
+    method: Method,
+    widths: &str,
+    patch: usize,
+    steps: usize,
+) -> Result<Vec<f64>, String> {
     let device = DispatchDevice::Flex(burn::backend::flex::FlexDevice);
     let config = PretrainConfig {
         patch: [patch; 3],
@@ -80,9 +90,11 @@ fn step_times(method: Method, widths: &str, patch: usize, steps: usize) -> Resul
         ..PretrainConfig::for_method(method)
     };
     let sources = Sources::Images(Arc::new(Noise));
-    let net_config = network_config(&encoder(widths), &sources, &config).map_err(|e| e.to_string())?;
+    let net_config =
+        network_config(&encoder(widths), &sources, &config).map_err(|e| e.to_string())?;
     let mut network = net_config.init::<B>(&device).map_err(|e| e.to_string())?;
-    let mut optimizer = TrainOptimizer::<B, _>::new(&config.optimizer).map_err(|e| e.to_string())?;
+    let mut optimizer =
+        TrainOptimizer::<B, _>::new(&config.optimizer).map_err(|e| e.to_string())?;
     let mut times = Vec::new();
     for step in 0..=steps {
         let started = Instant::now();
@@ -111,8 +123,14 @@ pub fn run(args: &[String]) -> i32 {
     while let Some(a) = it.next() {
         let value = it.next().cloned().unwrap_or_default();
         let parsed: Result<(), String> = match a.as_str() {
-            "--threads" => value.parse().map(|n| threads = Some(n)).map_err(|_| "--threads needs a number".into()),
-            "--steps" => value.parse().map(|n| steps = n).map_err(|_| "--steps needs a number".into()),
+            "--threads" => value
+                .parse()
+                .map(|n| threads = Some(n))
+                .map_err(|_| "--threads needs a number".into()),
+            "--steps" => value
+                .parse()
+                .map(|n| steps = n)
+                .map_err(|_| "--steps needs a number".into()),
             "--widths" => match value.as_str() {
                 "tiny" | "l" => {
                     widths = vec![value.clone()];
@@ -129,7 +147,10 @@ pub fn run(args: &[String]) -> i32 {
                     patches = vec![32, 64];
                     Ok(())
                 }
-                v => v.parse().map(|p| patches = vec![p]).map_err(|_| "--patch is 32, 64 or both".into()),
+                v => v
+                    .parse()
+                    .map(|p| patches = vec![p])
+                    .map_err(|_| "--patch is 32, 64 or both".into()),
             },
             "--methods" => value
                 .split(',')
@@ -150,7 +171,9 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     if let Some(n) = threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global()
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
     {
         eprintln!("error: cannot set {n} threads: {e}");
         return 1;

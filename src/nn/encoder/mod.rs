@@ -322,7 +322,10 @@ impl<B: Backend> Encoder<B> {
         let (c, d, h, w) = volume.data.dim();
         self.check_input([1, c, d, h, w])?;
         let values: Vec<f32> = volume.data.iter().copied().collect();
-        let x = Tensor::<B, 5>::from_data(burn::tensor::TensorData::new(values, [1, c, d, h, w]), device);
+        let x = Tensor::<B, 5>::from_data(
+            burn::tensor::TensorData::new(values, [1, c, d, h, w]),
+            device,
+        );
         let strides = self.cumulative_strides();
         self.forward(x)
             .into_iter()

@@ -30,7 +30,10 @@ pub struct SyntheticStream(pub PoolConfig);
 /// A loaded pre-training checkpoint in scripts.
 pub type PretrainedRef = Arc<Pretrained<ScriptBackend>>;
 
-fn spacing_option(ctx: &NativeCallContext, value: Option<Dynamic>) -> ScriptResult<Option<[f64; 3]>> {
+fn spacing_option(
+    ctx: &NativeCallContext,
+    value: Option<Dynamic>,
+) -> ScriptResult<Option<[f64; 3]>> {
     let Some(v) = value else { return Ok(None) };
     if let Some(arr) = v.read_lock::<Array>() {
         return crate::script::convert::f64_triple(ctx, "pretrain: spacing", &arr).map(Some);
@@ -163,7 +166,10 @@ fn run_map(ctx: &NativeCallContext, run: &PretrainRun) -> ScriptResult<Map> {
     let col = |f: &dyn Fn(&crate::train::IterationRecord) -> Dynamic| -> Dynamic {
         Dynamic::from_array(run.history.iter().map(f).collect())
     };
-    history.insert("iteration".into(), col(&|r| Dynamic::from(r.iteration as i64)));
+    history.insert(
+        "iteration".into(),
+        col(&|r| Dynamic::from(r.iteration as i64)),
+    );
     history.insert("loss".into(), col(&|r| Dynamic::from_float(r.loss)));
     history.insert("lr".into(), col(&|r| Dynamic::from_float(r.lr)));
     let mut names: Vec<String> = run
@@ -287,8 +293,12 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     engine.register_type_with_name::<NiftiFolder>("NiftiFolder");
     engine.register_type_with_name::<SyntheticStream>("SyntheticStream");
     engine.register_type_with_name::<PretrainedRef>("Pretrained");
-    engine.register_fn("to_string", |f: &mut NiftiFolder| format!("NiftiFolder({})", f.0.display()));
-    engine.register_fn("to_debug", |f: &mut NiftiFolder| format!("NiftiFolder({})", f.0.display()));
+    engine.register_fn("to_string", |f: &mut NiftiFolder| {
+        format!("NiftiFolder({})", f.0.display())
+    });
+    engine.register_fn("to_debug", |f: &mut NiftiFolder| {
+        format!("NiftiFolder({})", f.0.display())
+    });
     engine.register_fn("to_string", |s: &mut SyntheticStream| describe_stream(s));
     engine.register_fn("to_debug", |s: &mut SyntheticStream| describe_stream(s));
     engine.register_fn("to_string", |p: &mut PretrainedRef| p.describe());
@@ -355,9 +365,13 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
             let path = std::path::Path::new(path);
             // PyTorch (.pth/.pt) and safetensors files go to the PyTorch importer.
             if pretrain::pytorch::is_weights_file(path) {
-                return pretrain::pytorch::load_file::<ScriptBackend>(path, &Default::default(), &device)
-                    .map(Arc::new)
-                    .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()));
+                return pretrain::pytorch::load_file::<ScriptBackend>(
+                    path,
+                    &Default::default(),
+                    &device,
+                )
+                .map(Arc::new)
+                .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()));
             }
             pretrain::load_pretrained::<ScriptBackend>(path, &device)
                 .map(Arc::new)
@@ -400,7 +414,10 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
 /// readable table when printed.
 pub type TransferReportRef = Arc<pretrain::TransferReport>;
 
-fn transfer_options(ctx: &NativeCallContext, mut opts: Map) -> ScriptResult<pretrain::TransferOptions> {
+fn transfer_options(
+    ctx: &NativeCallContext,
+    mut opts: Map,
+) -> ScriptResult<pretrain::TransferOptions> {
     let stem = match opts.remove("stem") {
         Some(s) => pretrain::StemPolicy::parse(&s.to_string()).map_err(at(ctx))?,
         None => pretrain::StemPolicy::default(),
@@ -442,11 +459,19 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
     engine.register_fn("to_string", |r: &mut TransferReportRef| r.to_string());
     engine.register_fn("to_debug", |r: &mut TransferReportRef| r.to_string());
     engine.register_get("loaded", |r: &mut TransferReportRef| r.loaded.len() as i64);
-    engine.register_get("skipped_by_name", |r: &mut TransferReportRef| r.skipped_by_name.len() as i64);
-    engine.register_get("skipped_by_shape", |r: &mut TransferReportRef| r.skipped_by_shape.len() as i64);
-    engine.register_get("missing", |r: &mut TransferReportRef| r.missing.len() as i64);
+    engine.register_get("skipped_by_name", |r: &mut TransferReportRef| {
+        r.skipped_by_name.len() as i64
+    });
+    engine.register_get("skipped_by_shape", |r: &mut TransferReportRef| {
+        r.skipped_by_shape.len() as i64
+    });
+    engine.register_get("missing", |r: &mut TransferReportRef| {
+        r.missing.len() as i64
+    });
     engine.register_get("stem", |r: &mut TransferReportRef| r.stem.clone());
-    engine.register_get("stem_policy", |r: &mut TransferReportRef| r.stem_policy.clone());
+    engine.register_get("stem_policy", |r: &mut TransferReportRef| {
+        r.stem_policy.clone()
+    });
     let mut r = Registrar::new(
         engine,
         help,
@@ -480,10 +505,16 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
         "transfer(model: Model, checkpoint: Pretrained) -> TransferReport",
         "Transfer the encoder with the default stem policy (replicate_scaled).",
         "print(transfer(model, load_pretrained(\"runs/pre/mae\")));",
-        |ctx: NativeCallContext, m: ModelRef, ckpt: PretrainedRef| -> ScriptResult<TransferReportRef> {
+        |ctx: NativeCallContext,
+         m: ModelRef,
+         ckpt: PretrainedRef|
+         -> ScriptResult<TransferReportRef> {
             let options = pretrain::TransferOptions::default();
             let mut state = m.lock().map_err(|_| {
-                runtime_error("transfer: the model is unusable after an earlier panic", ctx.call_position())
+                runtime_error(
+                    "transfer: the model is unusable after an earlier panic",
+                    ctx.call_position(),
+                )
             })?;
             let Net::RetinaUNet(net) = &state.net;
             let (updated, report) = pretrain::transfer(net.clone(), &ckpt, &options)
@@ -512,7 +543,10 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
             use crate::nn::Detector;
             use burn::module::AutodiffModule;
             let state = m.lock().map_err(|_| {
-                runtime_error("features: the model is unusable after an earlier panic", ctx.call_position())
+                runtime_error(
+                    "features: the model is unusable after an earlier panic",
+                    ctx.call_position(),
+                )
             })?;
             let Net::RetinaUNet(net) = &state.net;
             let encoder = net.encoder().valid();
@@ -576,7 +610,12 @@ pub fn register_pytorch(engine: &mut Engine, help: &mut HelpIndex) {
                 .map_err(|e| runtime_error(format!("load_pretrained: {e}"), ctx.call_position()))
         },
     );
-    fn save(ctx: &NativeCallContext, ckpt: &PretrainedRef, path: &str, mut opts: Map) -> ScriptResult<Map> {
+    fn save(
+        ctx: &NativeCallContext,
+        ckpt: &PretrainedRef,
+        path: &str,
+        mut opts: Map,
+    ) -> ScriptResult<Map> {
         let names = match opts.remove("names") {
             Some(n) => ExportNames::parse(&n.to_string()).map_err(at(ctx))?,
             None => ExportNames::Nnssl,
