@@ -377,7 +377,7 @@ fn every_documented_option_is_accepted_and_every_accepted_option_is_documented()
         "\"data\"",
         &format!("{:?}", tmp.path().join("data").display().to_string()),
     );
-    interp.eval_source(&setup, "setup").expect("setup runs");
+    let _ = interp.eval_source(&setup, "setup").expect("setup runs");
 
     // Every primitive that takes an options map declares its options.
     let mut takes_options: Vec<String> = interp

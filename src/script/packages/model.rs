@@ -338,10 +338,12 @@ fn plan_model_anchors(
 }
 
 /// The history of a run as columns (easy to plot), plus epochs and checkpoints.
-fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
+/// A run's per-iteration history as columns (easy to plot): iteration, loss, lr and one
+/// column per loss term (NaN where an iteration lacks it). Shared by `train` and `pretrain`.
+pub(crate) fn history_columns(records: &[train::IterationRecord]) -> Map {
     let mut history = Map::new();
     let col = |f: &dyn Fn(&train::IterationRecord) -> Dynamic| -> Dynamic {
-        Dynamic::from_array(run.history.iter().map(f).collect())
+        Dynamic::from_array(records.iter().map(f).collect())
     };
     history.insert(
         "iteration".into(),
@@ -349,8 +351,7 @@ fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
     );
     history.insert("loss".into(), col(&|r| Dynamic::from_float(r.loss)));
     history.insert("lr".into(), col(&|r| Dynamic::from_float(r.lr)));
-    let mut names: Vec<String> = run
-        .history
+    let mut names: Vec<String> = records
         .iter()
         .flat_map(|r| r.components.keys().cloned())
         .collect();
@@ -362,6 +363,29 @@ fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
             col(&|r| Dynamic::from_float(r.components.get(&n).copied().unwrap_or(f64::NAN))),
         );
     }
+    history
+}
+
+/// The `device` option of a primitive: a Device, a name like "cpu", or the CPU when absent.
+pub(crate) fn device_option(
+    ctx: &NativeCallContext,
+    what: &str,
+    value: Option<Dynamic>,
+) -> ScriptResult<DispatchDevice> {
+    match value {
+        None => nn::device("cpu").map_err(at(ctx)),
+        Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(ctx)),
+        Some(d) => d.try_cast::<Device>().map(|d| d.0).ok_or_else(|| {
+            runtime_error(
+                format!("{what}: device must be a Device or a name like \"cpu\""),
+                ctx.call_position(),
+            )
+        }),
+    }
+}
+
+fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
+    let history = history_columns(&run.history);
     let mut m = Map::new();
     m.insert("history".into(), history.into());
     m.insert("epochs".into(), to_script(ctx, &run.epochs)?);
@@ -722,16 +746,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          mut opts: Map|
          -> ScriptResult<ModelRef> {
             check_options(&ctx, &DETECTOR_OPTIONS, &opts)?;
-            let device = match opts.remove("device") {
-                None => nn::device("cpu").map_err(at(&ctx))?,
-                Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(&ctx))?,
-                Some(d) => d.try_cast::<Device>().map(|d| d.0).ok_or_else(|| {
-                    runtime_error(
-                        "detector: device must be a Device or a name like \"cpu\"",
-                        ctx.call_position(),
-                    )
-                })?,
-            };
+            let device = device_option(&ctx, "detector", opts.remove("device"))?;
             let seed = opts
                 .remove("seed")
                 .and_then(|v| v.as_int().ok())

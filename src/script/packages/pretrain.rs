@@ -162,29 +162,7 @@ fn sources(
 }
 
 fn run_map(ctx: &NativeCallContext, run: &PretrainRun) -> ScriptResult<Map> {
-    let mut history = Map::new();
-    let col = |f: &dyn Fn(&crate::train::IterationRecord) -> Dynamic| -> Dynamic {
-        Dynamic::from_array(run.history.iter().map(f).collect())
-    };
-    history.insert(
-        "iteration".into(),
-        col(&|r| Dynamic::from(r.iteration as i64)),
-    );
-    history.insert("loss".into(), col(&|r| Dynamic::from_float(r.loss)));
-    history.insert("lr".into(), col(&|r| Dynamic::from_float(r.lr)));
-    let mut names: Vec<String> = run
-        .history
-        .iter()
-        .flat_map(|r| r.components.keys().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    for n in names {
-        history.insert(
-            n.as_str().into(),
-            col(&|r| Dynamic::from_float(r.components.get(&n).copied().unwrap_or(f64::NAN))),
-        );
-    }
+    let history = super::model::history_columns(&run.history);
     let mut m = Map::new();
     m.insert("history".into(), history.into());
     m.insert("validation".into(), to_script(ctx, &run.validation)?);
@@ -216,19 +194,7 @@ fn pretrain_impl(
     data: Dynamic,
     mut opts: Map,
 ) -> ScriptResult<Map> {
-    let device = match opts.remove("device") {
-        None => nn::device("cpu").map_err(at(ctx))?,
-        Some(d) if d.is_string() => nn::device(&d.to_string()).map_err(at(ctx))?,
-        Some(d) => d
-            .try_cast::<super::model::Device>()
-            .map(|d| d.0)
-            .ok_or_else(|| {
-                runtime_error(
-                    "pretrain: device must be a Device or a name like \"cpu\"",
-                    ctx.call_position(),
-                )
-            })?,
-    };
+    let device = super::model::device_option(ctx, "pretrain", opts.remove("device"))?;
     let spacing = spacing_option(ctx, opts.remove("spacing"))?;
     let method: Method = match opts.get("method") {
         Some(m) => options(ctx, "pretrain: method", {
@@ -444,6 +410,27 @@ fn transfer_options(
     Ok(pretrain::TransferOptions { scope, stem })
 }
 
+/// Transfer `ckpt` into the model in place (replaced only when the transfer succeeds).
+fn transfer_into(
+    ctx: &NativeCallContext,
+    m: &super::model::ModelRef,
+    ckpt: &PretrainedRef,
+    options: &pretrain::TransferOptions,
+) -> ScriptResult<TransferReportRef> {
+    use super::model::Net;
+    let mut state = m.lock().map_err(|_| {
+        runtime_error(
+            "transfer: the model is unusable after an earlier panic",
+            ctx.call_position(),
+        )
+    })?;
+    let Net::RetinaUNet(net) = &state.net;
+    let (updated, report) = pretrain::transfer(net.clone(), ckpt, options)
+        .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
+    state.net = Net::RetinaUNet(updated);
+    Ok(Arc::new(report))
+}
+
 fn volumes_to_array(volumes: Vec<crate::volume::Volume>) -> Array {
     volumes
         .into_iter()
@@ -491,14 +478,7 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
         "let report = transfer(model, ckpt, #{scope: \"encoder\", stem: \"replicate_scaled\"});\nprint(report);",
         |ctx: NativeCallContext, m: ModelRef, ckpt: PretrainedRef, opts: Map| -> ScriptResult<TransferReportRef> {
             let options = transfer_options(&ctx, opts)?;
-            let mut state = m.lock().map_err(|_| {
-                runtime_error("transfer: the model is unusable after an earlier panic", ctx.call_position())
-            })?;
-            let Net::RetinaUNet(net) = &state.net;
-            let (updated, report) = pretrain::transfer(net.clone(), &ckpt, &options)
-                .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
-            state.net = Net::RetinaUNet(updated);
-            Ok(Arc::new(report))
+            transfer_into(&ctx, &m, &ckpt, &options)
         },
     );
     r.func(
@@ -510,17 +490,7 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
          ckpt: PretrainedRef|
          -> ScriptResult<TransferReportRef> {
             let options = pretrain::TransferOptions::default();
-            let mut state = m.lock().map_err(|_| {
-                runtime_error(
-                    "transfer: the model is unusable after an earlier panic",
-                    ctx.call_position(),
-                )
-            })?;
-            let Net::RetinaUNet(net) = &state.net;
-            let (updated, report) = pretrain::transfer(net.clone(), &ckpt, &options)
-                .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
-            state.net = Net::RetinaUNet(updated);
-            Ok(Arc::new(report))
+            transfer_into(&ctx, &m, &ckpt, &options)
         },
     );
     r.method(
