@@ -12,6 +12,7 @@
 //! (H–W) axes. The intensity formulas are those of [`crate::train::augment`], whose helpers do
 //! the work here.
 
+use crate::train::augment::{below_or_above_one, uniform};
 use std::collections::BTreeMap;
 
 use ndarray::{Array4, Axis, Slice};
@@ -421,25 +422,6 @@ fn with_patch(image: &mut Array4<f32>, transform: impl FnOnce(&mut Patch)) {
     };
     transform(&mut patch);
     *image = patch.image;
-}
-
-fn uniform<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
-    if range[0] >= range[1] {
-        range[0]
-    } else {
-        rng.random_range(range[0]..range[1])
-    }
-}
-
-/// batchgenerators' draw for contrast and gamma: below 1 or above 1 with equal probability
-/// when the range spans 1.
-fn below_or_above_one<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
-    if rng.random::<f64>() < 0.5 && range[0] < 1.0 {
-        uniform(rng, [range[0], range[1].min(1.0)])
-    } else {
-        let low = range[0].max(1.0);
-        uniform(rng, [low, range[1].max(low)])
-    }
 }
 
 #[cfg(test)]

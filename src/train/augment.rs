@@ -217,7 +217,8 @@ pub fn augment<R: Rng + ?Sized>(patch: &mut Patch, config: &AugmentConfig, rng: 
     }
 }
 
-fn uniform<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
+/// A uniform draw in `[range[0], range[1])` (`range[0]` when the range is empty).
+pub(crate) fn uniform<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
     if range[0] >= range[1] {
         range[0]
     } else {
@@ -226,7 +227,7 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
 }
 
 /// batchgenerators' draw: below 1 or above 1 with equal probability when the range spans 1.
-fn below_or_above_one<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
+pub(crate) fn below_or_above_one<R: Rng + ?Sized>(rng: &mut R, range: [f64; 2]) -> f64 {
     if rng.random::<f64>() < 0.5 && range[0] < 1.0 {
         uniform(rng, [range[0], 1.0_f64.min(range[1])])
     } else {
