@@ -61,6 +61,20 @@ pub enum PretrainError {
         /// The refused global, `module.name`.
         global: String,
     },
+    /// The pre-training loss became NaN or infinite; the step was not applied.
+    #[error(
+        "the pre-training loss is not finite at iteration {} (counted from 1, as in the progress lines): total {total}, components {components}; \
+         lower the learning rate, enable `optimizer.grad_clip_norm` or check the data for NaN/Inf",
+        .iteration + 1
+    )]
+    NonFiniteLoss {
+        /// The 0-based iteration whose loss was not finite.
+        iteration: usize,
+        /// The total loss.
+        total: f64,
+        /// The loss components, e.g. `reconstruction=NaN`.
+        components: String,
+    },
     /// A figure could not be written.
     #[error("pre-training figure: {0}")]
     Figure(String),

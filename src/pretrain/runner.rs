@@ -404,17 +404,15 @@ pub(crate) fn run<B: AutodiffBackend>(
             .iter()
             .map(|(k, v)| (k.clone(), scalar(v)))
             .collect();
-        let epoch = iteration / config.validate_every;
         if !value.is_finite() || components.values().any(|v| !v.is_finite()) {
             bar.abandon();
             let listed: Vec<String> = components.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Err(TrainError::NonFiniteLoss {
+            // Pre-training has no epochs: the message names the iteration only.
+            return Err(PretrainError::NonFiniteLoss {
                 iteration,
-                epoch,
                 total: value,
                 components: listed.join(", "),
-            }
-            .into());
+            });
         }
         if let Some(panels) = &step.figure {
             let path = config
@@ -433,7 +431,8 @@ pub(crate) fn run<B: AutodiffBackend>(
         }
         history.push(IterationRecord {
             iteration,
-            epoch,
+            // The history's "epoch" of a pre-training is its validation period.
+            epoch: iteration / config.validate_every,
             lr,
             loss: value,
             components,

@@ -438,3 +438,38 @@ fn replicate_scaled_keeps_the_response_to_equal_channels_and_mismatches_change_n
     );
     assert_eq!(report.stem, "fresh stem kept");
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_iteration_counted_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quick_config(Method::Mae, dir.path(), 6);
+    config.optimizer = crate::train::OptimizerConfig {
+        kind: OptimizerKind::Sgd,
+        grad_clip_norm: None,
+        ..crate::train::OptimizerConfig::default()
+    };
+    config.lr = 1e30;
+    config.validate_every = 2;
+    let device = test_device();
+    let sources = pool();
+    let network_config = network_config(&tiny_encoder(1), &sources, &config).unwrap();
+    let network = network_config.init::<TestBackend>(&device).unwrap();
+    let inputs = PretrainInputs {
+        network_config: &network_config,
+        sources: &sources,
+        data: vec![],
+    };
+    let err = pretrain(network, &inputs, &config, &device).err().unwrap();
+    let PretrainError::NonFiniteLoss { iteration, .. } = &err else {
+        panic!("expected the NaN stop, got {err}");
+    };
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "the pre-training loss is not finite at iteration {} (counted from 1, as in the progress lines): total ",
+            iteration + 1
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("epoch"), "{message}");
+}
