@@ -41,6 +41,7 @@ pub mod nifti;
 pub mod normalize;
 pub mod ops;
 pub mod resample;
+pub mod spline;
 
 pub use crop::CropInfo;
 pub use error::VolumeError;

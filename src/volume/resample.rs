@@ -31,7 +31,8 @@ use ndarray::{Array3, Array4, ArrayView3, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Interpolation order for resampling: linear (order 1) for images, nearest (order 0) for labels.
+/// Interpolation order: cubic spline (order 3) or linear (order 1) for images, nearest (order 0)
+/// for labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Interpolation {
     /// Order 1 (trilinear), for images.
@@ -39,17 +40,29 @@ pub enum Interpolation {
     Linear,
     /// Order 0 (nearest neighbour), for label and instance maps.
     Nearest,
+    /// Order 3 (cubic B-spline, scipy/skimage semantics), for images; nnDetection's choice.
+    Cubic,
 }
 
 impl Interpolation {
-    /// Parse `"linear"`/`"1"` or `"nearest"`/`"0"`.
+    /// Parse `"cubic"`/`"3"`, `"linear"`/`"1"` or `"nearest"`/`"0"`.
     pub fn from_name(name: &str) -> Result<Interpolation, VolumeError> {
         match name.to_ascii_lowercase().as_str() {
             "linear" | "1" | "trilinear" => Ok(Interpolation::Linear),
             "nearest" | "0" => Ok(Interpolation::Nearest),
+            "cubic" | "3" | "spline" => Ok(Interpolation::Cubic),
             other => Err(VolumeError::InvalidArgument(format!(
-                "unknown interpolation '{other}'; use \"linear\" (images) or \"nearest\" (label maps)"
+                "unknown interpolation '{other}'; use \"cubic\" or \"linear\" (images) or \"nearest\" (label maps)"
             ))),
+        }
+    }
+
+    /// The spline order (0, 1 or 3).
+    pub fn order(self) -> u8 {
+        match self {
+            Interpolation::Nearest => 0,
+            Interpolation::Linear => 1,
+            Interpolation::Cubic => 3,
         }
     }
 }
@@ -196,6 +209,26 @@ fn resample_into(data: ArrayView3<f32>, shape: [usize; 3], order: Interpolation,
         .as_slice()
         .expect("a standard-layout array is contiguous");
     match order {
+        Interpolation::Cubic => {
+            let zoomed = super::spline::zoom_cubic(data, shape);
+            // skimage's resize clips to the input's range (`clip=True`): cubic splines overshoot.
+            let (low, high) = input
+                .par_iter()
+                .fold(
+                    || (f32::INFINITY, f32::NEG_INFINITY),
+                    |(l, h), &v| (l.min(v), h.max(v)),
+                )
+                .reduce(
+                    || (f32::INFINITY, f32::NEG_INFINITY),
+                    |a, b| (a.0.min(b.0), a.1.max(b.1)),
+                );
+            let zoomed = zoomed
+                .as_slice()
+                .expect("zoom_cubic returns a standard-layout array");
+            out.par_iter_mut()
+                .zip(zoomed.par_iter())
+                .for_each(|(o, &v)| *o = v.clamp(low, high));
+        }
         Interpolation::Nearest => {
             let idx: Vec<Vec<usize>> = (0..3).map(|a| nearest_indices(dims[a], shape[a])).collect();
             let [_, h, w] = dims;
