@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# detlab vs PyTorch: one Retina U-Net training step (2 x 1 x 64^3), 1 thread and default threads.
-# Usage: benches/train_step_compare.sh [STEPS] [PYTHON]   (run from the repository root after
-# `cargo build --release`; PYTHON defaults to /work/torchvenv/bin/python, a venv with torch).
+# detlab vs PyTorch: one Retina U-Net training step, 1 thread and 2 threads, both sides in the
+# same run and interleaved (detlab, twin, detlab, twin), so that the load of a shared machine
+# hits both alike.
+# Usage: benches/train_step_compare.sh [STEPS] [PYTHON] [BENCH ARGS...]
+#   BENCH ARGS go to both `detlab bench train-step` and benches/torch_twin.py, e.g.
+#   `--preset quickstart`, `--encoder resenc` (default: the 2 x 1 x 64^3 bench network).
+#   Run from the repository root after `cargo build --release`; PYTHON (default
+#   /work/torchvenv/bin/python) is a python with torch; DETLAB overrides the binary.
 set -euo pipefail
 steps="${1:-5}"
 python="${2:-/work/torchvenv/bin/python}"
-detlab=./target/release/detlab
+shift $(($# < 2 ? $# : 2))
+detlab="${DETLAB:-./target/release/detlab}"
 ms() { grep "training step" | awk '{print $(NF-1)}'; }
-echo "machine: $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-for threads in 1 0; do
-    label=$([ "$threads" = 0 ] && echo "default threads" || echo "1 thread")
-    echo "== $label =="
-    if [ "$threads" = 0 ]; then d_out=$($detlab bench train-step --steps "$steps"); else d_out=$($detlab bench train-step --threads 1 --steps "$steps"); fi
+rss() { grep "peak RSS" | awk '{print $(NF-1)}'; }
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+for threads in 1 2; do
+    echo "== $threads thread(s) =="
+    d_out=$($detlab bench train-step --threads "$threads" --steps "$steps" "$@")
     echo "$d_out"
-    t_out=$("$python" benches/torch_twin.py --threads "$threads" --steps "$steps")
+    t_out=$("$python" benches/torch_twin.py --threads "$threads" --steps "$steps" "$@")
     echo "$t_out"
     d=$(echo "$d_out" | ms); t=$(echo "$t_out" | ms)
-    echo "ratio detlab / PyTorch ($label): $(awk -v d="$d" -v t="$t" 'BEGIN {printf "%.2f", d / t}')"
+    echo "ratio detlab / PyTorch ($threads thread(s)): step $(awk -v d="$d" -v t="$t" 'BEGIN {printf "%.2f", d / t}'), peak RSS $(awk -v d="$(echo "$d_out" | rss)" -v t="$(echo "$t_out" | rss)" 'BEGIN {printf "%.2f", d / t}')"
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -4,6 +4,7 @@ pub mod backends;
 pub mod eval;
 pub mod genesis;
 pub mod infer;
+pub mod peak;
 pub mod preprocess;
 pub mod pretrain;
 pub mod train_step;
@@ -32,7 +33,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ),
     (
         "train-step",
-        "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --threads N, --profile",
+        "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --preset bench|quickstart|nndetection, --encoder retunet|resenc, --device, --threads N, --profile",
     ),
     (
         "infer-memory",

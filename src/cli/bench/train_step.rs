@@ -1,18 +1,28 @@
-//! `detlab bench train-step [--threads N] [--steps N] [--profile]`: one Retina U-Net training
-//! step (loss = forward + ATSS + hard-negative sampling + losses, backward, SGD Nesterov step)
-//! on a batch of 2 × 1 × 64³ patches, as `detlab::train` runs it.
+//! `detlab bench train-step [--preset bench|quickstart|nndetection] [--encoder retunet|resenc]
+//! [--patch N] [--batch N] [--threads N] [--steps N] [--device cpu|cuda] [--profile]`: one
+//! Retina U-Net training step (loss = forward + ATSS + hard-negative sampling + losses,
+//! backward, SGD Nesterov step) as `detlab::train` runs it.
 //!
-//! The network (mirrored by `benches/torch_twin.py`): plain retunet encoder, widths
-//! [16, 32, 64, 128], strides 1, 2, 2, 2, two conv(3³, no bias)–InstanceNorm–ReLU units per
-//! stage; U-FPN with 1³ laterals, 2³ transposed-conv upsampling and 3³ output convs (channels
-//! 32 on level 0, 64 on levels 1–3); shared heads of 2 × (conv 3³ + GroupNorm(4) + ReLU) with 64
-//! channels and a 3³ output conv (27 anchors × 1 class, 27 × 6 deltas) on levels 1–3; a 1³
-//! segmentation head on level 0 (2 channels). One cube object per patch.
+//! Presets (mirrored by `benches/torch_twin.py`, same flags):
+//! - `bench` (default): encoder widths [16, 32, 64, 128], strides 1, 2, 2, 2; U-FPN 64 channels
+//!   (32 on level 0); heads 64 channels, GroupNorm(4); batch 2 × 1 × 64³.
+//! - `quickstart`: the quickstart's network (`retunet_tiny`, widths [8, 16, 32, 64], U-FPN and
+//!   heads 32 channels, GroupNorm(2)); batch 4 × 1 × 32³.
+//! - `nndetection`: nnDetection's scale for a GPU: 6 stages (widths 32…320), U-FPN and heads
+//!   128 channels; batch 4 × 1 × 128³.
+//!
+//! `--encoder retunet` is the plain encoder (two conv 3³ (no bias)–InstanceNorm–ReLU units per
+//! stage); `--encoder resenc` the residual one (ResNet-D basic blocks, conv bias, LeakyReLU;
+//! blocks [1, 1, 2, 2] on 4 stages, ResEnc-L's [1, 3, 4, 6, 6, 6] on 6). U-FPN: 1³ laterals,
+//! 2³ transposed-conv upsampling, 3³ output convs; shared heads of 2 × (conv 3³ + GroupNorm +
+//! ReLU) and a 3³ output conv (27 anchors × 1 class, 27 × 6 deltas) on the detection levels; a
+//! 1³ segmentation head on level 0 (2 channels). One cube object per patch.
 //!
 //! Prints the median of `--steps` steps after 2 warm-up steps, split into loss / backward /
 //! optimiser, and the peak resident memory (`VmHWM`). `--profile` adds the time of every
 //! conv, transposed conv, norm and activation of the network measured in isolation at its
-//! real shapes (forward, and backward of `sum(y · r)`), summed per op type.
+//! real shapes (forward, and backward of `sum(y · r)`), summed per op type, and every conv
+//! layer's achieved GFLOP/s beside one core's measured peak.
 
 use std::time::Instant;
 
@@ -23,31 +33,94 @@ use rand::SeedableRng;
 
 use detlab::nn::blocks::{ConvGroupNormAct, ConvNormAct};
 use detlab::nn::detector::Detector;
-use detlab::nn::encoder::{EncoderConfig, RetUNetEncoderConfig};
+use detlab::nn::encoder::{EncoderConfig, ResEncConfig, RetUNetEncoderConfig};
 use detlab::nn::retina_unet::RetinaUNetConfig;
-use detlab::nn::{DispatchDevice, RetinaUNet, ScriptBackend};
+use detlab::nn::{RetinaUNet, ScriptBackend, device, device_name};
 use detlab::train::batch::patches_to_batch;
 use detlab::train::sampler::crop_patch;
 use detlab::train::{CaseData, OptimizerConfig, TrainOptimizer};
 
 type B = ScriptBackend;
 
-/// The benchmarked network.
-fn network() -> RetinaUNetConfig {
-    let encoder = RetUNetEncoderConfig {
-        widths: vec![16, 32, 64, 128],
-        ..RetUNetEncoderConfig::nndetection(1, 4)
-    };
-    RetinaUNetConfig {
-        fpn_channels: 64,
-        head_channels: 64,
-        head_channels_per_group: 16,
-        ..RetinaUNetConfig::new(EncoderConfig::Retunet(encoder), 1)
+/// The benchmarked network and batch.
+struct Setup {
+    preset: String,
+    encoder: String,
+    patch: usize,
+    batch: usize,
+}
+
+impl Setup {
+    fn new(preset: &str, encoder: &str) -> Result<Self, String> {
+        let (patch, batch) = match preset {
+            "bench" => (64, 2),
+            "quickstart" => (32, 4),
+            "nndetection" => (128, 4),
+            other => {
+                return Err(format!(
+                    "unknown preset '{other}' (bench, quickstart or nndetection)"
+                ));
+            }
+        };
+        if !matches!(encoder, "retunet" | "resenc") {
+            return Err(format!("unknown encoder '{encoder}' (retunet or resenc)"));
+        }
+        Ok(Self {
+            preset: preset.into(),
+            encoder: encoder.into(),
+            patch,
+            batch,
+        })
+    }
+
+    fn network(&self) -> RetinaUNetConfig {
+        let (widths, fpn, head) = match self.preset.as_str() {
+            "quickstart" => (vec![8, 16, 32, 64], 32, 32),
+            "nndetection" => (vec![32, 64, 128, 256, 320, 320], 128, 128),
+            _ => (vec![16, 32, 64, 128], 64, 64),
+        };
+        let stages = widths.len();
+        let encoder = if self.encoder == "resenc" {
+            let mut c = if stages == 6 {
+                ResEncConfig::resenc_l(1)
+            } else {
+                ResEncConfig::tiny(1)
+            };
+            c.widths = widths;
+            EncoderConfig::Resenc(c)
+        } else {
+            EncoderConfig::Retunet(RetUNetEncoderConfig {
+                widths,
+                ..RetUNetEncoderConfig::nndetection(1, stages)
+            })
+        };
+        RetinaUNetConfig {
+            fpn_channels: fpn,
+            head_channels: head,
+            head_channels_per_group: 16,
+            ..RetinaUNetConfig::new(encoder, 1)
+        }
+    }
+
+    /// Patch `i` of the batch: cube `a` or `b` (alternating), given at 64³ and scaled to the
+    /// patch size.
+    fn case(&self, i: usize) -> CaseData {
+        let ([start, size], id) = if i % 2 == 0 {
+            ([[20, 12, 30], [10, 12, 9]], "a")
+        } else {
+            ([[35, 40, 8], [14, 8, 12]], "b")
+        };
+        let p = self.patch;
+        cube_case(
+            &format!("{id}{i}"),
+            p,
+            start.map(|s| s * p / 64),
+            size.map(|s| (s * p / 64).max(2)),
+        )
     }
 }
 
-fn cube_case(id: &str, start: [usize; 3], size: [usize; 3]) -> CaseData {
-    let n = 64;
+fn cube_case(id: &str, n: usize, start: [usize; 3], size: [usize; 3]) -> CaseData {
     let mut image = ndarray::Array4::<f32>::zeros((1, n, n, n));
     let mut mask = ndarray::Array3::<u16>::zeros((n, n, n));
     for d in start[0]..start[0] + size[0] {
@@ -87,28 +160,60 @@ pub fn run(args: &[String]) -> i32 {
     let mut threads = None;
     let mut steps = 5usize;
     let mut profile = false;
+    let (mut preset, mut encoder, mut device_arg) = (
+        "bench".to_string(),
+        "retunet".to_string(),
+        "cpu".to_string(),
+    );
+    let (mut patch, mut batch) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut number = |name: &str| match it.next().and_then(|v| v.parse::<usize>().ok()) {
-            Some(n) if n > 0 => Ok(n),
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let positive = |name: &str, v: String| match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("{name} needs a positive number")),
         };
         let parsed = match a.as_str() {
-            "--threads" => number("--threads").map(|n| threads = Some(n)),
-            "--steps" => number("--steps").map(|n| steps = n),
+            "--threads" => value(a)
+                .and_then(|v| positive(a, v))
+                .map(|n| threads = Some(n)),
+            "--steps" => value(a).and_then(|v| positive(a, v)).map(|n| steps = n),
+            "--patch" => value(a)
+                .and_then(|v| positive(a, v))
+                .map(|n| patch = Some(n)),
+            "--batch" => value(a)
+                .and_then(|v| positive(a, v))
+                .map(|n| batch = Some(n)),
+            "--preset" => value(a).map(|v| preset = v),
+            "--encoder" => value(a).map(|v| encoder = v),
+            "--device" => value(a).map(|v| device_arg = v),
             "--profile" => {
                 profile = true;
                 Ok(())
             }
             other => Err(format!(
-                "unknown argument '{other}' (expected --threads N, --steps N, --profile)"
+                "unknown argument '{other}' (expected --preset NAME, --encoder NAME, --patch N, \
+                 --batch N, --threads N, --steps N, --device NAME, --profile)"
             )),
         };
         if let Err(e) = parsed {
-            eprintln!("error: {e}");
+            eprintln!("error: bench train-step: {e}");
             return 2;
         }
     }
+    let mut setup = match Setup::new(&preset, &encoder) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: bench train-step: {e}");
+            return 2;
+        }
+    };
+    setup.patch = patch.unwrap_or(setup.patch);
+    setup.batch = batch.unwrap_or(setup.batch);
     if let Some(n) = threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -117,8 +222,14 @@ pub fn run(args: &[String]) -> i32 {
         eprintln!("error: cannot set {n} threads: {e}");
         return 1;
     }
-    let device = DispatchDevice::Flex(burn::backend::flex::FlexDevice);
-    let cfg = network();
+    let device = match device(&device_arg) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: bench train-step: {e}");
+            return 1;
+        }
+    };
+    let cfg = setup.network();
     let mut model = match cfg.init::<B>(&device) {
         Ok(m) => m,
         Err(e) => {
@@ -126,13 +237,11 @@ pub fn run(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let cases = [
-        cube_case("a", [20, 12, 30], [10, 12, 9]),
-        cube_case("b", [35, 40, 8], [14, 8, 12]),
-    ];
+    let (p, n) = (setup.patch, setup.batch);
+    let cases: Vec<CaseData> = (0..n).map(|i| setup.case(i)).collect();
     let patches: Vec<_> = cases
         .iter()
-        .map(|c| crop_patch(c, [0, 0, 0], [64, 64, 64], 0.5, true))
+        .map(|c| crop_patch(c, [0, 0, 0], [p, p, p], 0.5, true))
         .collect();
     let batch = match patches_to_batch::<B>(&patches, &device) {
         Ok(b) => b,
@@ -144,9 +253,13 @@ pub fn run(args: &[String]) -> i32 {
     let mut optimizer =
         TrainOptimizer::<B, RetinaUNet<B>>::new(&OptimizerConfig::default()).expect("valid");
     println!(
-        "Retina U-Net (retunet widths [16, 32, 64, 128], FPN/heads 64), {} parameters; batch 2 × 1 × 64³; \
-         SGD Nesterov; {} rayon thread(s); median of {steps} steps after 2 warm-up",
+        "Retina U-Net ({} encoder widths {:?}, FPN/heads {}), {} parameters; batch {n} × 1 × {p}³; \
+         SGD Nesterov; device {}; {} rayon thread(s); median of {steps} steps after 2 warm-up",
+        setup.encoder,
+        cfg.encoder.widths(),
+        cfg.fpn_channels,
         model.num_params(),
+        device_name(&device),
         rayon::current_num_threads()
     );
     let (mut t_loss, mut t_backward, mut t_step, mut t_total) =
@@ -200,12 +313,12 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 /// Median forward and backward seconds of `f` on `x` (backward of `sum(f(x) · r)`), and the
-/// input → output shapes.
+/// input and output shapes.
 fn time_op<BA: AutodiffBackend>(
     x: &Tensor<BA, 5>,
     f: &dyn Fn(Tensor<BA, 5>) -> Tensor<BA, 5>,
     iters: usize,
-) -> (f64, f64, String) {
+) -> Timed {
     let x = x.clone().detach().require_grad();
     let probe = f(x.clone());
     let weights = Tensor::<BA, 5>::random(probe.shape(), Distribution::Default, &x.device());
@@ -221,8 +334,39 @@ fn time_op<BA: AutodiffBackend>(
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push((t2 - t1).as_secs_f64());
     }
-    let shapes = format!("{:?} -> {:?}", x.dims(), weights.dims());
-    (median(&mut fwd[1..]), median(&mut bwd[1..]), shapes)
+    Timed {
+        forward: median(&mut fwd[1..]),
+        backward: median(&mut bwd[1..]),
+        input: x.dims(),
+        output: weights.dims(),
+    }
+}
+
+/// One layer timed in isolation.
+struct Timed {
+    forward: f64,
+    backward: f64,
+    input: [usize; 5],
+    output: [usize; 5],
+}
+
+impl Timed {
+    fn shapes(&self) -> String {
+        format!("{:?} -> {:?}", self.input, self.output)
+    }
+}
+
+/// Forward FLOPs of a convolution (2 per multiply-add): `2 · N · C_out · out voxels · C_in ·
+/// kernel volume`; for a transposed convolution the input and output swap roles.
+fn conv_flops(weight: [usize; 5], t: &Timed, transposed: bool) -> f64 {
+    let kernel: usize = weight[2..].iter().product();
+    let (small, channels_other) = if transposed {
+        (t.input, t.output[1])
+    } else {
+        (t.output, t.input[1])
+    };
+    let voxels: usize = small.iter().product();
+    2.0 * (voxels * channels_other * kernel) as f64
 }
 
 const OPS: [&str; 6] = [
@@ -237,29 +381,32 @@ const OPS: [&str; 6] = [
 /// Time every conv, norm and activation of `model` on its real input shapes.
 fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms: f64) {
     let mut table = [[0.0f64; 2]; 6];
-    let mut layers: Vec<(usize, f64, f64, String)> = Vec::new();
-    let mut add = |op: usize, t: (f64, f64, String)| {
-        table[op][0] += t.0;
-        table[op][1] += t.1;
-        layers.push((op, t.0, t.1, t.2));
+    // (op, timing, forward FLOPs: 0 for norms and activations)
+    let mut layers: Vec<(usize, Timed, f64)> = Vec::new();
+    let mut add = |op: usize, t: Timed, flops: f64| {
+        table[op][0] += t.forward;
+        table[op][1] += t.backward;
+        layers.push((op, t, flops));
     };
-    let unit =
-        |u: &ConvNormAct<B>, x: &Tensor<B, 5>, add: &mut dyn FnMut(usize, (f64, f64, String))| {
-            add(0, time_op(x, &|t| u.conv.forward(t), iters));
-            let c = u.conv.forward(x.clone());
-            add(3, time_op(&c, &|t| u.norm.forward(t), iters));
-            let n = u.norm.forward(c);
-            add(5, time_op(&n, &|t| u.activation.apply(t), iters));
-            u.activation.apply(n)
-        };
-    let head_unit = |u: &ConvGroupNormAct<B>,
-                     x: &Tensor<B, 5>,
-                     add: &mut dyn FnMut(usize, (f64, f64, String))| {
-        add(1, time_op(x, &|t| u.conv.forward(t), iters));
-        let c = u.conv.forward(x.clone());
-        add(4, time_op(&c, &|t| u.norm.forward(t), iters));
+    type Add<'a> = dyn FnMut(usize, Timed, f64) + 'a;
+    let conv = |op: usize, c: &detlab::nn::conv::Conv3d<B>, x: &Tensor<B, 5>, add: &mut Add| {
+        let t = time_op(x, &|t| c.forward(t), iters);
+        let flops = conv_flops(c.weight.dims(), &t, false);
+        add(op, t, flops);
+        c.forward(x.clone())
+    };
+    let unit = |u: &ConvNormAct<B>, x: &Tensor<B, 5>, add: &mut Add| {
+        let c = conv(0, &u.conv, x, add);
+        add(3, time_op(&c, &|t| u.norm.forward(t), iters), 0.0);
         let n = u.norm.forward(c);
-        add(5, time_op(&n, &|t| u.activation.apply(t), iters));
+        add(5, time_op(&n, &|t| u.activation.apply(t), iters), 0.0);
+        u.activation.apply(n)
+    };
+    let head_unit = |u: &ConvGroupNormAct<B>, x: &Tensor<B, 5>, add: &mut Add| {
+        let c = conv(1, &u.conv, x, add);
+        add(4, time_op(&c, &|t| u.norm.forward(t), iters), 0.0);
+        let n = u.norm.forward(c);
+        add(5, time_op(&n, &|t| u.activation.apply(t), iters), 0.0);
         u.activation.apply(n)
     };
     let encoder = &model.encoder;
@@ -272,6 +419,17 @@ fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms
         for u in &stage.convs {
             x = unit(u, &x, &mut add);
         }
+        for block in &stage.blocks {
+            // Residual blocks: both units and the projection, then the block itself (pool,
+            // add and activation are counted in the rest of the step).
+            let h = unit(&block.conv1, &x, &mut add);
+            let _ = unit(&block.conv2, &h, &mut add);
+            if let Some(skip) = &block.skip {
+                let pooled = detlab::nn::blocks::avg_pool3d(x.clone(), block.skip_pool);
+                let _ = unit(skip, &pooled, &mut add);
+            }
+            x = block.forward(x);
+        }
         skips.push(x.clone());
     }
     let fpn = &model.decoder;
@@ -279,24 +437,24 @@ fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms
     let mut merged: Vec<Option<Tensor<B, 5>>> = vec![None; skips.len()];
     for l in (fpn.first_level..skips.len()).rev() {
         let lateral = &fpn.laterals[l - fpn.first_level];
-        add(1, time_op(&skips[l], &|t| lateral.forward(t), iters));
-        let mut p = lateral.forward(skips[l].clone());
+        let mut p = conv(1, lateral, &skips[l], &mut add);
         if let Some(coarser) = above.take() {
             let up = &fpn.upsamplings[l - fpn.first_level];
-            add(2, time_op(&coarser, &|t| up.forward(t), iters));
+            let t = time_op(&coarser, &|t| up.forward(t), iters);
+            let flops = conv_flops(up.weight.dims(), &t, true);
+            add(2, t, flops);
             p = p + up.forward(coarser);
         }
         merged[l] = Some(p.clone());
         above = Some(p);
     }
-    for (&l, conv) in fpn.output_levels.iter().zip(&fpn.outputs) {
+    for (&l, output_conv) in fpn.output_levels.iter().zip(&fpn.outputs) {
         let m = merged[l].clone().expect("merged level");
-        add(1, time_op(&m, &|t| conv.forward(t), iters));
-        let feature = conv.forward(m);
+        let feature = conv(1, output_conv, &m, &mut add);
         if l == 0
             && let Some(seg) = &model.segmenter
         {
-            add(1, time_op(&feature, &|t| seg.forward(t), iters));
+            let _ = conv(1, &seg.conv, &feature, &mut add);
         }
         if !model.detection_levels.contains(&l) {
             continue;
@@ -309,7 +467,7 @@ fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms
             for u in convs.iter() {
                 h = head_unit(u, &h, &mut add);
             }
-            add(1, time_op(&h, &|t| output.forward(t), iters));
+            let _ = conv(1, output, &h, &mut add);
         }
     }
     println!("per-op time summed over the network's layers (isolated, same shapes, median):");
@@ -340,14 +498,52 @@ fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms
         step_ms - (f + b) * 1e3
     );
     let _ = model.clone().valid();
-    layers.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
-    println!("the 8 most expensive layers:");
-    for (op, fw, bw, shapes) in layers.iter().take(8) {
+    let peak = super::peak::measure();
+    let threads = rayon::current_num_threads();
+    println!("{peak}");
+    println!(
+        "conv layers, achieved GFLOP/s (backward = input + weight gradient = 2 × forward FLOPs; \
+         peak × {threads} thread(s) = {:.0} GFLOP/s):",
+        peak.gflops * threads as f64
+    );
+    println!(
+        "  {:<22} {:<46} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "op", "shapes", "GFLOP", "fwd ms", "bwd ms", "fwd GF/s", "bwd GF/s", "% peak"
+    );
+    let (mut all_flops, mut all_seconds) = (0.0, 0.0);
+    for (op, t, flops) in layers.iter().filter(|l| l.2 > 0.0) {
+        let (fw_rate, bw_rate) = (flops / t.forward / 1e9, 2.0 * flops / t.backward / 1e9);
+        let overall = 3.0 * flops / (t.forward + t.backward) / 1e9;
+        all_flops += 3.0 * flops;
+        all_seconds += t.forward + t.backward;
         println!(
-            "  {:<22} {shapes:<46} {:>8.1} fwd {:>8.1} bwd ms",
+            "  {:<22} {:<46} {:>9.3} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6.1}%",
             OPS[*op],
-            fw * 1e3,
-            bw * 1e3
+            t.shapes(),
+            flops / 1e9,
+            t.forward * 1e3,
+            t.backward * 1e3,
+            fw_rate,
+            bw_rate,
+            overall / (peak.gflops * threads as f64) * 100.0
+        );
+    }
+    let overall = all_flops / all_seconds / 1e9;
+    println!(
+        "  all conv layers: {:.2} GFLOP per step (forward + backward) in {:.1} ms = {overall:.1} GFLOP/s, {:.1}% of peak",
+        all_flops / 1e9,
+        all_seconds * 1e3,
+        overall / (peak.gflops * threads as f64) * 100.0
+    );
+    layers.sort_by(|a, b| (b.1.forward + b.1.backward).total_cmp(&(a.1.forward + a.1.backward)));
+    println!("the 8 most expensive layers:");
+    for (op, t, _) in layers.iter().take(8) {
+        println!(
+            "  {:<22} {:<46} {:>8.1} fwd {:>8.1} bwd ms",
+            OPS[*op],
+            t.shapes(),
+            t.forward * 1e3,
+            t.backward * 1e3
         );
     }
 }
