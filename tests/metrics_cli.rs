@@ -63,8 +63,9 @@ fn eval_prints_the_nndetection_values_of_the_fixture() {
             "mAP_IoU_0.10_0.50_0.05_MaxDet_100",
             "nnDetection",
         ),
-        ("c0_AP@0.1", "0_AP_IoU_0.10_MaxDet_100", "nnDetection"),
-        ("c1_AP@0.1", "1_AP_IoU_0.10_MaxDet_100", "nnDetection"),
+        // Per-class keys start with the class names of the input (`c0`, `c1`).
+        ("c0_AP@0.1", "c0_AP_IoU_0.10_MaxDet_100", "nnDetection"),
+        ("c1_AP@0.1", "c1_AP_IoU_0.10_MaxDet_100", "nnDetection"),
         ("FROC@0.1", "FROC_score_IoU_0.10", "reference"),
     ];
     for case in fx["cases"].as_array().unwrap() {
@@ -91,13 +92,35 @@ fn eval_prints_the_nndetection_values_of_the_fixture() {
             assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-7);
         }
         for key in [
-            "0_FROC_score_IoU_0.10",
-            "1_FROC_score_IoU_0.10",
+            "c0_FROC_score_IoU_0.10",
+            "c1_FROC_score_IoU_0.10",
             "FROC_score_IoU_0.50",
-            "0_mAP_IoU_0.10_0.50_0.05_MaxDet_100",
+            "c0_mAP_IoU_0.10_0.50_0.05_MaxDet_100",
         ] {
             assert!(got.get(key).is_some(), "missing {key}");
         }
+        // nnDetection's own numbers bit for bit (the fixture was made under numpy 2).
+        let exact = stdout_json(&detlab(&[
+            input.to_str().unwrap(),
+            "--numpy2-precision",
+            "--nndetection-froc-rounding",
+        ]));
+        for (fk, key, _) in keys {
+            let expected = case["expected"]["nnDetection"][fk].as_f64().unwrap();
+            assert_eq!(
+                exact[key].as_f64(),
+                Some(expected),
+                "{} {key} with --numpy2-precision",
+                case["name"]
+            );
+        }
+        // Indices instead of names.
+        let indexed = stdout_json(&detlab(&[input.to_str().unwrap(), "--class-keys", "index"]));
+        assert_eq!(
+            indexed["0_AP_IoU_0.10_MaxDet_100"],
+            got["c0_AP_IoU_0.10_MaxDet_100"]
+        );
+        assert!(indexed.get("c0_AP_IoU_0.10_MaxDet_100").is_none());
         // --out holds the same object.
         assert_eq!(
             parse_json_exact(&std::fs::read_to_string(&out_file).unwrap()).unwrap(),
@@ -131,6 +154,60 @@ fn eval_options_change_thresholds_max_det_and_empty_classes() {
     );
     let skipped = stdout_json(&detlab(&[input.to_str().unwrap(), "--skip-empty-classes"]));
     assert_eq!(skipped["AP_IoU_0.10_MaxDet_100"].as_f64(), Some(1.0));
+}
+
+#[test]
+fn nndetection_froc_rounding_is_a_flag() {
+    // 7 images, 25 FPs; the TP comes right after the 7th FP: a vertical step at FPPI 1, where
+    // nnDetection's fpr·25/7 = 1.0000000000000002 reads the lower end.
+    let cube = |o: f64| json!([o, o, o, o + 2.0, o + 2.0, o + 2.0]);
+    let mut boxes = vec![cube(0.0)];
+    let mut scores = vec![json!(0.9)];
+    for i in 0..25 {
+        boxes.push(cube(100.0 + 5.0 * i as f64));
+        scores.push(json!(if i < 7 {
+            0.99 - 0.01 * i as f64
+        } else {
+            0.5 - 0.01 * i as f64
+        }));
+    }
+    let mut cases = vec![json!({"id": "a",
+        "gt": {"boxes": [cube(0.0), cube(10.0)], "classes": [0, 0]},
+        "pred": {"boxes": boxes, "scores": scores, "classes": vec![0; 26]}})];
+    cases.extend((1..7).map(|i| json!({"id": format!("empty{i}")})));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("step.json");
+    write(&input, &json!({"cases": cases}));
+    let curve = |args: &[&str]| {
+        let mut all = vec![input.to_str().unwrap()];
+        all.extend_from_slice(args);
+        stdout_json(&detlab(&all))["FROC_curve_IoU_0.10"].clone()
+    };
+    assert_eq!(curve(&[]), json!([0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5]));
+    assert_eq!(
+        curve(&["--nndetection-froc-rounding"]),
+        json!([0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    );
+}
+
+#[test]
+fn class_names_of_a_file_must_be_distinct_for_named_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("twins.json");
+    write(
+        &input,
+        &json!({"classes": ["nodule", "nodule"], "cases": [{"id": "a",
+            "gt": {"boxes": [[0, 0, 0, 2, 2, 2]], "classes": [1]}}]}),
+    );
+    let out = detlab(&[input.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("classes 0 and 1 are both named 'nodule': use --class-keys index"),
+        "{}",
+        stderr(&out)
+    );
+    let got = stdout_json(&detlab(&[input.to_str().unwrap(), "--class-keys", "index"]));
+    assert_eq!(got["1_AP_IoU_0.10_MaxDet_100"].as_f64(), Some(0.0));
 }
 
 #[test]
@@ -340,6 +417,10 @@ fn dataset_mode_reads_instance_masks_and_prediction_files() {
     ]));
     assert_eq!(got["AP_IoU_0.90_MaxDet_100"].as_f64(), Some(1.0));
     assert_eq!(got["FROC_num_gt"].as_u64(), Some(2));
+    // Per-class keys by the dataset's label names.
+    assert_eq!(got["a_AP_IoU_0.90_MaxDet_100"].as_f64(), Some(1.0));
+    assert_eq!(got["b_AP_IoU_0.90_MaxDet_100"].as_f64(), Some(1.0));
+    assert!(got.get("0_AP_IoU_0.90_MaxDet_100").is_none());
     // A prediction for a case the dataset does not have.
     let stray = PredictionFile {
         case: "case_9".into(),

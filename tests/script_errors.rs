@@ -210,6 +210,15 @@ print(m["AP_IoU_0.1_MaxDet_100"]);
         err.starts_with("error: in_fn.rhai:1:14: the map has no key `ap`. Its keys: `auc`."),
         "{err}"
     );
+    // A closure's parameter as the key (`|c| row[c]`), inside a loop too: Rhai captures the
+    // closure's free variables when it is made, so such keys must stay plain variables.
+    let (code, out, err) = run(
+        "closure_key.rhai",
+        "let row = #{a: 1, b: 2};\nlet cols = [\"a\", \"b\"];\n\
+         for (r, i) in [row] { print(cols.map(|c| r[c])); }\nprint(cols.map(|c| row[c] * 10));\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "[1, 2]\n[10, 20]\n");
 }
 
 #[test]

@@ -11,9 +11,21 @@
 //! The result is printed as one JSON object (NaN as `null`) and optionally written atomically
 //! to `--out`. Exit code 0 on success, 1 on bad input, 2 on a usage error.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use detlab::metrics::{self, EvalConfig, ImageGt, ImagePred, MetricsError, io, luna};
 use std::path::{Path, PathBuf};
+
+/// How per-class keys start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClassKeys {
+    /// The class name (`lesion_AP_IoU_…`), as nnDetection's evaluator writes the class names
+    /// it is given; classes without a name keep their index.
+    Name,
+    /// The 0-based class index (`0_AP_IoU_…`): nnDetection's own pipeline passes
+    /// dataset.json's label keys ("0", "1", …) as the class names, so its results files
+    /// have these keys.
+    Index,
+}
 
 /// Arguments of `detlab eval`.
 #[derive(Args, Debug)]
@@ -32,6 +44,17 @@ pub struct EvalArgs {
     /// Number of classes (default: class names, dataset labels, or the largest index + 1).
     #[arg(long)]
     pub num_classes: Option<usize>,
+    /// Per-class keys by class name (FILE.json's `classes`, the dataset's `labels`) or index.
+    #[arg(long, value_enum, default_value_t = ClassKeys::Name)]
+    pub class_keys: ClassKeys,
+    /// FPPI and sensitivity computed as nnDetection does (`fpr · n_fp / N_img`, last-bit
+    /// differences) instead of dividing integer counts, to reproduce its FROC bit for bit.
+    #[arg(long)]
+    pub nndetection_froc_rounding: bool,
+    /// Precision in float64, as nnDetection computes it under numpy ≥ 2 (default: float32, as
+    /// under numpy < 2; recall stays float32 either way).
+    #[arg(long)]
+    pub numpy2_precision: bool,
     /// Also write the JSON result to this file (atomically).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -100,6 +123,8 @@ pub fn run(args: EvalArgs) -> i32 {
 fn config(args: &EvalArgs, num_classes: Option<usize>) -> EvalConfig {
     let mut cfg = EvalConfig {
         skip_empty_classes: args.skip_empty_classes,
+        nndetection_froc_rounding: args.nndetection_froc_rounding,
+        numpy2_precision: args.numpy2_precision,
         num_classes: args.num_classes.or(num_classes),
         // The JSON output has no per-detection PR curves.
         pr_curves: false,
@@ -116,15 +141,17 @@ fn config(args: &EvalArgs, num_classes: Option<usize>) -> EvalConfig {
 }
 
 fn run_boxes(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
-    let (ids, gt, pred, num_classes) = if let Some(file) = &args.file {
+    let (ids, gt, pred, names) = if let Some(file) = &args.file {
         let input = io::EvalInput::read(file)?;
-        let n = input.classes.as_ref().map(Vec::len);
-        (
-            input.cases.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-            input.gt(),
-            input.pred(),
-            n,
-        )
+        let mut ids = Vec::with_capacity(input.cases.len());
+        let mut gt = Vec::with_capacity(input.cases.len());
+        let mut pred = Vec::with_capacity(input.cases.len());
+        for case in input.cases {
+            ids.push(case.id);
+            gt.push(case.gt);
+            pred.push(case.pred);
+        }
+        (ids, gt, pred, input.classes)
     } else {
         let (Some(dataset), Some(predictions)) = (&args.dataset, &args.predictions) else {
             return Err(MetricsError::config(
@@ -134,17 +161,56 @@ fn run_boxes(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
         };
         read_dataset(dataset, predictions)?
     };
-    let cfg = config(args, num_classes);
+    let cfg = config(args, names.as_ref().map(Vec::len));
     // Name the case (not its index) if something is wrong.
     let n = metrics::infer_num_classes(&gt, &pred, &cfg);
     for ((id, g), p) in ids.iter().zip(&gt).zip(&pred) {
         metrics::validate_case(id, g, p, Some(n))?;
     }
     let report = metrics::evaluate(&gt, &pred, &cfg)?;
-    Ok(report.to_json())
+    match (&names, args.class_keys) {
+        (Some(names), ClassKeys::Name) => name_class_keys(report.to_json(), names),
+        _ => Ok(report.to_json()),
+    }
 }
 
-type Cases = (Vec<String>, Vec<ImageGt>, Vec<ImagePred>, Option<usize>);
+/// Rename the per-class keys `<k>_…` of an evaluation result to `<names[k]>_…`; two classes
+/// of the same name would share keys, which is an error.
+fn name_class_keys(
+    value: serde_json::Value,
+    names: &[String],
+) -> Result<serde_json::Value, MetricsError> {
+    for (k, name) in names.iter().enumerate() {
+        if let Some(other) = names[..k].iter().position(|n| n == name) {
+            return Err(MetricsError::config(
+                "--class-keys",
+                format!(
+                    "classes {other} and {k} are both named '{name}': use --class-keys index"
+                ),
+            ));
+        }
+    }
+    let serde_json::Value::Object(map) = value else {
+        return Ok(value);
+    };
+    let renamed = map
+        .into_iter()
+        .map(|(key, v)| {
+            let class = key
+                .split_once('_')
+                .and_then(|(prefix, rest)| Some((prefix.parse::<usize>().ok()?, rest)));
+            match class {
+                Some((k, rest)) if k < names.len() && !names[k].is_empty() => {
+                    (format!("{}_{rest}", names[k]), v)
+                }
+                _ => (key, v),
+            }
+        })
+        .collect();
+    Ok(serde_json::Value::Object(renamed))
+}
+
+type Cases = (Vec<String>, Vec<ImageGt>, Vec<ImagePred>, Option<Vec<String>>);
 
 fn read_dataset(dataset: &Path, predictions: &Path) -> Result<Cases, MetricsError> {
     let files = io::read_prediction_dir(predictions)?;
@@ -173,7 +239,7 @@ fn read_dataset(dataset: &Path, predictions: &Path) -> Result<Cases, MetricsErro
         pred.push(f.to_image_pred());
         ids.push(f.case.clone());
     }
-    Ok((ids, gt, pred, io::read_dataset_num_classes(dataset)?))
+    Ok((ids, gt, pred, io::read_dataset_class_names(dataset)?))
 }
 
 fn run_luna(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {

@@ -378,7 +378,12 @@ pub fn synthetic_dataset(
                 "distractors": made.distractors,
             }))
         })
-        .collect::<Result<_, DataError>>()?;
+        .collect::<Result<_, DataError>>()
+        .inspect_err(|_| {
+            // A case that cannot be made (no room for its lesions) must not leave a half
+            // dataset without its `synthetic.json`, which a rerun would refuse to replace.
+            let _ = std::fs::remove_dir_all(&raw);
+        })?;
     let record =
         serde_json::json!({ "generator": "detlab synthetic", "config": config, "cases": records });
     let path = root.join("synthetic.json");
@@ -1148,6 +1153,21 @@ mod tests {
             err.contains("case0000") && err.contains("enlarge `shape`"),
             "{err}"
         );
+        // A failed generation leaves nothing behind, so the fixed settings can rerun there.
+        let dir = tempfile::tempdir().unwrap();
+        let small = SyntheticConfig {
+            cases: 2,
+            test_cases: 0,
+            ..tight.clone()
+        };
+        assert!(synthetic_dataset(dir.path(), &small).is_err());
+        assert!(!dir.path().join("raw_splitted").exists());
+        let fixed = SyntheticConfig {
+            shape: [16, 24, 24],
+            size_range_mm: [3.0, 4.0],
+            ..small
+        };
+        synthetic_dataset(dir.path(), &fixed).unwrap();
         let bad = SyntheticConfig {
             min_lesions: 5,
             max_lesions: 2,

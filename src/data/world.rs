@@ -75,6 +75,9 @@ pub enum PoolModality {
     Mri,
     /// CT- or MRI-like per volume (MRI with probability `mri_fraction`).
     Mixed,
+    /// White Gaussian noise in HU and nothing else: the studies' noise-pretrained control
+    /// (an encoder that went through pre-training without seeing any structure).
+    Noise,
 }
 
 /// Settings of the unlabelled pool; every field has a default (`{}` is a valid config).
@@ -184,12 +187,12 @@ impl PoolConfig {
                 format!("must be in 1..=8, got {}", self.channels),
             );
         }
-        if self.modality == PoolModality::Ct && self.channels != 1 {
+        if matches!(self.modality, PoolModality::Ct | PoolModality::Noise) && self.channels != 1 {
             return config_error(
                 "pool",
                 "channels",
                 format!(
-                    "CT-like volumes have one channel, got {}; use modality \"mri\" or \"mixed\"",
+                    "CT-like and noise volumes have one channel, got {}; use modality \"mri\" or \"mixed\"",
                     self.channels
                 ),
             );
@@ -268,7 +271,7 @@ impl WorldObject {
 pub struct PoolSample {
     /// The volume `[C, D, H, W]` (CT in HU, MRI-like positive).
     pub volume: Volume,
-    /// `Ct` or `Mri` (a `mixed` pool decides per volume).
+    /// `Ct`, `Mri` or `Noise` (a `mixed` pool decides per volume).
     pub modality: PoolModality,
     /// The ring lesions (unlabelled in the volume).
     pub lesions: Vec<WorldObject>,

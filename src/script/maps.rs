@@ -20,7 +20,7 @@ use rhai::{
     NativeCallContext, ParseError, Position, Stmt, Target, Token,
 };
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 /// Prefix of a strictly read key.
@@ -239,6 +239,14 @@ fn resolve_marked_variable(
 /// Every key read of `ast` (statements and function bodies) with its mark.
 fn find_reads(ast: &AST) -> HashMap<(usize, usize), Mark> {
     let mut marks = HashMap::new();
+    // A closure's body sees a renamed key variable (`__rk__c`) as a variable of the enclosing
+    // scope and captures it when the closure is made, before its parameter `c` exists; so
+    // keys named like a closure parameter stay unmarked (read them with `.get` to be strict).
+    let closure_parameters: HashSet<String> = ast
+        .iter_functions()
+        .filter(|f| f.name.starts_with("anon$"))
+        .flat_map(|f| f.params.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .collect();
     ast.walk(&mut |path: &[ASTNode]| {
         let Some(ASTNode::Expr(node)) = path.last() else {
             return true;
@@ -267,37 +275,57 @@ fn find_reads(ast: &AST) -> HashMap<(usize, usize), Mark> {
                 .is_some_and(|i| i + 1 < operands.len()),
             _ => false,
         };
-        mark_chain(node, lenient, &mut marks);
+        mark_chain(node, lenient, &closure_parameters, &mut marks);
         true
     });
     marks
 }
 
-fn mark_chain(top: &Expr, lenient: bool, marks: &mut HashMap<(usize, usize), Mark>) {
+fn mark_chain(
+    top: &Expr,
+    lenient: bool,
+    skip: &HashSet<String>,
+    marks: &mut HashMap<(usize, usize), Mark>,
+) {
     match top {
-        Expr::Dot(bin, ..) => mark_after_dot(&bin.rhs, lenient, marks),
-        Expr::Index(bin, flags, ..) => {
-            mark_after_index(&bin.rhs, flags.contains(ASTFlags::BREAK), lenient, marks)
-        }
+        Expr::Dot(bin, ..) => mark_after_dot(&bin.rhs, lenient, skip, marks),
+        Expr::Index(bin, flags, ..) => mark_after_index(
+            &bin.rhs,
+            flags.contains(ASTFlags::BREAK),
+            lenient,
+            skip,
+            marks,
+        ),
         _ => {}
     }
 }
 
 /// The link after a `.`: a property, a method call, or a sub-chain starting with one.
-fn mark_after_dot(rhs: &Expr, lenient: bool, marks: &mut HashMap<(usize, usize), Mark>) {
+fn mark_after_dot(
+    rhs: &Expr,
+    lenient: bool,
+    skip: &HashSet<String>,
+    marks: &mut HashMap<(usize, usize), Mark>,
+) {
     match rhs {
         Expr::Property(_, pos) => mark_at(*pos, lenient, false, marks),
         Expr::Dot(bin, ..) => {
             if let Expr::Property(_, pos) = &bin.lhs {
                 mark_at(*pos, lenient, false, marks);
             }
-            mark_after_dot(&bin.rhs, lenient, marks);
+            mark_after_dot(&bin.rhs, lenient, skip, marks);
         }
         Expr::Index(bin, flags, ..) => {
             if let Expr::Property(_, pos) = &bin.lhs {
                 mark_at(*pos, lenient, false, marks);
             }
-            mark_after_index(&bin.rhs, flags.contains(ASTFlags::BREAK), lenient, marks);
+            mark_after_index(
+                &bin.rhs,
+                flags.contains(ASTFlags::BREAK),
+                lenient,
+                skip,
+                marks,
+            );
         }
         _ => {}
     }
@@ -308,29 +336,43 @@ fn mark_after_index(
     rhs: &Expr,
     terminal: bool,
     lenient: bool,
+    skip: &HashSet<String>,
     marks: &mut HashMap<(usize, usize), Mark>,
 ) {
     if terminal {
-        mark_key(rhs, lenient, marks);
+        mark_key(rhs, lenient, skip, marks);
         return;
     }
     match rhs {
         Expr::Dot(bin, ..) => {
-            mark_key(&bin.lhs, lenient, marks);
-            mark_after_dot(&bin.rhs, lenient, marks);
+            mark_key(&bin.lhs, lenient, skip, marks);
+            mark_after_dot(&bin.rhs, lenient, skip, marks);
         }
         Expr::Index(bin, flags, ..) => {
-            mark_key(&bin.lhs, lenient, marks);
-            mark_after_index(&bin.rhs, flags.contains(ASTFlags::BREAK), lenient, marks);
+            mark_key(&bin.lhs, lenient, skip, marks);
+            mark_after_index(
+                &bin.rhs,
+                flags.contains(ASTFlags::BREAK),
+                lenient,
+                skip,
+                marks,
+            );
         }
-        other => mark_key(other, lenient, marks),
+        other => mark_key(other, lenient, skip, marks),
     }
 }
 
-fn mark_key(key: &Expr, lenient: bool, marks: &mut HashMap<(usize, usize), Mark>) {
+fn mark_key(
+    key: &Expr,
+    lenient: bool,
+    skip: &HashSet<String>,
+    marks: &mut HashMap<(usize, usize), Mark>,
+) {
     match key {
         Expr::StringConstant(_, pos) => mark_at(*pos, lenient, false, marks),
-        Expr::Variable(x, _, pos) if x.2.is_empty() => mark_at(*pos, lenient, true, marks),
+        Expr::Variable(x, _, pos) if x.2.is_empty() && !skip.contains(x.1.as_str()) => {
+            mark_at(*pos, lenient, true, marks)
+        }
         _ => {}
     }
 }

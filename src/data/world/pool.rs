@@ -236,10 +236,33 @@ pub(super) fn place_distractors(
     out
 }
 
+/// A volume of white noise (σ 100 HU around soft tissue; `noise` is ignored): no organs,
+/// rings or distractors, so nothing a pre-training objective could learn beyond the
+/// intensity statistics.
+fn noise_sample(
+    config: &PoolConfig,
+    index: u64,
+    rng: &mut ChaCha8Rng,
+) -> Result<PoolSample, DataError> {
+    let grid = render_grid(config.shape, config.spacing).1;
+    let mut scene = Scene::new(grid, 1);
+    scene.finish_ct(1.0, rng);
+    let (volume, _) = scene.into_volumes(config.spacing, &format!("noise sample {index}"))?;
+    Ok(PoolSample {
+        volume,
+        modality: PoolModality::Noise,
+        lesions: Vec::new(),
+        distractors: Vec::new(),
+    })
+}
+
 /// One pool sample (see [`super::pool_sample`]).
 pub(super) fn generate(config: &PoolConfig, index: u64) -> Result<PoolSample, DataError> {
     config.validate()?;
     let mut rng = world_rng(config.seed, "pool", index);
+    if config.modality == PoolModality::Noise {
+        return noise_sample(config, index, &mut rng);
+    }
     let modality = match config.modality {
         PoolModality::Mixed if rng.random_bool(config.mri_fraction) => PoolModality::Mri,
         PoolModality::Mixed => PoolModality::Ct,

@@ -466,3 +466,35 @@ fn unknown_names_bad_configs_and_foreign_folders_are_explained() {
         .to_string();
     assert!(err.contains("did not write"), "{err}");
 }
+
+#[test]
+fn noise_pool_is_white_noise_without_structure() {
+    let config = pool(PoolModality::Noise, 1);
+    let sample = pool_sample(&config, 2).unwrap();
+    assert_eq!(sample.modality, PoolModality::Noise);
+    assert!(sample.lesions.is_empty() && sample.distractors.is_empty());
+    let v = &sample.volume;
+    let values: Vec<f64> = v.data.iter().map(|&x| x as f64).collect();
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    assert!((var.sqrt() - 100.0).abs() < 5.0, "σ {} HU", var.sqrt());
+    // Neighbouring voxels are uncorrelated: nothing to predict from context.
+    let [_, d, h, w] = v.shape();
+    let mut lag = 0.0;
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w - 1 {
+                lag +=
+                    (v.data[[0, z, y, x]] as f64 - mean) * (v.data[[0, z, y, x + 1]] as f64 - mean);
+            }
+        }
+    }
+    let correlation = lag / (d * h * (w - 1)) as f64 / var;
+    assert!(correlation.abs() < 0.05, "lag-1 correlation {correlation}");
+    let bad = PoolConfig {
+        channels: 2,
+        ..config
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("channels"));
+}

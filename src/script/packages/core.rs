@@ -227,6 +227,14 @@ pub fn register(
         },
     );
     r.func(
+        "save_text(text: String, path: String)",
+        "Write a string to `path` as it is (a Markdown table, a log), atomically; parent folders are created.",
+        "save_text(\"| arm | AP |\\n| --- | --- |\\n\", \"runs/demo/table.md\")",
+        |ctx: NativeCallContext, text: &str, path: &str| -> ScriptResult<()> {
+            write_file(&ctx, path, text.as_bytes())
+        },
+    );
+    r.func(
         "load_json(path: String) -> Dynamic",
         "Read a JSON file into maps, arrays, numbers and strings.",
         "let m = load_json(\"runs/demo/metrics.json\");\nprint(m.ap);",
