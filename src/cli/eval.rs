@@ -162,12 +162,21 @@ fn run_boxes(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
         read_dataset(dataset, predictions)?
     };
     let cfg = config(args, names.as_ref().map(Vec::len));
-    // Name the case (not its index) if something is wrong.
+    // Name the file and the case (not its index) if something is wrong.
+    let file_of = |id: &str| match (&args.file, &args.predictions) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(format!("{id}.json")),
+        (None, None) => PathBuf::from(id),
+    };
     let n = metrics::infer_num_classes(&gt, &pred, &cfg);
     for ((id, g), p) in ids.iter().zip(&gt).zip(&pred) {
-        metrics::validate_case(id, g, p, Some(n))?;
+        metrics::validate_case(id, g, p, Some(n))
+            .map_err(|e| MetricsError::file(file_of(id), e))?;
     }
-    let report = metrics::evaluate(&gt, &pred, &cfg)?;
+    let report = metrics::evaluate(&gt, &pred, &cfg).map_err(|e| match (e, &args.file) {
+        (e @ MetricsError::Input { .. }, Some(file)) => MetricsError::file(file, e),
+        (e, _) => e,
+    })?;
     match (&names, args.class_keys) {
         (Some(names), ClassKeys::Name) => name_class_keys(report.to_json(), names),
         _ => Ok(report.to_json()),

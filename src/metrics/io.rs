@@ -252,7 +252,8 @@ impl EvalInput {
             } if case == "(file)" => {
                 MetricsError::file(path, format!("field '{field}': {message}"))
             }
-            other => other,
+            // Name the file as well as the case and field.
+            other => MetricsError::file(path, other),
         })
     }
 }

@@ -133,7 +133,9 @@ pub fn replace_dir(
     } else {
         std::fs::rename(&tmp, dir).map_err(|e| io_error(dir, "move into place", e))?;
     }
-    Ok(())
+    // The renames count once the parent folder is synced (the files were by atomic_write).
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    crate::util::sync_dir(parent).map_err(|e| io_error(parent, "sync", e))
 }
 
 /// Write a checkpoint folder: the weights, the optimiser state (if given) and `state`.

@@ -457,6 +457,9 @@ pub(crate) fn det3(a: &Affine) -> f64 {
         + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
+/// The largest expansion of deflate (a 258-byte match per 2 bits, rounded up).
+const MAX_DEFLATE_RATIO: u64 = 1040;
+
 /// Read and validate only the header of a NIfTI-1 file (cheap: decodes 348 bytes).
 pub fn read_nifti_header(path: &Path) -> Result<NiftiInfo, VolumeError> {
     let mut opened = open(path)?;
@@ -491,6 +494,20 @@ pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {
     };
     if !gzip && opened.file_len < info.vox_offset.saturating_add(expected) {
         return Err(truncated(opened.file_len.saturating_sub(info.vox_offset)));
+    }
+    // Deflate expands at most ~1032:1, so a gzip file cannot hold more than this; checking it
+    // before allocating turns a tiny file that claims a huge shape into an error, not an OOM.
+    let most = opened.file_len.saturating_mul(MAX_DEFLATE_RATIO);
+    if gzip && info.vox_offset.saturating_add(expected) > most {
+        return Err(VolumeError::header(
+            path,
+            "dim",
+            format!(
+                "shape {:?} needs {expected} bytes of voxel data, but a gzip file of {} bytes \
+                 decompresses to at most {most}",
+                info.shape, opened.file_len
+            ),
+        ));
     }
 
     // Skip the extensions between the header and the voxel data.
