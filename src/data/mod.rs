@@ -9,6 +9,7 @@ pub use error::{DataError, Problem};
 pub use meta::DatasetMeta;
 pub use splits::{DEFAULT_FOLDS, DEFAULT_SPLIT_SEED, Fold, Splits};
 pub mod dataset;
+pub mod fingerprint;
 pub mod preprocess;
 pub mod synthetic;
 pub mod world;
@@ -17,6 +18,7 @@ pub use dataset::{
     Case, CaseFiles, CaseGroundTruth, Dataset, OpenOptions, SaveOptions, Subset, save_dataset,
     save_dataset_with,
 };
+pub use fingerprint::{CaseFingerprint, DatasetFingerprint, fingerprint};
 pub use preprocess::{
     Normalization, PreprocessConfig, PreprocessPlan, PreprocessedCase, PreprocessedDataset,
     RestoreInfo, TargetSpacing, preprocess,

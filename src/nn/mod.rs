@@ -16,9 +16,12 @@ mod error;
 pub mod inspect;
 pub mod losses;
 pub mod model;
+pub mod planning;
 pub mod retina_unet;
 pub mod unet_decoder;
 
+#[cfg(test)]
+mod conv_tests;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -5,6 +5,7 @@ pub mod core;
 pub mod data;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod plot;
 pub mod pretrain;
 pub mod volume;
@@ -26,6 +27,7 @@ pub fn register_all(
     data::register(engine, help);
     metrics::register(engine, help);
     model::register(engine, help);
+    plan::register(engine, help);
     plot::register(engine, help);
     pretrain::register(engine, help);
     pretrain::register_transfer(engine, help);
