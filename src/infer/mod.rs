@@ -22,7 +22,7 @@
 //!
 //! [`collect_predictions`] stops after step 2 and returns a [`RawPrediction`]; merging it
 //! again with other settings ([`RawPrediction::merge`]) needs no network, which is what
-//! nnDetection's post-processing sweep (§2.11) does. [`RawPrediction::merge_ensemble`] merges
+//! nnDetection's post-processing sweep (§2.11, [`sweep`]) does. [`RawPrediction::merge_ensemble`] merges
 //! several models (folds), every (model, flip) pair counting as one prediction.
 //!
 //! # Deviations from nnDetection
@@ -36,6 +36,7 @@ mod config;
 mod error;
 pub mod merge;
 mod predict;
+pub mod sweep;
 pub mod tiling;
 
 #[cfg(test)]
@@ -46,3 +47,7 @@ pub use config::{InferenceConfig, Merge, Tta};
 pub use error::InferError;
 pub use merge::{WeightedDetections, merge_variants, postprocess_variant, weighted_box_clustering};
 pub use predict::{RawPrediction, collect_predictions, effective_patch_size, predict_volume};
+pub use sweep::{
+    SweepCase, SweepConfig, SweepResult, SweepTrial, collect_sweep_cases, sweep_postprocessing,
+    with_postprocessing,
+};

@@ -56,6 +56,28 @@ pub struct ModelSpec {
 /// The `format` value of a [`ModelSpec`].
 pub const MODEL_FORMAT: &str = "detlab-model";
 
+    /// Post-processing chosen on validation cases (`sweep_postprocessing`), used by `predict`
+    /// unless its options say otherwise; absent: nnDetection's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocessing: Option<PostProcessing>,
+}
+
+/// The post-processing settings nnDetection's sweep tunes (its `inference_plan`), named like
+/// the fields of `infer::InferenceConfig` they set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostProcessing {
+    /// Per TTA variant: class-wise NMS IoU threshold (`model_iou`).
+    pub model_iou: f64,
+    /// Per TTA variant: weighted NMS (`true`) or plain NMS (`model_nms_fn`).
+    pub weighted_nms: bool,
+    /// Across variants: WBC / NMS IoU threshold (`ensemble_iou`).
+    pub ensemble_iou: f64,
+    /// Per TTA variant: keep scores above this (`model_score_thresh`).
+    pub score_threshold: f64,
+    /// Per TTA variant: drop boxes with a side shorter than this, in voxels
+    /// (`remove_small_boxes`).
+    pub remove_small_boxes: f64,
 impl ModelSpec {
     /// A spec for an untrained detector.
     pub fn new(detector: DetectorConfig) -> Self {
@@ -70,6 +92,7 @@ impl ModelSpec {
 
     /// Parse a spec from JSON, naming `source` (a file) in errors.
     pub fn from_json(value: serde_json::Value, source: &str) -> Result<Self, NnError> {
+            postprocessing: None,
         let spec: ModelSpec = serde_json::from_value(value)
             .map_err(|e| NnError::config(source, format!("not a detlab model description: {e}")))?;
         if spec.format != MODEL_FORMAT {
@@ -104,6 +127,18 @@ mod tests {
         let err = ModelSpec::from_json(other, "model.json")
             .unwrap_err()
             .to_string();
+        // A spec without post-processing writes no such key (old files stay byte-identical and
+        // load), and one with it keeps it.
+        assert!(spec.to_json().get("postprocessing").is_none());
+        spec.postprocessing = Some(PostProcessing {
+            model_iou: 0.2,
+            weighted_nms: false,
+            ensemble_iou: 1e-5,
+            score_threshold: 0.3,
+            remove_small_boxes: 2.0,
+        });
+        let back = ModelSpec::from_json(spec.to_json(), "model.json").unwrap();
+        assert_eq!(back, spec);
         assert!(err.contains("model.json"), "{err}");
         let err = ModelSpec::from_json(serde_json::json!({"format": MODEL_FORMAT}), "m.json")
             .unwrap_err()

@@ -23,6 +23,7 @@ use super::TrainError;
 use super::config::TrainConfig;
 use super::optim::TrainOptimizer;
 use super::records::{CheckpointInfo, EpochRecord, IterationRecord};
+use super::swa::SwaRecord;
 
 /// Value of [`CheckpointState::format`].
 pub const CHECKPOINT_FORMAT: &str = "detlab-train-checkpoint";
@@ -34,6 +35,8 @@ pub const WEIGHTS_FILE: &str = "weights.mpk";
 pub const OPTIMIZER_FILE: &str = "optimizer.mpk";
 /// The state file inside a checkpoint folder.
 pub const STATE_FILE: &str = "state.json";
+/// The running SWA average inside a `last` written during the SWA phase.
+pub const AVERAGE_FILE: &str = "average.mpk";
 
 /// `state.json` of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct CheckpointState {
     pub epochs: Vec<EpochRecord>,
     /// The best checkpoint so far.
     pub best: Option<CheckpointInfo>,
+    /// Whether `weights.mpk` holds SWA-averaged weights, and the running average's size.
+    #[serde(default)]
+    pub swa: SwaRecord,
 }
 
 fn hidden_sibling(dir: &Path, tag: &str) -> PathBuf {
@@ -145,6 +151,17 @@ pub fn write_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     optimizer: Option<&TrainOptimizer<B, M>>,
     state: &CheckpointState,
 ) -> Result<(), TrainError> {
+    write_checkpoint_with_average(dir, model, optimizer, None, state)
+}
+
+/// [`write_checkpoint`] plus the running SWA average (`average.mpk`) when given.
+pub fn write_checkpoint_with_average<B: AutodiffBackend, M: AutodiffModule<B>>(
+    dir: &Path,
+    model: &M,
+    optimizer: Option<&TrainOptimizer<B, M>>,
+    average: Option<&M::InnerModule>,
+    state: &CheckpointState,
+) -> Result<(), TrainError> {
     let optimizer_bytes = optimizer.map(TrainOptimizer::to_bytes).transpose()?;
     let state_json = serde_json::to_vec_pretty(&CheckpointState {
         has_optimizer: optimizer_bytes.is_some(),
@@ -153,6 +170,9 @@ pub fn write_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
     .map_err(|e| TrainError::checkpoint(dir, format!("cannot encode the state: {e}")))?;
     replace_dir(dir, |tmp| {
         crate::nn::save_weights(model, &tmp.join(WEIGHTS_FILE))?;
+        if let Some(average) = average {
+            crate::nn::save_weights::<B::InnerBackend, _>(average, &tmp.join(AVERAGE_FILE))?;
+        }
         if let Some(bytes) = &optimizer_bytes {
             let path = tmp.join(OPTIMIZER_FILE);
             crate::util::atomic_write(&path, bytes).map_err(|e| io_error(&path, "write", e))?;
@@ -217,4 +237,19 @@ pub fn load_checkpoint_optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
             TrainError::Checkpoint { reason, .. } => TrainError::checkpoint(&path, reason),
             other => other,
         })
+}
+
+/// Load the running SWA average of the checkpoint folder `dir` into `model` (same
+/// architecture, e.g. the training model's `valid()` copy).
+pub fn load_checkpoint_average<B: Backend, M: Module<B>>(
+    model: M,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<M, TrainError> {
+    let dir = locate_checkpoint(dir)?;
+    Ok(crate::nn::load_weights(
+        model,
+        &dir.join(AVERAGE_FILE),
+        device,
+    )?)
 }

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub warmup_iters: usize,
     /// Exponent of the polynomial decay after the warm-up (nnDetection: 0.9).
     pub poly_exponent: f64,
+    /// Stochastic weight averaging epochs run after `epochs` (nnDetection: 10; 0 = off): a
+    /// cyclic rate from lr/1000 up to lr/10 per epoch, weights averaged once per epoch, and the
+    /// run ends with the average (see `train::swa`).
+    pub swa_epochs: usize,
     /// Iterations at the start during which the encoder is frozen and only the decoder and
     /// heads train (nnDetection: 0; the paper's fine-tuning: 5 % of all iterations).
     pub freeze_encoder_iters: usize,
@@ -88,6 +92,7 @@ impl Default for TrainConfig {
             warmup_iters: 50,
             poly_exponent: 0.9,
             freeze_encoder_iters: 0,
+            swa_epochs: 0,
             frozen_part: EncoderPart::All,
             optimizer: OptimizerConfig::default(),
             foreground_fraction: 0.5,
@@ -117,6 +122,12 @@ impl TrainConfig {
     }
 
     /// The learning-rate schedule these settings describe.
+    /// Iterations of the whole run including the SWA epochs
+    /// (`(epochs + swa_epochs) × iters_per_epoch`).
+    pub fn run_iters(&self) -> usize {
+        (self.epochs.saturating_add(self.swa_epochs)).saturating_mul(self.iters_per_epoch)
+    }
+
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
             lr: self.lr,
@@ -179,6 +190,12 @@ impl TrainConfig {
             ));
         }
         if self.best_metric.trim().is_empty() {
+        if self.swa_epochs > 0 && self.epochs < 2 {
+            return Err(TrainError::config(
+                "swa_epochs",
+                "needs `epochs` ≥ 2: averaging starts with the weights before the last of `epochs`",
+            ));
+        }
             return Err(TrainError::config(
                 "best_metric",
                 "must name a validation metric",

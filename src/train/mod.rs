@@ -34,6 +34,11 @@
 //! # Checkpoints ([`checkpoint`])
 //! `<out>/last/` and `<out>/best/` each hold `weights.mpk`, `state.json` (config, model
 //! config, iteration, history) and, in `last`, `optimizer.mpk`; folders are replaced atomically.
+//!
+//! # Stochastic weight averaging ([`swa`])
+//! `swa_epochs` adds nnDetection's SWA phase; `state.json` records whether `weights.mpk` holds
+//! averaged weights, and a `last` written during the phase also holds the running average
+//! (`average.mpk`), so a resumed run averages exactly as an uninterrupted one.
 
 pub mod augment;
 pub mod batch;
@@ -45,6 +50,7 @@ pub mod records;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod swa;
 mod trainer;
 
 #[cfg(test)]

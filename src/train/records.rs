@@ -58,6 +58,9 @@ pub struct CheckpointInfo {
     pub epochs_done: usize,
     /// Value of the selection metric (`best` only).
     pub metric: Option<f64>,
+    /// Per-epoch snapshots averaged into its weights by SWA (0: the trained weights).
+    #[serde(default)]
+    pub averaged_snapshots: usize,
 }
 
 /// The outcome of a training call.

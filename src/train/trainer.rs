@@ -14,14 +14,16 @@ use super::TrainError;
 use super::augment::augment;
 use super::batch::{images_tensor, patches_to_batch};
 use super::checkpoint::{
-    CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointState, load_checkpoint_optimizer,
-    load_checkpoint_weights, locate_checkpoint, read_checkpoint_state, write_checkpoint,
+    CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointState, load_checkpoint_average,
+    load_checkpoint_optimizer, load_checkpoint_weights, locate_checkpoint, read_checkpoint_state,
+    write_checkpoint, write_checkpoint_with_average,
 };
 use super::config::{RESUMABLE_DIFFERENCES, TrainConfig};
 use super::optim::TrainOptimizer;
 use super::records::{CheckpointInfo, EpochRecord, IterationRecord, TrainRun};
 use super::rng::{RngStream, iteration_rng};
 use super::sampler::{Patch, PatchSampler, SampleSource};
+use super::swa::{SwaRecord, SwaSchedule, WeightAverage};
 use crate::data::PreprocessedDataset;
 use crate::metrics::{self, EvalConfig, ImageGt, ImagePred};
 use crate::nn::Detector;
@@ -261,7 +263,12 @@ where
     check_inputs::<B, M>(&model, &sampler, &val_cases, config)?;
     let validation = validation_patches(val_cases, config)?;
     let schedule = config.schedule();
-    let total = config.total_iters();
+    let swa = SwaSchedule::of(config);
+    let mut average = WeightAverage::<M::InnerModule>::default();
+    // Snapshots averaged into the current weights (set once the SWA phase ends).
+    let mut averaged_snapshots = 0;
+    let total = config.run_iters();
+    let run_epochs = config.epochs + config.swa_epochs;
     let per_epoch = config.iters_per_epoch;
     let last_dir = config.out.join("last");
     let best_dir = config.out.join("best");
@@ -298,6 +305,15 @@ where
         optimizer = load_checkpoint_optimizer(optimizer, &model, &last_dir, device)?;
         start = state.iteration;
         progress.history = state.history;
+        if state.swa.running_snapshots > 0 {
+            average.average = Some(load_checkpoint_average::<B::InnerBackend, _>(
+                model.valid(),
+                &last_dir,
+                device,
+            )?);
+            average.snapshots = state.swa.running_snapshots;
+        }
+        averaged_snapshots = state.swa.averaged_snapshots;
         progress.epochs = state.epochs;
         progress.best = state.best;
     } else if locate_checkpoint(&last_dir).is_ok() && config.overwrite {
@@ -345,6 +361,8 @@ where
                      progress: &Progress,
                      iteration: usize|
      -> Result<CheckpointInfo, TrainError> {
+                     average: &WeightAverage<M::InnerModule>,
+                     averaged_snapshots: usize,
         let state = CheckpointState {
             format: CHECKPOINT_FORMAT.into(),
             format_version: CHECKPOINT_FORMAT_VERSION,
@@ -358,7 +376,17 @@ where
             epochs: progress.epochs.clone(),
             best: progress.best.clone(),
         };
-        write_checkpoint(&last_dir, model, Some(optimizer), &state)?;
+        write_checkpoint_with_average(
+            &last_dir,
+            model,
+            Some(optimizer),
+            average.average.as_ref(),
+            &state,
+        )?;
+            swa: SwaRecord {
+                averaged_snapshots,
+                running_snapshots: average.snapshots,
+            },
         Ok(CheckpointInfo {
             path: last_dir.clone(),
             iteration,
@@ -366,11 +394,19 @@ where
             metric: None,
         })
     };
+            averaged_snapshots,
 
     for iteration in start..stop {
         if interrupted(iteration) {
             bar.abandon();
-            save_last(&model, &optimizer, &progress, iteration)?;
+            save_last(
+                &model,
+                &optimizer,
+                &progress,
+                &average,
+                averaged_snapshots,
+                iteration,
+            )?;
             return Err(TrainError::Interrupted {
                 iteration,
                 checkpoint: last_dir,
@@ -381,7 +417,15 @@ where
             model = model.set_encoder_trainable(config.frozen_part, true);
             frozen = false;
         }
-        let lr = schedule.lr_at(iteration);
+        if let Some(swa) = &swa
+            && swa.snapshot_before(iteration)
+        {
+            average.add::<B::InnerBackend>(model.valid());
+        }
+        let lr = match swa.as_ref().and_then(|s| s.lr_at(iteration)) {
+            Some(cyclic) => cyclic,
+            None => schedule.lr_at(iteration),
+        };
         let it = iteration as u64;
         let mut patches = sampler.sample_batch(
             config.batch,
@@ -421,7 +465,7 @@ where
         bar.set_message(format!(
             "epoch {}/{} loss {value:.4} lr {lr:.2e}",
             epoch + 1,
-            config.epochs
+            run_epochs
         ));
 
         if (iteration + 1) % per_epoch == 0 {
@@ -431,6 +475,14 @@ where
                 .filter(|r| r.epoch == epoch)
                 .map(|r| r.loss)
                 .collect();
+            if iteration + 1 == total
+                && let Some(averaged) = average.average.take()
+            {
+                // The end of the SWA phase: the average becomes the model (nnDetection's
+                // `on_train_end` transfer), before the last validation.
+                model = M::from_inner(averaged);
+                averaged_snapshots = std::mem::take(&mut average.snapshots);
+            }
             let train_loss_mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
             let due = (epoch + 1).is_multiple_of(config.validate_every) || iteration + 1 == total;
             let metrics = if due && !validation.is_empty() {
@@ -447,7 +499,7 @@ where
             let mut line = format!(
                 "epoch {}/{}: train loss {train_loss_mean:.4}",
                 epoch + 1,
-                config.epochs
+                run_epochs
             );
             if !metrics.is_empty() {
                 let Some(&value) = metrics.get(&config.best_metric) else {
@@ -455,6 +507,9 @@ where
                     return Err(TrainError::config(
                         "best_metric",
                         format!(
+            if averaged_snapshots > 0 && iteration + 1 == total {
+                line.push_str(&format!(", SWA average of {averaged_snapshots} epochs"));
+            }
                             "'{}' is not a validation metric; available: {keys:?}",
                             config.best_metric
                         ),
@@ -485,6 +540,7 @@ where
                         format: CHECKPOINT_FORMAT.into(),
                         format_version: CHECKPOINT_FORMAT_VERSION,
                         detlab_version: env!("CARGO_PKG_VERSION").into(),
+                        averaged_snapshots,
                         iteration: iteration + 1,
                         epochs_done: progress.epochs.len(),
                         has_optimizer: false,
@@ -499,7 +555,18 @@ where
                 }
             }
             say(line);
-            save_last(&model, &optimizer, &progress, iteration + 1)?;
+                        swa: SwaRecord {
+                            averaged_snapshots,
+                            running_snapshots: 0,
+                        },
+            save_last(
+                &model,
+                &optimizer,
+                &progress,
+                &average,
+                averaged_snapshots,
+                iteration + 1,
+            )?;
             last_written_at = Some(iteration + 1);
             epoch_started = Instant::now();
         }
@@ -518,14 +585,23 @@ where
         CheckpointInfo {
             path: last_dir.clone(),
             iteration: done,
+            averaged_snapshots,
             epochs_done: progress.epochs.len(),
             metric: None,
         }
     } else {
-        save_last(&model, &optimizer, &progress, done)?
+        save_last(
+            &model,
+            &optimizer,
+            &progress,
+            &average,
+            averaged_snapshots,
+            done,
+        )?
     };
     Ok((
         model,
+            averaged_snapshots,
         TrainRun {
             history: progress.history,
             epochs: progress.epochs,

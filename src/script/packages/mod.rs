@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod plot;
+pub mod postprocess;
 pub mod pretrain;
 pub mod volume;
 
@@ -27,6 +28,7 @@ pub fn register_all(
     data::register(engine, help);
     metrics::register(engine, help);
     model::register(engine, help);
+    postprocess::register(engine, help);
     plan::register(engine, help);
     plot::register(engine, help);
     pretrain::register(engine, help);

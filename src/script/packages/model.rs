@@ -281,7 +281,7 @@ impl ModelState {
     }
 }
 
-fn lock<'a>(
+pub(crate) fn lock<'a>(
     ctx: &NativeCallContext,
     m: &'a ModelRef,
 ) -> ScriptResult<std::sync::MutexGuard<'a, ModelState>> {
@@ -461,7 +461,7 @@ fn prediction_map(p: &CasePrediction) -> Map {
     m
 }
 
-fn ids_option(ctx: &NativeCallContext, what: &str, v: Dynamic) -> ScriptResult<Vec<String>> {
+pub(crate) fn ids_option(ctx: &NativeCallContext, what: &str, v: Dynamic) -> ScriptResult<Vec<String>> {
     let arr = v
         .read_lock::<Array>()
         .ok_or_else(|| {
@@ -528,6 +528,8 @@ fn train_impl(
     }
     state.spec.patch_size = Some(config.patch);
     state.spec.preprocessing = Some(data.plan().clone());
+    // Post-processing swept for the old weights does not carry over to new ones.
+    state.spec.postprocessing = None;
     let model_config = state.spec.to_json();
     let device = state.device.clone();
     let placeholder = ModelState::build(state.spec.clone(), device.clone(), 0)
@@ -587,9 +589,14 @@ fn predict_impl(
     {
         opts.insert("tta".into(), b.into());
     }
-    let mut cfg: InferenceConfig = options(ctx, "predict", opts)?;
-    cfg.validate().map_err(at(ctx))?;
     let state = lock(ctx, model)?;
+    // Settings swept on validation cases replace the defaults; explicit options win.
+    let base = match &state.spec.postprocessing {
+        Some(post) => infer::with_postprocessing(&InferenceConfig::default(), post),
+        None => InferenceConfig::default(),
+    };
+    let mut cfg: InferenceConfig = override_config(ctx, "predict", &base, &opts)?;
+    cfg.validate().map_err(at(ctx))?;
     let patch = cfg.patch_size.or(state.spec.patch_size).ok_or_else(|| {
         runtime_error("predict: the model was never trained, so its tile size is unknown: pass #{patch_size: [D, H, W]}", ctx.call_position())
     })?;
@@ -849,7 +856,9 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "Predict whole volumes with sliding windows (training patch, 50 % overlap), mirror TTA and\n\
          weighted box clustering, as nnDetection does; boxes are restored to the original image grid.\n\
          data: a PreprocessedDataset (→ an array of #{id, boxes, boxes_mm, scores, classes, …}) or a\n\
-         raw Volume (preprocessed with the model's plan → one prediction map).",
+         raw Volume (preprocessed with the model's plan → one prediction map). A model that\n\
+         carries settings from sweep_postprocessing uses them in place of the defaults below\n\
+         (model_iou, weighted_nms, ensemble_iou, score_threshold, remove_small_boxes); options win.",
         "let preds = predict(model, pre, #{split: \"test\", tta: false, merge: \"wbc\", out: \"runs/demo/predictions\"});",
         |ctx: NativeCallContext, m: ModelRef, data: Dynamic, opts: Map| -> ScriptResult<Dynamic> { predict_impl(&ctx, &m, data, opts) },
     );
