@@ -54,7 +54,8 @@ pub struct TrainConfig {
     /// A box cut by the patch border is kept when at least this fraction of its volume lies
     /// inside the patch, or its centre does (nnDetection keeps any visible part: 0).
     pub min_visible_fraction: f64,
-    /// Data augmentation of the training patches.
+    /// Data augmentation: a preset ("none", "base_more", "more", "insane") or a map over one
+    /// (nnDetection: "base_more"). Each transform is off at probability 0.
     pub augment: AugmentConfig,
     /// Fixed validation patches drawn once from the validation cases (nnDetection: 100
     /// batches × 4 = 400); 0 disables the online validation.

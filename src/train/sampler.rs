@@ -13,8 +13,14 @@
 //!   `lo = clip(min − (patch − extent), 0, shape − patch)`, `hi = clip(min, 0, shape − patch)`.
 //!
 //! Random crops: origin `~ U[0, shape − patch]` per axis, or centred (`−⌊(patch − shape)/2⌋`)
-//! when the volume is smaller than the patch. (No larger "generator patch" is cut because
-//! detlab has no arbitrary-angle rotation; mirroring and rot90 need no border.)
+//! when the volume is smaller than the patch.
+//!
+//! # Generator patch
+//! With rotation and scaling ([`PatchSampler::with_generator_patch`]) a larger generator patch
+//! `G` is cut around the patch the rules above place, starting `⌊(G − P)/2⌋` voxels earlier (as
+//! nnDetection's `DataLoader3DOffset`), so that augmentation can rotate it and crop the centre.
+//! The box rule is then decided on the patch's own window, with the full boxes; the patch
+//! carries every instance the rule keeps, and augmentation derives the boxes from the mask.
 //!
 //! # Cropping
 //! Out-of-volume voxels are 0 in the image and 0 (background) in the instance mask. Boxes are
@@ -301,6 +307,8 @@ pub struct PatchSampler {
     /// Every (case index, box index) pair: the pool foreground patches draw from.
     instances: Vec<(usize, usize)>,
     patch: [usize; 3],
+    /// The size actually cut (≥ `patch`; larger for rotation and scaling).
+    generator: [usize; 3],
     foreground_fraction: f64,
     min_visible_fraction: f64,
 }
@@ -386,9 +394,70 @@ impl PatchSampler {
             cases,
             instances,
             patch,
+            generator: patch,
             foreground_fraction,
             min_visible_fraction,
         })
+    }
+
+    /// Cut generator patches of `generator` (≥ the patch on every axis) around the patches the
+    /// sampler places (see the module documentation).
+    pub fn with_generator_patch(mut self, generator: [usize; 3]) -> Result<Self, TrainError> {
+        if (0..3).any(|a| generator[a] < self.patch[a]) {
+            return Err(TrainError::config(
+                "augment",
+                format!(
+                    "generator patch {generator:?} is smaller than the patch {:?}",
+                    self.patch
+                ),
+            ));
+        }
+        self.generator = generator;
+        Ok(self)
+    }
+
+    /// The size of the patches cut (the generator patch; the patch without one).
+    pub fn generator_patch(&self) -> [usize; 3] {
+        self.generator
+    }
+
+    /// Cut at `origin` (the patch's), widened to the generator patch when there is one.
+    fn cut(&self, case: &dyn SampleSource, origin: [i64; 3], foreground: bool) -> Patch {
+        if self.generator == self.patch {
+            return crop_patch(
+                case,
+                origin,
+                self.patch,
+                self.min_visible_fraction,
+                foreground,
+            );
+        }
+        let shift: [i64; 3] =
+            std::array::from_fn(|a| (self.generator[a] - self.patch[a]) as i64 / 2);
+        let start: [i64; 3] = std::array::from_fn(|a| origin[a] - shift[a]);
+        let mut cut = crop_patch(case, start, self.generator, 0.0, foreground);
+        // The box rule on the patch's own window, with the case's full boxes.
+        let kept: Vec<u32> = case
+            .boxes()
+            .iter()
+            .zip(case.instance_ids())
+            .filter(|(b, _)| {
+                let shifted: Box3 = std::array::from_fn(|k| b[k] - origin[k % 3] as f64);
+                clip_box(&shifted, self.patch, self.min_visible_fraction).is_some()
+            })
+            .map(|(_, &id)| id)
+            .collect();
+        let mut k = 0;
+        while k < cut.instance_ids.len() {
+            if kept.contains(&cut.instance_ids[k]) {
+                k += 1;
+            } else {
+                cut.boxes.remove(k);
+                cut.classes.remove(k);
+                cut.instance_ids.remove(k);
+            }
+        }
+        cut
     }
 
     /// Number of cases.
@@ -416,13 +485,7 @@ impl PatchSampler {
         let case = &self.cases[rng.random_range(0..self.cases.len())];
         let (_, d, h, w) = case.image().dim();
         let origin = random_origin([d, h, w], self.patch, rng);
-        crop_patch(
-            case.as_ref(),
-            origin,
-            self.patch,
-            self.min_visible_fraction,
-            false,
-        )
+        self.cut(case.as_ref(), origin, false)
     }
 
     /// A patch around a uniformly drawn instance; `None` when there are no instances.
@@ -434,13 +497,7 @@ impl PatchSampler {
         let case = &self.cases[c];
         let (_, d, h, w) = case.image().dim();
         let origin = foreground_origin([d, h, w], &case.boxes()[i], self.patch, rng);
-        Some(crop_patch(
-            case.as_ref(),
-            origin,
-            self.patch,
-            self.min_visible_fraction,
-            true,
-        ))
+        Some(self.cut(case.as_ref(), origin, true))
     }
 
     /// A batch: random patches first, then `foreground_count(batch, fraction)` foreground ones.

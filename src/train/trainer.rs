@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::TrainError;
-use super::augment::augment;
+use super::augment::augment_batch;
 use super::batch::{images_tensor, patches_to_batch};
 use super::checkpoint::{
     CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CheckpointState, load_checkpoint_average,
@@ -27,6 +27,7 @@ use super::swa::{SwaRecord, SwaSchedule, WeightAverage};
 use crate::data::PreprocessedDataset;
 use crate::metrics::{self, EvalConfig, ImageGt, ImagePred};
 use crate::nn::Detector;
+use crate::volume::boxes::BoxConvention;
 
 /// Train `model` on the preprocessed cases `train_ids`, validating on patches of `val_ids`.
 ///
@@ -258,7 +259,8 @@ where
         config.patch,
         config.foreground_fraction,
         config.min_visible_fraction,
-    )?;
+    )?
+    .with_generator_patch(config.augment.generator_patch(config.patch))?;
     check_inputs::<B, M>(&model, &sampler, &train_cases, config)?;
     check_inputs::<B, M>(&model, &sampler, &val_cases, config)?;
     let validation = validation_patches(val_cases, config)?;
@@ -432,9 +434,13 @@ where
             &mut iteration_rng(config.seed, it, RngStream::Sampling),
         );
         let mut augmentation_rng = iteration_rng(config.seed, it, RngStream::Augmentation);
-        for patch in &mut patches {
-            augment(patch, &config.augment, &mut augmentation_rng);
-        }
+        augment_batch(
+            &mut patches,
+            &config.augment,
+            config.patch,
+            BoxConvention::HalfOpen,
+            &mut augmentation_rng,
+        );
         let batch = patches_to_batch::<B>(&patches, device)?;
         let loss = model.loss(&batch, &mut iteration_rng(config.seed, it, RngStream::Loss))?;
         let value = loss.total_value();

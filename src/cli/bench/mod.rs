@@ -1,5 +1,6 @@
 //! `detlab bench NAME [ARGS]`: timing workloads. Timing targets live here, never in tests.
 
+pub mod augment;
 pub mod backends;
 pub mod eval;
 pub mod genesis;
@@ -11,6 +12,10 @@ pub mod train_step;
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
+    (
+        "augment",
+        "nnDetection's BaseMoreAug on 4 x 128^3 patches vs batchgenerators, one thread each; --patch, --batches",
+    ),
     (
         "backends",
         "CPU backends (flex with detlab's or burn's conv3d, ndarray) on a small 3D conv net",
@@ -45,6 +50,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
 pub fn run(name: &str, args: &[String]) -> i32 {
     let _ = args;
     match name {
+        "augment" => augment::run(args),
         "backends" => backends::run(args),
         "eval" => eval::run(args),
         "genesis" => genesis::run(args),

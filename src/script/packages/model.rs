@@ -10,7 +10,7 @@ use crate::nn::{
     self, DetectorConfig, DispatchDevice, EncoderConfig, ModelSpec, RetinaUNet, RetinaUNetConfig,
     ScriptBackend,
 };
-use crate::script::convert::{ScriptResult, at, check_options, options, runtime_error, to_script};
+use crate::script::convert::{ScriptResult, at, check_options, runtime_error, to_script};
 use crate::script::help::HelpIndex;
 use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
@@ -474,6 +474,16 @@ pub(crate) fn ids_option(ctx: &NativeCallContext, what: &str, v: Dynamic) -> Scr
     Ok(arr.iter().map(|x| x.to_string()).collect())
 }
 
+/// `train`'s settings from its options map. `augment` is a preset name or a map over the preset
+/// it names, so the defaults under the user's map leave it empty (the preset fills it).
+fn train_config(ctx: &NativeCallContext, opts: &Map) -> ScriptResult<TrainConfig> {
+    let mut base = serde_json::to_value(TrainConfig::default())
+        .map_err(|e| runtime_error(format!("train: {e}"), ctx.call_position()))?;
+    base["augment"] = serde_json::json!({});
+    crate::script::options::deserialize("train", Some(base), opts)
+        .map_err(|message| runtime_error(message, ctx.call_position()))
+}
+
 fn train_impl(
     ctx: &NativeCallContext,
     model: &ModelRef,
@@ -499,7 +509,7 @@ fn train_impl(
     if !opts.contains_key("out") {
         opts.insert("out".into(), "runs/train".into());
     }
-    let config: TrainConfig = options(ctx, "train", opts)?;
+    let config = train_config(ctx, &opts)?;
     config.validate().map_err(at(ctx))?;
     let labelled = data.ids(Subset::Train);
     let (train_ids, val_ids) = match (train_ids, val_ids) {
