@@ -51,11 +51,6 @@ pub struct ModelSpec {
     /// Class names by index (from the training dataset), if known.
     #[serde(default)]
     pub class_names: Vec<String>,
-}
-
-/// The `format` value of a [`ModelSpec`].
-pub const MODEL_FORMAT: &str = "detlab-model";
-
     /// Post-processing chosen on validation cases (`sweep_postprocessing`), used by `predict`
     /// unless its options say otherwise; absent: nnDetection's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +73,11 @@ pub struct PostProcessing {
     /// Per TTA variant: drop boxes with a side shorter than this, in voxels
     /// (`remove_small_boxes`).
     pub remove_small_boxes: f64,
+}
+
+/// The `format` value of a [`ModelSpec`].
+pub const MODEL_FORMAT: &str = "detlab-model";
+
 impl ModelSpec {
     /// A spec for an untrained detector.
     pub fn new(detector: DetectorConfig) -> Self {
@@ -87,12 +87,12 @@ impl ModelSpec {
             patch_size: None,
             preprocessing: None,
             class_names: Vec::new(),
+            postprocessing: None,
         }
     }
 
     /// Parse a spec from JSON, naming `source` (a file) in errors.
     pub fn from_json(value: serde_json::Value, source: &str) -> Result<Self, NnError> {
-            postprocessing: None,
         let spec: ModelSpec = serde_json::from_value(value)
             .map_err(|e| NnError::config(source, format!("not a detlab model description: {e}")))?;
         if spec.format != MODEL_FORMAT {
@@ -122,11 +122,6 @@ mod tests {
         spec.class_names = vec!["a".into(), "b".into()];
         let back = ModelSpec::from_json(spec.to_json(), "model.json").unwrap();
         assert_eq!(back, spec);
-        let mut other = spec.to_json();
-        other["format"] = "something-else".into();
-        let err = ModelSpec::from_json(other, "model.json")
-            .unwrap_err()
-            .to_string();
         // A spec without post-processing writes no such key (old files stay byte-identical and
         // load), and one with it keeps it.
         assert!(spec.to_json().get("postprocessing").is_none());
@@ -139,6 +134,11 @@ mod tests {
         });
         let back = ModelSpec::from_json(spec.to_json(), "model.json").unwrap();
         assert_eq!(back, spec);
+        let mut other = spec.to_json();
+        other["format"] = "something-else".into();
+        let err = ModelSpec::from_json(other, "model.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.json"), "{err}");
         let err = ModelSpec::from_json(serde_json::json!({"format": MODEL_FORMAT}), "m.json")
             .unwrap_err()

@@ -92,8 +92,8 @@ impl Default for TrainConfig {
             warmup_start_lr: 1e-6,
             warmup_iters: 50,
             poly_exponent: 0.9,
-            freeze_encoder_iters: 0,
             swa_epochs: 0,
+            freeze_encoder_iters: 0,
             frozen_part: EncoderPart::All,
             optimizer: OptimizerConfig::default(),
             foreground_fraction: 0.5,
@@ -122,13 +122,13 @@ impl TrainConfig {
         self.epochs.saturating_mul(self.iters_per_epoch)
     }
 
-    /// The learning-rate schedule these settings describe.
     /// Iterations of the whole run including the SWA epochs
     /// (`(epochs + swa_epochs) × iters_per_epoch`).
     pub fn run_iters(&self) -> usize {
         (self.epochs.saturating_add(self.swa_epochs)).saturating_mul(self.iters_per_epoch)
     }
 
+    /// The learning-rate schedule these settings describe.
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
             lr: self.lr,
@@ -190,13 +190,13 @@ impl TrainConfig {
                 ),
             ));
         }
-        if self.best_metric.trim().is_empty() {
         if self.swa_epochs > 0 && self.epochs < 2 {
             return Err(TrainError::config(
                 "swa_epochs",
                 "needs `epochs` ≥ 2: averaging starts with the weights before the last of `epochs`",
             ));
         }
+        if self.best_metric.trim().is_empty() {
             return Err(TrainError::config(
                 "best_metric",
                 "must name a validation metric",

@@ -305,8 +305,6 @@ where
         }
         model = load_checkpoint_weights(model, &last_dir, device)?;
         optimizer = load_checkpoint_optimizer(optimizer, &model, &last_dir, device)?;
-        start = state.iteration;
-        progress.history = state.history;
         if state.swa.running_snapshots > 0 {
             average.average = Some(load_checkpoint_average::<B::InnerBackend, _>(
                 model.valid(),
@@ -316,6 +314,8 @@ where
             average.snapshots = state.swa.running_snapshots;
         }
         averaged_snapshots = state.swa.averaged_snapshots;
+        start = state.iteration;
+        progress.history = state.history;
         progress.epochs = state.epochs;
         progress.best = state.best;
     } else if locate_checkpoint(&last_dir).is_ok() && config.overwrite {
@@ -361,10 +361,10 @@ where
     let save_last = |model: &M,
                      optimizer: &TrainOptimizer<B, M>,
                      progress: &Progress,
-                     iteration: usize|
-     -> Result<CheckpointInfo, TrainError> {
                      average: &WeightAverage<M::InnerModule>,
                      averaged_snapshots: usize,
+                     iteration: usize|
+     -> Result<CheckpointInfo, TrainError> {
         let state = CheckpointState {
             format: CHECKPOINT_FORMAT.into(),
             format_version: CHECKPOINT_FORMAT_VERSION,
@@ -377,6 +377,10 @@ where
             history: progress.history.clone(),
             epochs: progress.epochs.clone(),
             best: progress.best.clone(),
+            swa: SwaRecord {
+                averaged_snapshots,
+                running_snapshots: average.snapshots,
+            },
         };
         write_checkpoint_with_average(
             &last_dir,
@@ -385,18 +389,14 @@ where
             average.average.as_ref(),
             &state,
         )?;
-            swa: SwaRecord {
-                averaged_snapshots,
-                running_snapshots: average.snapshots,
-            },
         Ok(CheckpointInfo {
             path: last_dir.clone(),
             iteration,
             epochs_done: progress.epochs.len(),
             metric: None,
+            averaged_snapshots,
         })
     };
-            averaged_snapshots,
 
     for iteration in start..stop {
         if interrupted(iteration) {
@@ -475,12 +475,6 @@ where
         ));
 
         if (iteration + 1) % per_epoch == 0 {
-            let losses: Vec<f64> = progress
-                .history
-                .iter()
-                .filter(|r| r.epoch == epoch)
-                .map(|r| r.loss)
-                .collect();
             if iteration + 1 == total
                 && let Some(averaged) = average.average.take()
             {
@@ -489,6 +483,12 @@ where
                 model = M::from_inner(averaged);
                 averaged_snapshots = std::mem::take(&mut average.snapshots);
             }
+            let losses: Vec<f64> = progress
+                .history
+                .iter()
+                .filter(|r| r.epoch == epoch)
+                .map(|r| r.loss)
+                .collect();
             let train_loss_mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
             let due = (epoch + 1).is_multiple_of(config.validate_every) || iteration + 1 == total;
             let metrics = if due && !validation.is_empty() {
@@ -507,15 +507,15 @@ where
                 epoch + 1,
                 run_epochs
             );
+            if averaged_snapshots > 0 && iteration + 1 == total {
+                line.push_str(&format!(", SWA average of {averaged_snapshots} epochs"));
+            }
             if !metrics.is_empty() {
                 let Some(&value) = metrics.get(&config.best_metric) else {
                     let keys: Vec<&String> = metrics.keys().collect();
                     return Err(TrainError::config(
                         "best_metric",
                         format!(
-            if averaged_snapshots > 0 && iteration + 1 == total {
-                line.push_str(&format!(", SWA average of {averaged_snapshots} epochs"));
-            }
                             "'{}' is not a validation metric; available: {keys:?}",
                             config.best_metric
                         ),
@@ -540,13 +540,13 @@ where
                         iteration: iteration + 1,
                         epochs_done: progress.epochs.len(),
                         metric: Some(value),
+                        averaged_snapshots,
                     };
                     progress.best = Some(info);
                     let state = CheckpointState {
                         format: CHECKPOINT_FORMAT.into(),
                         format_version: CHECKPOINT_FORMAT_VERSION,
                         detlab_version: env!("CARGO_PKG_VERSION").into(),
-                        averaged_snapshots,
                         iteration: iteration + 1,
                         epochs_done: progress.epochs.len(),
                         has_optimizer: false,
@@ -555,16 +555,16 @@ where
                         history: progress.history.clone(),
                         epochs: progress.epochs.clone(),
                         best: progress.best.clone(),
+                        swa: SwaRecord {
+                            averaged_snapshots,
+                            running_snapshots: 0,
+                        },
                     };
                     write_checkpoint::<B, M>(&best_dir, &model, None, &state)?;
                     line.push_str(" (best)");
                 }
             }
             say(line);
-                        swa: SwaRecord {
-                            averaged_snapshots,
-                            running_snapshots: 0,
-                        },
             save_last(
                 &model,
                 &optimizer,
@@ -585,15 +585,16 @@ where
             iteration: done,
             epochs_done: progress.epochs.len(),
             metric: None,
+            averaged_snapshots,
         }
     } else if start == done && done == total {
         // A finished run resumed again: nothing ran, the saved `last` stands.
         CheckpointInfo {
             path: last_dir.clone(),
             iteration: done,
-            averaged_snapshots,
             epochs_done: progress.epochs.len(),
             metric: None,
+            averaged_snapshots,
         }
     } else {
         save_last(
@@ -607,7 +608,6 @@ where
     };
     Ok((
         model,
-            averaged_snapshots,
         TrainRun {
             history: progress.history,
             epochs: progress.epochs,
