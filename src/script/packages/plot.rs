@@ -4,11 +4,53 @@
 use super::core::{cell_text, columns_arg, columns_of};
 use super::volume::VolumeRef;
 use crate::plot::{self, BarSeries, Estimate, Series, SliceOptions};
-use crate::script::convert::{ScriptResult, as_f64, at, options, runtime_error};
+use crate::script::convert::{ScriptResult, as_f64, at, check_options, options, runtime_error};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
 use crate::volume::boxes::Box3;
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
+use std::sync::LazyLock;
+
+/// `plot_slice`'s options: the slice settings; boxes come as `gt` and `pred` in script form.
+static SLICE_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::of::<SliceOptions>("plot_slice")
+        .without(&[
+            "gt_boxes",
+            "gt_classes",
+            "pred_boxes",
+            "pred_scores",
+            "pred_classes",
+        ])
+        .with(&[
+            Extra::new(
+                "gt",
+                "Array or Map",
+                "()",
+                "Ground truth (green): boxes, a label_boxes map or #{boxes, classes}.",
+            ),
+            Extra::new(
+                "pred",
+                "Array or Map",
+                "()",
+                "Predictions (orange): a prediction #{boxes, scores, classes} or boxes.",
+            ),
+        ])
+});
+
+// The other plot primitives: every option is a field of the figure's options struct.
+static LINE_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::LineOptions>("plot_lines"));
+static BAR_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::BarOptions>("plot_bars"));
+static FROC_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::FrocOptions>("plot_froc"));
+static PR_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::PrOptions>("plot_pr"));
+static RANK_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::RankHistogramOptions>("plot_rank_histograms"));
+static CI_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<plot::BootstrapCiOptions>("plot_ci"));
 
 fn floats(ctx: &NativeCallContext, what: &str, v: &Dynamic) -> ScriptResult<Vec<f64>> {
     let arr = v.read_lock::<Array>().ok_or_else(|| {
@@ -72,6 +114,7 @@ fn boxes_from(
 }
 
 fn slice_options(ctx: &NativeCallContext, mut opts: Map) -> ScriptResult<SliceOptions> {
+    check_options(ctx, &SLICE_OPTIONS, &opts)?;
     let gt = opts.remove("gt");
     let pred = opts.remove("pred");
     if let Some(w) = opts.remove("window") {
@@ -261,13 +304,21 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "plot",
         "figures to PNG or SVG (by extension) and text tables",
     );
+    for set in [
+        &SLICE_OPTIONS,
+        &LINE_OPTIONS,
+        &BAR_OPTIONS,
+        &FROC_OPTIONS,
+        &PR_OPTIONS,
+        &RANK_OPTIONS,
+        &CI_OPTIONS,
+    ] {
+        r.options((**set).clone());
+    }
     r.func(
         "plot_slice(path: String, volume: Volume, options: Map)",
         "Draw one slice of a volume in grayscale with GT (green) and predicted (orange) boxes.\n\
-         Options: axis (0 = D, 1 = H, 2 = W), index (default: middle), channel, window [center,\n\
-         width] (default: 1st–99th percentile), gt (boxes, a label_boxes map or #{boxes, classes}),\n\
-         pred (a prediction #{boxes, scores, classes} or boxes), class_names, score_threshold,\n\
-         max_predictions, title, labels, legend, min_size. Anisotropic spacing is respected.",
+         Anisotropic spacing is respected.",
         "plot_slice(\"runs/slice.png\", ct, #{index: 20, window: [-600, 1500], gt: label_boxes(labels)});",
         |ctx: NativeCallContext, path: &str, volume: VolumeRef, opts: Map| -> ScriptResult<()> {
             let o = slice_options(&ctx, opts)?;
@@ -284,9 +335,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "plot_lines(path: String, series: Map, options: Map)",
-        "Line chart of curves: series is a map name → [y…] (x = 0, 1, …) or name → #{x, y}.\n\
-         Options: title, x_label, y_label, log_x, log_y, x_range, y_range, markers, legend\n\
-         (\"upper_right\"|\"upper_left\"|\"lower_left\"|\"lower_right\"|\"top\"|\"none\"), width, height.",
+        "Line chart of curves: series is a map name → [y…] (x = 0, 1, …) or name → #{x, y}.",
         "plot_lines(\"runs/loss.png\", #{train: run.history.loss}, #{title: \"loss\", x_label: \"iteration\"});",
         |ctx: NativeCallContext, path: &str, series: Dynamic, opts: Map| -> ScriptResult<()> {
             let s = series_from(&ctx, "plot_lines: series", &series)?;
@@ -297,8 +346,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "plot_bars(path: String, groups: Array, series: Map, options: Map)",
         "Grouped bar chart, e.g. a metric per dataset (group) and method (series):\n\
-         series is a map method → [value per group] or method → #{values, ci_low, ci_high}.\n\
-         Options: title, x_label, y_label, y_range, value_labels, decimals, legend, width, height.",
+         series is a map method → [value per group] or method → #{values, ci_low, ci_high}.",
         "plot_bars(\"runs/ap.png\", [\"D01\", \"D02\"], #{scratch: [0.61, 0.55], mae: [0.70, 0.58]}, #{y_label: \"mAP@0.1\"});",
         |ctx: NativeCallContext, path: &str, groups: Array, series: Map, opts: Map| -> ScriptResult<()> {
             let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
@@ -322,8 +370,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "plot_froc(path: String, curves: Map, options: Map)",
         "FROC curves of several methods in one figure, log FPPI axis with the 1/8 … 8 grid marked.\n\
-         curves: method → an evaluate() result (its IoU 0.1 curve) or a froc_curve() map.\n\
-         Options: title, x_label, y_label, fppi_ticks, x_range, y_range, markers, mean_in_legend, legend.",
+         curves: method → an evaluate() result (its IoU 0.1 curve) or a froc_curve() map.",
         "plot_froc(\"runs/froc.png\", #{scratch: m1, mae: m2}, #{mean_in_legend: true});",
         |ctx: NativeCallContext, path: &str, curves: Map, opts: Map| -> ScriptResult<()> {
             let s = curves.iter().map(|(k, v)| froc_of(&ctx, k, v)).collect::<ScriptResult<Vec<_>>>()?;
@@ -334,10 +381,13 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "plot_pr(path: String, curves: Map, options: Map)",
         "Precision–recall curves (the precision envelope): curves is method → a pr_curve() map or\n\
-         an evaluate() result (class 0 at IoU 0.1). Options: title, x_label, y_label, markers, legend.",
+         an evaluate() result (class 0 at IoU 0.1).",
         "plot_pr(\"runs/pr.png\", #{scratch: m1, mae: m2}, #{});",
         |ctx: NativeCallContext, path: &str, curves: Map, opts: Map| -> ScriptResult<()> {
-            let s = curves.iter().map(|(k, v)| pr_of(&ctx, k, v)).collect::<ScriptResult<Vec<_>>>()?;
+            let s = curves
+                .iter()
+                .map(|(k, v)| pr_of(&ctx, k, v))
+                .collect::<ScriptResult<Vec<_>>>()?;
             let o: plot::PrOptions = options(&ctx, "plot_pr", opts)?;
             plot::plot_pr(path, &s, &o).map_err(at(&ctx))
         },
@@ -345,8 +395,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "plot_rank_histograms(path: String, ranks: Map, options: Map)",
         "Rank distributions from bootstrapping, one panel per method (like the paper's Fig. 3):\n\
-         ranks is a bootstrap() result or a map method → counts per rank.\n\
-         Options: title, columns, panel_width, panel_height, normalize, show_mean, notes.",
+         ranks is a bootstrap() result or a map method → counts per rank.",
         "plot_rank_histograms(\"runs/ranks.png\", bootstrap(methods, #{ground_truth: gt}), #{});",
         |ctx: NativeCallContext, path: &str, ranks: Map, opts: Map| -> ScriptResult<()> {
             let counts = rank_counts(&ctx, &ranks)?;
@@ -357,8 +406,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "plot_ci(path: String, estimates: Dynamic, options: Map)",
         "Forest plot of estimates with confidence intervals: a bootstrap() result (ranking\n\
-         metric per method) or an array of #{name, value, low, high}.\n\
-         Options: title, x_label, x_range, reference, value_labels, decimals.",
+         metric per method) or an array of #{name, value, low, high}.",
         "plot_ci(\"runs/ci.png\", b, #{x_label: \"AP@0.1\"});",
         |ctx: NativeCallContext, path: &str, estimates: Dynamic, opts: Map| -> ScriptResult<()> {
             let list: Vec<Estimate> = if let Some(m) = estimates.read_lock::<Map>() {

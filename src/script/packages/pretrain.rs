@@ -2,7 +2,7 @@
 //! and `load_pretrained` with its inspection methods.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 
@@ -15,9 +15,82 @@ use crate::pretrain::{
     self, CaseSource, Method, PoolSource, PretrainConfig, PretrainInputs, PretrainRun,
     PretrainSource, Pretrained, Sources,
 };
-use crate::script::convert::{ScriptResult, at, options, runtime_error, to_script};
+use crate::script::convert::{
+    ScriptResult, at, check_options, options, options_over, runtime_error, to_script,
+};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
+
+/// `pretrain`'s options: the pre-training settings (MAE's defaults shown; each method starts
+/// from its own) plus the data's spacing and the device.
+static PRETRAIN_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::over("pretrain", &PretrainConfig::for_method(Method::Mae)).with(&[
+        Extra::new(
+            "spacing",
+            "Float or [Float, Float, Float]",
+            "median / 1 mm",
+            "Spacing of the data in mm (datasets default to their median, folders and the stream to 1 mm).",
+        ),
+        Extra::new(
+            "device",
+            "Device or String",
+            "\"cpu\"",
+            "Where the network runs: a Device or a name like \"cuda:0\".",
+        ),
+    ])
+});
+
+/// `synthetic_stream`'s options: the settings of the synthetic pool.
+static STREAM_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::of::<PoolConfig>("synthetic_stream"));
+
+/// `transfer`'s options.
+static TRANSFER_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "transfer",
+        &[
+            Extra::new(
+                "scope",
+                "\"encoder\" | \"all\"",
+                "\"encoder\"",
+                "What is transferred: the stem and stages, or every tensor whose path and shape match.",
+            ),
+            Extra::new(
+                "stem",
+                "String",
+                "\"replicate_scaled\"",
+                "Stem policy when the channels differ: random, replicate, replicate_scaled, copy_first, mean or select:<dataset>.",
+            ),
+        ],
+    )
+});
+
+/// `load_pretrained`'s options.
+static LOAD_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "load_pretrained",
+        &[Extra::new(
+            "architecture",
+            "Backbone",
+            "the file's plan",
+            "The encoder of a PyTorch file without a plan, e.g. backbone(\"resenc_l\") (the weights set the channels).",
+        )],
+    )
+});
+
+/// `save_pretrained`'s options.
+static SAVE_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "save_pretrained",
+        &[Extra::new(
+            "names",
+            "\"nnssl\" | \"detlab\"",
+            "\"nnssl\"",
+            "Key names: dynamic-network-architectures' (PyTorch loads them strictly) or detlab's paths.",
+        )],
+    )
+});
 
 /// A folder of NIfTI files to pre-train on.
 #[derive(Clone, Debug)]
@@ -194,10 +267,11 @@ fn pretrain_impl(
     data: Dynamic,
     mut opts: Map,
 ) -> ScriptResult<Map> {
+    check_options(ctx, &PRETRAIN_OPTIONS, &opts)?;
     let device = super::model::device_option(ctx, "pretrain", opts.remove("device"))?;
     let spacing = spacing_option(ctx, opts.remove("spacing"))?;
     let method: Method = match opts.get("method") {
-        Some(m) => options(ctx, "pretrain: method", {
+        Some(m) => options(ctx, "pretrain", {
             let mut one = Map::new();
             one.insert("method".into(), m.clone());
             one
@@ -206,13 +280,7 @@ fn pretrain_impl(
         None => Method::Mae,
     };
     // Start from the method's defaults, then apply the script's options.
-    let base = serde_json::to_value(PretrainConfig::for_method(method))
-        .map_err(|e| runtime_error(e.to_string(), ctx.call_position()))?;
-    let mut value = base;
-    let overrides = crate::script::convert::dynamic_to_json(&Dynamic::from_map(opts));
-    crate::script::convert::merge_json(&mut value, overrides);
-    let config: PretrainConfig = serde_json::from_value(value)
-        .map_err(|e| runtime_error(format!("pretrain: {e}"), ctx.call_position()))?;
+    let config = options_over(ctx, "pretrain", &PretrainConfig::for_method(method), &opts)?;
     config.validate().map_err(at(ctx))?;
     let mut sources = sources(ctx, &data, method, spacing, config.patch)?;
     let network_config =
@@ -275,6 +343,8 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "pretrain",
         "pre-training of encoders (MAE, S3D, Models Genesis, VoCo, MultiTalent) and checkpoints",
     );
+    r.options((*PRETRAIN_OPTIONS).clone())
+        .options((*STREAM_OPTIONS).clone());
     r.func(
         "nifti_folder(path: String) -> NiftiFolder",
         "Every .nii / .nii.gz file of a folder as a pre-training source (resampled to the\n\
@@ -285,12 +355,11 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "synthetic_stream(options: Map) -> SyntheticStream",
         "The seeded synthetic pre-training stream: CT-like or MRI-like volumes with organs, ring\n\
-         lesions and distractors, a new volume for every draw. Options: seed, modality\n\
-         (\"ct\"|\"mri\"|\"mixed\"), channels, spacing, lesion_probability, max_lesions,\n\
-         distractor_probability, max_distractors, lesion_radius_mm, noise, bias_field (the\n\
-         volume shape follows the pre-training patch).",
+         lesions and distractors, a new volume for every draw (`pretrain` draws patches of its\n\
+         `patch` size from volumes of `shape`).",
         "let pool = synthetic_stream(#{seed: 1});",
         |ctx: NativeCallContext, opts: Map| -> ScriptResult<SyntheticStream> {
+            check_options(&ctx, &STREAM_OPTIONS, &opts)?;
             let config: PoolConfig = options(&ctx, "synthetic_stream", opts)?;
             config.validate().map_err(at(&ctx))?;
             Ok(SyntheticStream(config))
@@ -301,20 +370,11 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "Pre-train an encoder; writes <out>/last, <out>/best (lowest validation loss) and\n\
          <out>/figures/iter_K.png (what the method sees and produces). data: a Dataset or\n\
          PreprocessedDataset (images only), nifti_folder(…), synthetic_stream(…), or for\n\
-         MultiTalent a list of labelled datasets (one stem and head each).\n\
-         Options (defaults: nnssl's): method (\"mae\"|\"spark\"|\"models_genesis\"|\"voco\"|\"multitalent\"),\n\
-         patch [32, 32, 32], batch 4, iterations 1000, lr 0.01 (MultiTalent 0.001), warmup_iters 0,\n\
-         warmup_start_lr, poly_exponent 0.9, optimizer (#{kind: \"sgd\", momentum: 0.99, nesterov:\n\
-         true, weight_decay: 3e-5, grad_clip_norm: 12} or kind \"adamw\"), mask (#{block: 4, ratio:\n\
-         0.75}), spark (#{zero_input: false}), genesis (#{flip_probability, local_shuffle_probability,\n\
-         nonlinear_probability, painting_probability, outpainting_share, …}), voco (#{bases: [1, 2, 2],\n\
-         targets: 4, projector_width: 2048, ema_momentum: (), augment_crops: true,\n\
-         prediction_weight: 1, regularization_weight: 1}), multitalent (#{sampling_exponent: -0.5,\n\
-         max_classes_per_head: (), foreground_fraction: 0.33}), val_patches 8, validate_every 50,\n\
-         figure_every 100, seed 0 (weights and every draw), out (\"runs/pretrain\"), resume,\n\
-         overwrite, stop_at_iteration, progress, spacing (of the data; datasets default to the\n\
-         median, folders and the stream to 1 mm), device (\"cpu\"). Returns #{history: #{iteration,\n\
-         loss, lr, <terms>}, validation, best, iterations, finished, out, figures}.",
+         MultiTalent a list of labelled datasets (one stem and head each). The defaults are\n\
+         nnssl's and the method's own (the table shows MAE's; VoCo has no gradient clipping and a\n\
+         [16, 32, 32] patch, MultiTalent lr 0.001); `seed` also seeds the weights. Returns\n\
+         #{history: #{iteration, loss, lr, <terms>}, validation, best, iterations, finished, out,\n\
+         figures}.",
         "let run = pretrain(backbone(\"resenc_tiny\"), synthetic_stream(#{seed: 1}), #{method: \"mae\", patch: [32, 32, 32], iterations: 200, mask: #{block: 4, ratio: 0.75}, out: \"runs/pre/mae\"});\nplot_lines(\"runs/pre/mae/loss.png\", #{loss: run.history.loss}, #{});",
         |ctx: NativeCallContext, backbone: Backbone, data: Dynamic, opts: Map| -> ScriptResult<Map> {
             pretrain_impl(&ctx, &backbone, data, opts)
@@ -384,6 +444,7 @@ fn transfer_options(
     ctx: &NativeCallContext,
     mut opts: Map,
 ) -> ScriptResult<pretrain::TransferOptions> {
+    check_options(ctx, &TRANSFER_OPTIONS, &opts)?;
     let stem = match opts.remove("stem") {
         Some(s) => pretrain::StemPolicy::parse(&s.to_string()).map_err(at(ctx))?,
         None => pretrain::StemPolicy::default(),
@@ -401,12 +462,6 @@ fn transfer_options(
         },
         None => pretrain::TransferScope::Encoder,
     };
-    if let Some(key) = opts.keys().next() {
-        return Err(runtime_error(
-            format!("transfer: unknown option `{key}`, expected one of `scope`, `stem`"),
-            ctx.call_position(),
-        ));
-    }
     Ok(pretrain::TransferOptions { scope, stem })
 }
 
@@ -424,10 +479,11 @@ fn transfer_into(
             ctx.call_position(),
         )
     })?;
-    let Net::RetinaUNet(net) = &state.net;
-    let (updated, report) = pretrain::transfer(net.clone(), ckpt, options)
-        .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
-    state.net = Net::RetinaUNet(updated);
+    let (updated, report) = super::model::with_net!(&state.net, net => {
+        pretrain::transfer(net.clone(), ckpt, options).map(|(u, r)| (Net::from(u), r))
+    })
+    .map_err(|e| runtime_error(format!("transfer: {e}"), ctx.call_position()))?;
+    state.net = updated;
     Ok(Arc::new(report))
 }
 
@@ -465,13 +521,13 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
         "transfer",
         "weight transfer from pre-training checkpoints into detectors, encoder features",
     );
+    r.options((*TRANSFER_OPTIONS).clone());
     r.func(
         "transfer(model: Model, checkpoint: Pretrained, options: Map) -> TransferReport",
-        "Load a pre-trained encoder into a detector, in place. Options: scope (\"encoder\": stem\n\
-         and stages, the default; \"all\": every tensor whose path and shape match), stem (for\n\
-         differing channel counts: \"random\" keeps the fresh stem, \"replicate\" tiles the kernel,\n\
+        "Load a pre-trained encoder into a detector, in place. Stem policies, for differing\n\
+         channel counts: \"random\" keeps the fresh stem, \"replicate\" tiles the kernel,\n\
          \"replicate_scaled\" tiles it and divides by N (default), \"copy_first\", \"mean\" (N → 1),\n\
-         \"select:<dataset>\" picks a MultiTalent stem). Returns a report with loaded,\n\
+         \"select:<dataset>\" picks a MultiTalent stem. Returns a report with loaded,\n\
          skipped_by_name, skipped_by_shape, missing (counts), stem and details(); it prints as a\n\
          table. An encoder mismatch is an error naming the tensor and both shapes, and leaves\n\
          the model unchanged.",
@@ -518,8 +574,7 @@ pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
                     ctx.call_position(),
                 )
             })?;
-            let Net::RetinaUNet(net) = &state.net;
-            let encoder = net.encoder().valid();
+            let encoder = super::model::with_net!(&state.net, net => net.encoder().valid());
             encoder
                 .features(&v, &state.device)
                 .map(volumes_to_array)
@@ -552,27 +607,24 @@ pub fn register_pytorch(engine: &mut Engine, help: &mut HelpIndex) {
         "pytorch",
         "PyTorch checkpoints: import nnssl / MultiTalent encoders, export under nnssl's names",
     );
+    r.options((*LOAD_OPTIONS).clone())
+        .options((*SAVE_OPTIONS).clone());
     r.func(
         "load_pretrained(path: String, options: Map) -> Pretrained",
         "Read a PyTorch checkpoint (.pth/.pt of nnssl, MultiTalent or nnU-Net, or a .safetensors\n\
-         export) with options. architecture: a Backbone (e.g. backbone(\"resenc_l\")) for files\n\
-         without a plan, such as nnssl's SparkMAETrainer checkpoints; the weights set the input\n\
-         channels. Without it the file's own plan decides (load_pretrained(path) does the same).\n\
+         export) with options; `architecture` is for files without a plan, such as nnssl's\n\
+         SparkMAETrainer checkpoints. Without it the file's own plan decides (as in\n\
+         load_pretrained(path)).\n\
          The pickle is never executed; a file naming code (e.g. os.system) is refused.",
         "let ckpt = load_pretrained(\"spark/checkpoint_final.pth\", #{architecture: backbone(\"resenc_l\")});\nprint(ckpt.stems());",
         |ctx: NativeCallContext, path: &str, mut opts: Map| -> ScriptResult<PretrainedRef> {
+            check_options(&ctx, &LOAD_OPTIONS, &opts)?;
             let mut options = PytorchOptions::default();
             if let Some(a) = opts.remove("architecture") {
                 let backbone = a.try_cast::<Backbone>().ok_or_else(|| {
                     runtime_error("load_pretrained: architecture must be a Backbone, e.g. backbone(\"resenc_l\")", ctx.call_position())
                 })?;
                 options.encoder = Some(backbone.0);
-            }
-            if let Some(key) = opts.keys().next() {
-                return Err(runtime_error(
-                    format!("load_pretrained: unknown option `{key}`, expected `architecture`"),
-                    ctx.call_position(),
-                ));
             }
             let device = nn::device("cpu").map_err(at(&ctx))?;
             pretrain::pytorch::load_file::<ScriptBackend>(std::path::Path::new(path), &options, &device)
@@ -586,16 +638,11 @@ pub fn register_pytorch(engine: &mut Engine, help: &mut HelpIndex) {
         path: &str,
         mut opts: Map,
     ) -> ScriptResult<Map> {
+        check_options(ctx, &SAVE_OPTIONS, &opts)?;
         let names = match opts.remove("names") {
             Some(n) => ExportNames::parse(&n.to_string()).map_err(at(ctx))?,
             None => ExportNames::Nnssl,
         };
-        if let Some(key) = opts.keys().next() {
-            return Err(runtime_error(
-                format!("save_pretrained: unknown option `{key}`, expected `names`"),
-                ctx.call_position(),
-            ));
-        }
         let count = pretrain::pytorch::save_safetensors(ckpt, std::path::Path::new(path), names)
             .map_err(|e| runtime_error(format!("save_pretrained: {e}"), ctx.call_position()))?;
         let mut out = Map::new();
@@ -606,11 +653,10 @@ pub fn register_pytorch(engine: &mut Engine, help: &mut HelpIndex) {
     r.func(
         "save_pretrained(checkpoint: Pretrained, path: String, options: Map) -> Map",
         "Write the checkpoint's encoder (stem, stages, MultiTalent stems) as safetensors for\n\
-         PyTorch. names: \"nnssl\" (default: dynamic-network-architectures' keys such as\n\
+         PyTorch. names \"nnssl\" writes dynamic-network-architectures' keys such as\n\
          encoder.stages.1.blocks.0.skip.1.conv.weight, with the all_modules aliases, so that\n\
-         network.encoder.load_state_dict(..., strict=True) works after removing \"encoder.\") or\n\
-         \"detlab\" (detlab's paths). load_pretrained reads the file back exactly. Returns\n\
-         #{path, tensors}.",
+         network.encoder.load_state_dict(..., strict=True) works after removing \"encoder.\".\n\
+         load_pretrained reads the file back exactly. Returns #{path, tensors}.",
         "save_pretrained(load_pretrained(\"runs/pre/mae\"), \"mae_encoder.safetensors\", #{names: \"nnssl\"});",
         |ctx: NativeCallContext, ckpt: PretrainedRef, path: &str, opts: Map| -> ScriptResult<Map> {
             save(&ctx, &ckpt, path, opts)

@@ -1,8 +1,11 @@
 //! Volume primitives: loading and saving NIfTI, resampling, cropping, normalisation,
 //! statistics, and boxes from label maps.
 
-use crate::script::convert::{ScriptResult, as_f64, at, f64_triple, runtime_error, to_script};
+use crate::script::convert::{
+    ScriptResult, as_f64, at, check_options, f64_triple, runtime_error, to_script,
+};
 use crate::script::help::HelpIndex;
+use crate::script::options::{Extra, OptionSet};
 use crate::script::registrar::Registrar;
 use crate::volume::boxes::{self, BoxConvention};
 use crate::volume::normalize::{self, CtNormalization, IntensityStats};
@@ -10,7 +13,111 @@ use crate::volume::ops::{self, Arithmetic, Comparison, Connectivity, Operand};
 use crate::volume::{Interpolation, NiftiDtype, Volume};
 use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+/// The interpolation option of `resample` and `resample_to_shape`.
+const ORDER: Extra = Extra::new(
+    "order",
+    "Int or String",
+    "1",
+    "Interpolation: 1 or \"linear\", 3 or \"cubic\" (spline, skimage's resize as nnDetection), 0 or \"nearest\" (for label maps).",
+);
+
+/// The connectivity option of `connected_components` and `labels_to_instances`.
+const CONNECTIVITY: Extra = Extra::new(
+    "connectivity",
+    "Int",
+    "26",
+    "Neighbours that connect voxels: 6 (faces), 18 (and edges) or 26 (and corners).",
+);
+
+static RESAMPLE_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::extras_only("resample", &[ORDER]));
+
+static RESAMPLE_TO_SHAPE_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::extras_only("resample_to_shape", &[ORDER]));
+
+static SAVE_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "save",
+        &[Extra::new(
+            "dtype",
+            "\"f32\" | \"f64\" | \"u8\" | \"i16\" | \"u16\" | \"i32\"",
+            "\"f32\"",
+            "Voxel type of the file (integer types for label maps).",
+        )],
+    )
+});
+
+static NORMALIZE_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "normalize",
+        &[
+            Extra::new(
+                "scheme",
+                "\"zscore\" | \"ct\"",
+                "\"zscore\"",
+                "Per-channel z-score, or nnDetection's CT scheme (clip to foreground percentiles, then z-score).",
+            ),
+            Extra::new(
+                "nonzero_mask",
+                "Bool",
+                "false",
+                "zscore: statistics of the body only (voxels not 0).",
+            ),
+            Extra::new(
+                "mask",
+                "Volume",
+                "()",
+                "ct: the foreground is where this label map is > 0.",
+            ),
+            Extra::new(
+                "threshold",
+                "Float",
+                "()",
+                "ct: the foreground is the voxels above this (e.g. -500 HU).",
+            ),
+            Extra::new(
+                "stats",
+                "Map",
+                "()",
+                "ct: dataset statistics #{mean, std, median, min, max, percentile_00_5, percentile_99_5, count}.",
+            ),
+            Extra::new("lower", "Float", "0.5", "ct: lower clip percentile."),
+            Extra::new("upper", "Float", "99.5", "ct: upper clip percentile."),
+        ],
+    )
+});
+
+static LABEL_BOXES_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "label_boxes",
+        &[Extra::new(
+            "convention",
+            "\"half_open\" | \"nndet\"",
+            "\"half_open\"",
+            "Box convention: [min, max + 1) or nnDetection's (min − 1, max + 1).",
+        )],
+    )
+});
+
+static COMPONENTS_OPTIONS: LazyLock<OptionSet> =
+    LazyLock::new(|| OptionSet::extras_only("connected_components", &[CONNECTIVITY]));
+
+static INSTANCES_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::extras_only(
+        "labels_to_instances",
+        &[
+            CONNECTIVITY,
+            Extra::new(
+                "min_voxels",
+                "Int",
+                "0",
+                "Drop smaller components (nnDetection's min_num_voxel).",
+            ),
+        ],
+    )
+});
 
 /// The script-side handle of a volume: cheap to copy, immutable (operations return new ones).
 pub type VolumeRef = Arc<Volume>;
@@ -69,17 +176,12 @@ fn floats(values: &[f64]) -> Dynamic {
     Dynamic::from_array(values.iter().map(|&v| Dynamic::from_float(v)).collect())
 }
 
-fn order_from(ctx: &NativeCallContext, options: &Map) -> ScriptResult<Interpolation> {
-    for key in options.keys() {
-        if key.as_str() != "order" {
-            return Err(runtime_error(
-                format!(
-                    "resample: unknown option `{key}`; the only option is `order` (1/\"linear\" or 0/\"nearest\")"
-                ),
-                ctx.call_position(),
-            ));
-        }
-    }
+fn order_from(
+    ctx: &NativeCallContext,
+    set: &OptionSet,
+    options: &Map,
+) -> ScriptResult<Interpolation> {
+    check_options(ctx, set, options)?;
     match options.get("order") {
         None => Ok(Interpolation::Linear),
         Some(v) => {
@@ -105,16 +207,7 @@ fn usize_triple(ctx: &NativeCallContext, what: &str, value: &Array) -> ScriptRes
 }
 
 fn convention_from(ctx: &NativeCallContext, options: &Map) -> ScriptResult<BoxConvention> {
-    for key in options.keys() {
-        if key.as_str() != "convention" {
-            return Err(runtime_error(
-                format!(
-                    "label_boxes: unknown option `{key}`; the only option is `convention` (\"half_open\" or \"nndet\")"
-                ),
-                ctx.call_position(),
-            ));
-        }
-    }
+    check_options(ctx, &LABEL_BOXES_OPTIONS, options)?;
     match options.get("convention") {
         None => Ok(BoxConvention::HalfOpen),
         Some(v) => BoxConvention::from_name(&v.to_string()).map_err(at(ctx)),
@@ -122,6 +215,7 @@ fn convention_from(ctx: &NativeCallContext, options: &Map) -> ScriptResult<BoxCo
 }
 
 fn normalize_with(ctx: &NativeCallContext, v: &Volume, mut options: Map) -> ScriptResult<Volume> {
+    check_options(ctx, &NORMALIZE_OPTIONS, &options)?;
     let scheme = options
         .remove("scheme")
         .map(|s| s.to_string())
@@ -141,14 +235,6 @@ fn normalize_with(ctx: &NativeCallContext, v: &Volume, mut options: Map) -> Scri
         .remove("nonzero_mask")
         .map(|x| x.as_bool().unwrap_or(false))
         .unwrap_or(false);
-    if let Some(k) = options.keys().next() {
-        return Err(runtime_error(
-            format!(
-                "normalize: unknown option `{k}`; options are scheme (\"ct\" or \"zscore\"), mask, threshold, lower, upper, stats, nonzero_mask"
-            ),
-            ctx.call_position(),
-        ));
-    }
     match scheme.as_str() {
         "zscore" | "mri" | "z_score" => {
             let mask = if nonzero {
@@ -211,6 +297,17 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "volume",
         "NIfTI volumes [C, D, H, W]: load, resample, crop, normalise",
     );
+    for set in [
+        &RESAMPLE_OPTIONS,
+        &RESAMPLE_TO_SHAPE_OPTIONS,
+        &SAVE_OPTIONS,
+        &NORMALIZE_OPTIONS,
+        &LABEL_BOXES_OPTIONS,
+        &COMPONENTS_OPTIONS,
+        &INSTANCES_OPTIONS,
+    ] {
+        r.options((**set).clone());
+    }
 
     r.func(
         "load_volume(path: String) -> Volume",
@@ -327,7 +424,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.method(
         "Volume",
         "resample(spacing: Array, options: Map) -> Volume",
-        "Resample with options: #{order: 0} (nearest, for label maps) or #{order: 1} (linear).",
+        "Resample with options, e.g. nearest-neighbour for label maps.",
         "let labels_iso = labels.resample([1.0, 1.0, 1.0], #{order: 0});",
         |ctx: NativeCallContext,
          v: &mut VolumeRef,
@@ -335,14 +432,14 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          options: Map|
          -> ScriptResult<VolumeRef> {
             let s = f64_triple(&ctx, "spacing", &spacing)?;
-            let order = order_from(&ctx, &options)?;
+            let order = order_from(&ctx, &RESAMPLE_OPTIONS, &options)?;
             v.resample(s, order).map(Arc::new).map_err(at(&ctx))
         },
     );
     r.method(
         "Volume",
         "resample_to_shape(shape: Array, options: Map) -> Volume",
-        "Resample to an explicit spatial shape [D, H, W]; options as for resample (#{order: 0|1}).",
+        "Resample to an explicit spatial shape [D, H, W].",
         "let small = ct.resample_to_shape([32, 64, 64], #{order: 1});",
         |ctx: NativeCallContext,
          v: &mut VolumeRef,
@@ -350,7 +447,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
          options: Map|
          -> ScriptResult<VolumeRef> {
             let s = usize_triple(&ctx, "shape", &shape)?;
-            let order = order_from(&ctx, &options)?;
+            let order = order_from(&ctx, &RESAMPLE_TO_SHAPE_OPTIONS, &options)?;
             v.resample_to_shape(s, order)
                 .map(Arc::new)
                 .map_err(at(&ctx))
@@ -369,21 +466,14 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     r.method(
         "Volume",
         "save(path: String, options: Map)",
-        "Write with options: #{dtype: \"f32\"|\"f64\"|\"u8\"|\"i16\"|\"u16\"|\"i32\"} (integer types for label maps).",
+        "Write the volume as NIfTI with options (an integer voxel type for label maps).",
         "labels.save(\"runs/labels.nii.gz\", #{dtype: \"i16\"});",
         |ctx: NativeCallContext, v: &mut VolumeRef, path: &str, options: Map| -> ScriptResult<()> {
-            let mut dtype = NiftiDtype::F32;
-            for (k, val) in options {
-                match k.as_str() {
-                    "dtype" => dtype = NiftiDtype::from_name(&val.to_string()).map_err(at(&ctx))?,
-                    other => {
-                        return Err(runtime_error(
-                            format!("save: unknown option `{other}`; the only option is `dtype`"),
-                            ctx.call_position(),
-                        ));
-                    }
-                }
-            }
+            check_options(&ctx, &SAVE_OPTIONS, &options)?;
+            let dtype = match options.get("dtype") {
+                Some(d) => NiftiDtype::from_name(&d.to_string()).map_err(at(&ctx))?,
+                None => NiftiDtype::F32,
+            };
             create_parent(&ctx, path)?;
             crate::volume::write_nifti(v, Path::new(path), dtype).map_err(at(&ctx))
         },
@@ -440,12 +530,11 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "Volume",
         "normalize(options: Map) -> Volume",
         "Intensity normalisation.\n\
-         #{scheme: \"zscore\"}: per-channel z-score (+1e-8); add nonzero_mask: true to use the body only.\n\
+         #{scheme: \"zscore\"}: per-channel z-score (+1e-8).\n\
          #{scheme: \"ct\", mask: labels}: clip to the 0.5/99.5 percentiles of the foreground (mask > 0),\n\
-         then z-score with the foreground mean/std (nnDetection's CT scheme). Instead of `mask`,\n\
-         give `threshold` (foreground = voxels above it) or `stats` (dataset statistics\n\
-         #{mean, std, median, min, max, percentile_00_5, percentile_99_5, count}). lower/upper\n\
-         change the clip percentiles. NaN voxels are an error, never silently propagated.",
+         then z-score with the foreground mean/std (nnDetection's CT scheme); the foreground comes\n\
+         from one of `mask`, `threshold` or `stats`. NaN voxels are an error, never silently\n\
+         propagated.",
         "let n = ct.normalize(#{scheme: \"ct\", threshold: -500.0});\nprint(n.stats());",
         |ctx: NativeCallContext, v: &mut VolumeRef, options: Map| -> ScriptResult<VolumeRef> {
             normalize_with(&ctx, v, options).map(Arc::new)
@@ -544,7 +633,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "label_boxes(labels: Volume, options: Map) -> Map",
-        "Boxes of every label with options: #{convention: \"nndet\"} gives nnDetection's (min − 1, max + 1).",
+        "Boxes of every label with options, e.g. nnDetection's box convention.",
         "let boxes = label_boxes(labels, #{convention: \"nndet\"});",
         |ctx: NativeCallContext, labels: VolumeRef, options: Map| -> ScriptResult<Map> {
             let convention = convention_from(&ctx, &options)?;
@@ -635,19 +724,11 @@ fn operand<'a>(
 
 fn connectivity_from(
     ctx: &NativeCallContext,
-    what: &str,
+    set: &OptionSet,
     options: &Map,
-    allowed: &[&str],
 ) -> ScriptResult<Connectivity> {
-    if let Some(k) = options.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(runtime_error(
-            format!(
-                "{what}: unknown option `{k}`; options are {}",
-                allowed.join(", ")
-            ),
-            ctx.call_position(),
-        ));
-    }
+    check_options(ctx, set, options)?;
+    let what = &set.primitive;
     match options.get("connectivity") {
         None => Ok(Connectivity::default()),
         Some(v) => {
@@ -844,11 +925,10 @@ fn register_ops(r: &mut Registrar) {
     );
     r.func(
         "connected_components(mask: Volume, options: Map) -> Volume",
-        "Connected components with options: #{connectivity: 6|18|26} (faces; faces and edges;\n\
-         faces, edges and corners).",
+        "Connected components with options (another connectivity).",
         "let objects = connected_components(mask, #{connectivity: 6});",
         |ctx: NativeCallContext, mask: VolumeRef, options: Map| -> ScriptResult<VolumeRef> {
-            let c = connectivity_from(&ctx, "connected_components", &options, &["connectivity"])?;
+            let c = connectivity_from(&ctx, &COMPONENTS_OPTIONS, &options)?;
             ops::connected_components(&mask, c)
                 .map(|(v, _)| Arc::new(v))
                 .map_err(at(&ctx))
@@ -872,16 +952,10 @@ fn register_ops(r: &mut Registrar) {
     );
     r.func(
         "labels_to_instances(labels: Volume, options: Map) -> Map",
-        "labels_to_instances with options: #{connectivity: 6|18|26 (default 26), min_voxels: N\n\
-         (drop smaller components, nnDetection's min_num_voxel; default 0)}.",
+        "labels_to_instances with options (connectivity, smallest component kept).",
         "let r = labels_to_instances(seg, #{min_voxels: 10});",
         |ctx: NativeCallContext, labels: VolumeRef, options: Map| -> ScriptResult<Map> {
-            let c = connectivity_from(
-                &ctx,
-                "labels_to_instances",
-                &options,
-                &["connectivity", "min_voxels"],
-            )?;
+            let c = connectivity_from(&ctx, &INSTANCES_OPTIONS, &options)?;
             let min_voxels = match options.get("min_voxels") {
                 None => 0,
                 Some(v) => match v.as_int() {
