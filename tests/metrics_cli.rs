@@ -88,6 +88,7 @@ fn eval_prints_the_nndetection_values_of_the_fixture() {
             .as_array()
             .unwrap();
         assert_eq!(curve.len(), 7);
+        assert_eq!(curve.len(), expected.len(), "{}", case["name"]);
         for (a, b) in curve.iter().zip(expected) {
             assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-7);
         }

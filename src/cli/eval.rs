@@ -193,9 +193,7 @@ fn name_class_keys(
         if let Some(other) = names[..k].iter().position(|n| n == name) {
             return Err(MetricsError::config(
                 "--class-keys",
-                format!(
-                    "classes {other} and {k} are both named '{name}': use --class-keys index"
-                ),
+                format!("classes {other} and {k} are both named '{name}': use --class-keys index"),
             ));
         }
     }
@@ -219,7 +217,13 @@ fn name_class_keys(
     Ok(serde_json::Value::Object(renamed))
 }
 
-type Cases = (Vec<String>, Vec<ImageGt>, Vec<ImagePred>, Option<Vec<String>>);
+/// Case ids, their GT and predictions, and the class names (when the input has them).
+type Cases = (
+    Vec<String>,
+    Vec<ImageGt>,
+    Vec<ImagePred>,
+    Option<Vec<String>>,
+);
 
 fn read_dataset(dataset: &Path, predictions: &Path) -> Result<Cases, MetricsError> {
     let files = io::read_prediction_dir(predictions)?;

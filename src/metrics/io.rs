@@ -756,7 +756,9 @@ pub fn read_dataset_class_names(dataset: &Path) -> Result<Option<Vec<String>>, M
             };
             *slot = Some(text);
         }
-        return Ok(Some(names.into_iter().map(Option::unwrap_or_default).collect()));
+        return Ok(Some(
+            names.into_iter().map(Option::unwrap_or_default).collect(),
+        ));
     }
     Ok(None)
 }
@@ -816,12 +818,17 @@ mod tests {
         assert_eq!(typed, EvalInput::from_json_general(text).unwrap());
         assert_eq!(typed.cases[0].id, "7");
         assert_eq!(typed.cases[2].id, "#2");
-        assert_eq!(typed.cases[0].gt.boxes[0][1].to_bits(), 0.30000000000000004f64.to_bits());
+        assert_eq!(
+            typed.cases[0].gt.boxes[0][1].to_bits(),
+            0.30000000000000004f64.to_bits()
+        );
         // Python's NaN, a class written as 1.0 and a duplicate id are left to the general
         // reader (which accepts the class and words the other errors).
-        let float_class = r#"{"cases": [{"id": "a", "gt": {"boxes": [[0,0,0,1,1,1]], "classes": [1.0]}}]}"#;
+        let float_class =
+            r#"{"cases": [{"id": "a", "gt": {"boxes": [[0,0,0,1,1,1]], "classes": [1.0]}}]}"#;
         assert!(EvalInput::from_json_typed(float_class).is_none());
-        assert_eq!(EvalInput::from_json_str(float_class).unwrap().cases[0].gt.classes, vec![1]);
+        let read = EvalInput::from_json_str(float_class).unwrap();
+        assert_eq!(read.cases[0].gt.classes, vec![1]);
         let twice = r#"{"cases": [{"id": "a"}, {"id": "a"}]}"#;
         assert!(EvalInput::from_json_typed(twice).is_none());
         assert!(
