@@ -395,3 +395,48 @@ fn scripts_import_select_a_stem_and_export() {
     }
     assert!(out.is_file());
 }
+
+/// Issue 9's acceptance: a script loads an nnssl `.pth` (fixture (a)), transfers its encoder
+/// into a Retina U-Net built from the checkpoint's own backbone and fine-tunes it a few
+/// iterations with a frozen-encoder phase.
+#[test]
+fn a_script_fine_tunes_a_detector_from_an_nnssl_pth() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        let ckpt = load_pretrained("{nnssl}");
+        let model = detector("retina_unet", ckpt.backbone(), #{{num_classes: 1, fpn_channels: 8, head_channels: 8}});
+        let probe = pool_volume(#{{seed: 7, shape: [16, 16, 16]}}, 0);
+        let fresh = features(model, probe);
+        let report = transfer(model, ckpt, #{{scope: "encoder"}});
+        let loaded = features(model, probe);
+        let theirs = features(ckpt, probe);
+        let ds = synthetic_dataset("data", #{{cases: 4, test_cases: 1, seed: 3, shape: [16, 24, 24]}});
+        let pre = preprocess(ds, #{{spacing: [1.0, 1.0, 1.0]}});
+        let run = train(model, pre, #{{lr: 0.01, epochs: 1, iters_per_epoch: 3, batch: 1,
+            patch: [16, 16, 16], freeze_encoder_iters: 1, warmup_iters: 1, val_patches: 1,
+            progress: false, out: "finetune"}});
+        let tuned = features(model, probe);
+        #{{loaded: report.loaded, missing: report.missing, by_shape: report.skipped_by_shape,
+           fresh_differs: fresh[2].stats().mean != theirs[2].stats().mean,
+           transferred: loaded[2].stats().mean == theirs[2].stats().mean
+               && loaded[2].stats().std == theirs[2].stats().std,
+           iterations: run.iterations,
+           trained: tuned[2].stats().mean != theirs[2].stats().mean}}
+        "#,
+        nnssl = fixture("nnssl_resenc.pth").display(),
+    );
+    let mut interpreter = detlab::script::Interpreter::new(dir.path().to_path_buf());
+    let result = interpreter
+        .eval_source(&script, "finetune_pth.rhai")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let map = result.cast::<rhai::Map>();
+    let get = |k: &str| map.get(k).unwrap_or_else(|| panic!("no {k}")).clone();
+    assert!(get("loaded").as_int().unwrap() > 0, "{map:?}");
+    assert_eq!(get("missing").as_int().unwrap(), 0, "{map:?}");
+    assert_eq!(get("by_shape").as_int().unwrap(), 0, "{map:?}");
+    for flag in ["fresh_differs", "transferred", "trained"] {
+        assert!(get(flag).as_bool().unwrap(), "{flag}: {map:?}");
+    }
+    assert_eq!(get("iterations").as_int().unwrap(), 3, "{map:?}");
+}
