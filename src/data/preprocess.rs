@@ -9,9 +9,13 @@
 //!    the anisotropy exception, [`median_target_spacing`]) and one normalisation per channel:
 //!    `"CT"` channels are clipped to the dataset's foreground percentiles (0.5/99.5) and
 //!    z-scored with the dataset's foreground mean/std; other channels get a per-case z-score.
-//! 3. **Per case**, in parallel: stack, clean, crop (the mask with the same box), resample (image
-//!    linear, mask nearest to exactly the image's new shape; see `volume::resample` for the grid
-//!    convention), normalise, and compute half-open boxes `(min, max + 1)` in the new grid.
+//! 3. **Per case**, in parallel: stack, clean (NaN/±Inf → 0), crop (the mask with the same
+//!    box), resample (image with a cubic spline by default, skimage `resize(order=3,
+//!    mode="edge", anti_aliasing=False)` as nnDetection, or linear with `image_order: 1`; mask
+//!    nearest to exactly the image's new shape; see `volume::resample` for the grid convention;
+//!    no separate-z resampling, as in nnDetection), normalise, and compute the boxes in
+//!    nnDetection's convention `(min − 1, max + 1)` in the new grid: the sampling candidates,
+//!    the training targets and the evaluation share it (see [`RestoreInfo`] for the way back).
 //!    Unlike nnDetection, axes are not transposed (detlab's D axis is the slice axis already).
 //!
 //! # Cache layout (default `<dataset>/preprocessed/<settings-hash>/`)
@@ -49,7 +53,7 @@ use crate::volume::normalize::{self, CtNormalization, IntensityStats, Normalizat
 use crate::volume::{Affine, Interpolation, Volume};
 
 /// Version of the cache layout; bump when the files or their meaning change.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+pub const CACHE_FORMAT_VERSION: u32 = 2;
 
 /// The voxel spacing every case is resampled to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +99,9 @@ pub struct PreprocessConfig {
     pub foreground_sample_step: usize,
     /// Also preprocess the test cases (`imagesTs`), with the training statistics (default true).
     pub include_test: bool,
+    /// Spline order for resampling images: 3 (default; cubic, nnDetection's choice) or 1 (linear,
+    /// faster, no overshoot at edges). Labels always use order 0.
+    pub image_order: u8,
 }
 
 impl Default for PreprocessConfig {
@@ -107,6 +114,7 @@ impl Default for PreprocessConfig {
             ct_clip_percentiles: [0.5, 99.5],
             foreground_sample_step: normalize::DEFAULT_SAMPLE_STEP,
             include_test: true,
+            image_order: 3,
         }
     }
 }
@@ -129,6 +137,15 @@ impl PreprocessConfig {
                 format!(
                     "must satisfy 0 <= lower <= upper <= 100, got {:?}",
                     self.ct_clip_percentiles
+                ),
+            ));
+        }
+        if !matches!(self.image_order, 1 | 3) {
+            return Err(DataError::config(
+                "preprocess.image_order",
+                format!(
+                    "must be 3 (cubic, nnDetection) or 1 (linear), got {}",
+                    self.image_order
                 ),
             ));
         }
@@ -163,14 +180,22 @@ pub struct PreprocessPlan {
     pub intensity_stats: Vec<Option<IntensityStats>>,
     /// Modality names per channel.
     pub modalities: Vec<String>,
+    /// Spline order images are resampled with (3 or 1; plans saved before it existed used 1).
+    #[serde(default = "PreprocessPlan::linear_order")]
+    pub image_order: u8,
 }
 
 /// How to map boxes from the preprocessed grid back to the original image.
 ///
-/// Box coordinates are continuous voxel coordinates in which voxel `v` spans `[v, v + 1)`
-/// (so half-open mask boxes `(min, max + 1)` cover their voxels exactly). Resampling scales
-/// these coordinates by `cropped_shape / resampled_shape` per axis (the grid-mode convention of
-/// `volume::resample`), and cropping shifts them by `crop_start`.
+/// Boxes are in `box_convention` (nnDetection's `(min − 1, max + 1)` for every cache detlab
+/// writes). They are mapped through the voxels they cover: in half-open coordinates, where
+/// voxel `v` spans `[v, v + 1)`, resampling scales by `cropped_shape / resampled_shape` per axis
+/// (the grid-mode convention of `volume::resample`) and cropping shifts by `crop_start`; the
+/// result is expressed in the same convention again. So the box of an object's voxels maps to
+/// the box of the same object's voxels in the original grid (exactly when the resampling
+/// factor is a whole number), which is what the evaluation derives from the original mask.
+/// nnDetection instead scales the `(min − 1, max + 1)` numbers themselves, which moves the low
+/// side by `1 − scale` voxels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreInfo {
@@ -188,6 +213,8 @@ pub struct RestoreInfo {
     pub resampled_shape: [usize; 3],
     /// Spacing of the preprocessed grid in mm (the target spacing).
     pub target_spacing: [f64; 3],
+    /// The convention of the boxes in both grids.
+    pub box_convention: BoxConvention,
 }
 
 impl RestoreInfo {
@@ -200,15 +227,17 @@ impl RestoreInfo {
     pub fn boxes_to_original(&self, boxes: &[Box3]) -> Vec<Box3> {
         let z = self.scale();
         let s = self.crop_start.map(|v| v as f64);
+        let convention = self.box_convention;
         boxes
             .iter()
             .map(|b| {
-                let mut o = *b;
+                let h = convention.to_half_open(b);
+                let mut o = h;
                 for a in 0..3 {
-                    o[a] = b[a] * z[a] + s[a];
-                    o[a + 3] = b[a + 3] * z[a] + s[a];
+                    o[a] = h[a] * z[a] + s[a];
+                    o[a + 3] = h[a + 3] * z[a] + s[a];
                 }
-                o
+                convention.from_half_open(&o)
             })
             .collect()
     }
@@ -218,15 +247,17 @@ impl RestoreInfo {
     pub fn boxes_to_preprocessed(&self, boxes: &[Box3]) -> Vec<Box3> {
         let z = self.scale();
         let s = self.crop_start.map(|v| v as f64);
+        let convention = self.box_convention;
         boxes
             .iter()
             .map(|b| {
-                let mut o = *b;
+                let h = convention.to_half_open(b);
+                let mut o = h;
                 for a in 0..3 {
-                    o[a] = (b[a] - s[a]) / z[a];
-                    o[a + 3] = (b[a + 3] - s[a]) / z[a];
+                    o[a] = (h[a] - s[a]) / z[a];
+                    o[a + 3] = (h[a + 3] - s[a]) / z[a];
                 }
-                o
+                convention.from_half_open(&o)
             })
             .collect()
     }
@@ -259,7 +290,7 @@ pub struct CaseMeta {
     pub spacing: [f64; 3],
     /// Whether `<case>_instances.npy` exists.
     pub labelled: bool,
-    /// Half-open boxes `(min, max + 1)` of the instances in the preprocessed grid.
+    /// Boxes `(min − 1, max + 1)` (nnDetection's convention) of the instances in the preprocessed grid.
     pub boxes: Vec<Box3>,
     /// Class of each box.
     pub classes: Vec<usize>,
@@ -282,7 +313,7 @@ pub struct PreprocessedCase {
     pub image: Array4<f32>,
     /// Instance mask `[D, H, W]` (0 background); `None` for unlabelled test cases.
     pub instances: Option<Array3<u16>>,
-    /// Half-open boxes `(min, max + 1)` in this grid, sorted by instance id.
+    /// Boxes `(min − 1, max + 1)` (nnDetection's convention) in this grid, sorted by instance id.
     pub boxes: Vec<Box3>,
     /// Class of each box.
     pub classes: Vec<usize>,
@@ -504,6 +535,19 @@ impl PreprocessedDataset {
 }
 
 impl PreprocessPlan {
+    fn linear_order() -> u8 {
+        1
+    }
+
+    /// The interpolation images are resampled with.
+    pub fn image_interpolation(&self) -> Interpolation {
+        if self.image_order == 3 {
+            Interpolation::Cubic
+        } else {
+            Interpolation::Linear
+        }
+    }
+
     /// Preprocess one image (and optionally its instance mask) exactly as the cache was made.
     ///
     /// Returns the normalised image, the resampled mask (same grid) and the restore info.
@@ -554,7 +598,7 @@ impl PreprocessPlan {
         let cropped_mask =
             instances.map(|m| m.crop_or_pad(crop.start.map(|v| v as i64), crop.shape, 0.0));
         let resampled = cropped
-            .resample(self.target_spacing, Interpolation::Linear)
+            .resample(self.target_spacing, self.image_interpolation())
             .map_err(|e| DataError::volume(&what, e))?;
         let new_shape = resampled.spatial_shape();
         let mask = match cropped_mask {
@@ -577,6 +621,7 @@ impl PreprocessPlan {
             cropped_shape: crop.shape,
             resampled_shape: new_shape,
             target_spacing: self.target_spacing,
+            box_convention: BoxConvention::NnDetection,
         };
         Ok((normalised, mask, restore))
     }
@@ -599,9 +644,9 @@ pub fn median_target_spacing(
         ));
     }
     let column = |a: usize| spacings.iter().map(|s| s[a]).collect::<Vec<f64>>();
-    let mut target = [0, 1, 2].map(|a| percentile_f64(&column(a), 50.0));
+    let mut target = [0, 1, 2].map(|a| crate::util::percentile(&column(a), 50.0));
     let size = [0, 1, 2].map(|a| {
-        percentile_f64(
+        crate::util::percentile(
             &shapes.iter().map(|s| s[a] as f64).collect::<Vec<_>>(),
             50.0,
         )
@@ -617,24 +662,13 @@ pub fn median_target_spacing(
         .map(|&a| size[a])
         .fold(f64::INFINITY, f64::min);
     if target[worst] > 3.0 * min_other_spacing && size[worst] * 3.0 < min_other_size {
-        let mut v = percentile_f64(&column(worst), 10.0);
+        let mut v = crate::util::percentile(&column(worst), 10.0);
         if v < min_other_spacing {
             v = min_other_spacing.max(v) + 1e-5;
         }
         target[worst] = v;
     }
     Ok(target)
-}
-
-/// numpy's `percentile` (linear interpolation) of f64 values.
-fn percentile_f64(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let pos = q / 100.0 * (v.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = (lo + 1).min(v.len() - 1);
-    let t = pos - lo as f64;
-    v[lo] + (v[hi] - v[lo]) * t
 }
 
 /// Preprocess `dataset` with `config` into `cache_dir` (default `<root>/preprocessed/<hash>/`),
@@ -937,6 +971,7 @@ fn make_plan(dataset: &Dataset, config: &PreprocessConfig) -> Result<PreprocessP
         normalization,
         intensity_stats,
         modalities: dataset.meta.modalities.clone(),
+        image_order: config.image_order,
     })
 }
 
@@ -963,7 +998,7 @@ fn preprocess_case(
     let instances = match &mask {
         Some(m) => {
             let view = m.data.index_axis(Axis(0), 0);
-            let by_id = mask_to_boxes(&view, BoxConvention::HalfOpen)
+            let by_id = mask_to_boxes(&view, BoxConvention::NnDetection)
                 .map_err(|e| DataError::volume(format!("case {id}"), e))?;
             for (&inst, &class) in &classes_by_id {
                 match by_id.get(&inst) {
@@ -1213,7 +1248,7 @@ mod tests {
         for id in ds.train_ids() {
             let case = pre.load_case(&id).unwrap();
             let raw = ds.load_case(&id).unwrap();
-            let (orig_boxes, orig_classes) = raw.boxes(BoxConvention::HalfOpen).unwrap();
+            let (orig_boxes, orig_classes) = raw.boxes(BoxConvention::NnDetection).unwrap();
             assert_eq!(case.classes, orig_classes);
             assert_eq!(case.spacing, [1.0, 0.5, 0.5]);
             assert_eq!(case.restore.original_shape, [20, 40, 40]);
@@ -1281,7 +1316,7 @@ mod tests {
         assert_eq!(p.restore.cropped_shape, [11, 13, 13]);
         assert_eq!(p.restore.resampled_shape, [22, 13, 13]);
         // Doubling D with nearest neighbour is exact, so boxes come back exactly.
-        let (orig, _) = case.boxes(BoxConvention::HalfOpen).unwrap();
+        let (orig, _) = case.boxes(BoxConvention::NnDetection).unwrap();
         assert_eq!(p.restore.boxes_to_original(&p.boxes), orig);
         let n = p.image.len() as f64;
         let mean = p.image.iter().map(|&v| v as f64).sum::<f64>() / n;

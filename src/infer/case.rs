@@ -230,6 +230,7 @@ mod tests {
             normalization: vec![NormalizationScheme::None],
             intensity_stats: vec![None],
             modalities: vec!["CT".into()],
+            image_order: 1,
         }
     }
 
@@ -254,17 +255,23 @@ mod tests {
     #[test]
     fn predictions_on_a_resampled_cropped_case_map_back_to_the_raw_grid() {
         let raw = raw_case("cubes_0", &CUBES);
-        let raw_gt: Vec<Box3> = CUBES.iter().map(|c| c.map(|v| v as f64)).collect();
+        // The cubes' boxes in nnDetection's convention (the low side one voxel out).
+        let raw_gt: Vec<Box3> = CUBES
+            .iter()
+            .map(|c| std::array::from_fn(|k| c[k] as f64 - if k < 3 { 1.0 } else { 0.0 }))
+            .collect();
         let (image, mask, restore) = plan().apply(&raw.image, Some(&raw.instances)).unwrap();
         assert_eq!(restore.crop_start, [2, 4, 4]);
         assert_eq!(image.spatial_shape(), [32, 32, 14]);
         // Detections equal to the preprocessed GT restore to the raw GT.
         let mask = mask.unwrap();
-        let pre_gt: Vec<Box3> =
-            mask_to_boxes(&mask.data.index_axis(Axis(0), 0), BoxConvention::HalfOpen)
-                .unwrap()
-                .into_values()
-                .collect();
+        let pre_gt: Vec<Box3> = mask_to_boxes(
+            &mask.data.index_axis(Axis(0), 0),
+            BoxConvention::NnDetection,
+        )
+        .unwrap()
+        .into_values()
+        .collect();
         let gt_as_detections = PatchDetections {
             boxes: pre_gt.clone(),
             scores: vec![0.9, 0.8],
@@ -313,6 +320,70 @@ mod tests {
         };
         let again = predict_case(&oracle, &case, [16, 16, 8], &cfg, &device).unwrap();
         assert_eq!(again, found);
+    }
+
+    /// Section 1 of issue 10: the training targets (the cache's boxes), restored as if they were
+    /// predictions, score AP 1.0 against the evaluation's GT at every IoU up to 0.9; the old
+    /// half-open targets did not.
+    #[test]
+    fn training_targets_restored_as_predictions_score_ap_one_up_to_iou_0_9() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = vec![
+            raw_case("cubes_0", &CUBES),
+            // Small objects (2–3 voxels per axis), where a one-voxel shift costs most IoU.
+            raw_case("cubes_1", &[[5, 6, 6, 7, 9, 10], [12, 24, 16, 15, 26, 22]]),
+        ];
+        let meta = DatasetMeta::new("Task902_RoundTrip", &["cube"], &["CT"]);
+        let dataset = save_dataset(&dir.path().join("raw"), &meta, &cases, &[]).unwrap();
+        let config = PreprocessConfig {
+            // D is upsampled ×2, W downsampled ×2 (even-aligned cubes), the crop shifts all axes.
+            target_spacing: TargetSpacing::Fixed([1.0, 1.0, 1.0]),
+            ..Default::default()
+        };
+        let prepared = preprocess(&dataset, &config, Some(&dir.path().join("cache"))).unwrap();
+        let thresholds: Vec<f64> = (1..=9).map(|k| k as f64 / 10.0).collect();
+        let eval = EvalConfig {
+            iou_thresholds: thresholds.clone(),
+            iou_range: [0.1, 0.9, 0.05],
+            ..Default::default()
+        };
+        let score = |half_open_targets: bool| {
+            let mut gt = Vec::new();
+            let mut pred = Vec::new();
+            for raw in &cases {
+                let case = prepared.load_case(&raw.id).unwrap();
+                assert_eq!(case.restore.box_convention, BoxConvention::NnDetection);
+                let boxes = if half_open_targets {
+                    case.boxes
+                        .iter()
+                        .map(|b| BoxConvention::NnDetection.to_half_open(b))
+                        .collect()
+                } else {
+                    case.boxes.clone()
+                };
+                let detections = PatchDetections {
+                    scores: vec![1.0; boxes.len()],
+                    classes: case.classes.clone(),
+                    boxes,
+                };
+                let restored =
+                    CasePrediction::from_detections(&raw.id, &detections, &case.restore, 1);
+                pred.push(restored.to_prediction_file().to_image_pred());
+                let (boxes, classes) = raw.boxes(BoxConvention::NnDetection).unwrap();
+                gt.push(ImageGt { boxes, classes });
+            }
+            evaluate(&gt, &pred, &eval).unwrap()
+        };
+        let report = score(false);
+        for &t in &thresholds {
+            assert_eq!(report.get(&eval.ap_key(t)), Some(1.0), "AP at IoU {t}");
+        }
+        assert_eq!(report.get(&eval.map_key()), Some(1.0));
+        let old = score(true);
+        assert!(
+            old.get(&eval.ap_key(0.9)).unwrap() < 1.0,
+            "half-open targets should miss at IoU 0.9"
+        );
     }
 
     #[test]
@@ -366,7 +437,7 @@ mod tests {
         let gt: Vec<ImageGt> = cases
             .iter()
             .map(|c| {
-                let (boxes, classes) = c.boxes(BoxConvention::HalfOpen).unwrap();
+                let (boxes, classes) = c.boxes(BoxConvention::NnDetection).unwrap();
                 ImageGt { boxes, classes }
             })
             .collect();

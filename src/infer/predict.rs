@@ -458,6 +458,8 @@ mod tests {
         let merged = raw.merge(&InferenceConfig::default()).unwrap();
         let near = |a: &Box3, b: &Box3| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
         for cube in [CUBE_A, CUBE_B] {
+            // The oracle reports boxes in nnDetection's convention, as detlab trains.
+            let cube = crate::volume::boxes::BoxConvention::NnDetection.from_half_open(&cube);
             assert!(
                 merged.boxes[..2].iter().any(|b| near(b, &cube)),
                 "{cube:?} in {:?}",
@@ -476,7 +478,8 @@ mod tests {
         let device = test_device();
         let oracle = BrightBlobOracle::<B>::new(0.5, 8, &device);
         let mut image = Array4::<f32>::zeros((1, 20, 12, 30));
-        let cube = [3.0, 2.0, 10.0, 9.0, 6.0, 20.0];
+        // The box of voxels 3..9, 2..6, 10..20 in nnDetection's convention.
+        let cube = [2.0, 1.0, 9.0, 9.0, 6.0, 20.0];
         image.slice_mut(s![.., 3..9, 2..6, 10..20]).fill(2.0);
         let cfg = InferenceConfig {
             tta: Tta::Axes(vec![vec![], vec![1, 2]]),

@@ -17,8 +17,8 @@ pub const COMPLETE_SCORE: f64 = 0.9;
 /// Score of a component cut by the patch border (a real detector is unsure about those).
 pub const TRUNCATED_SCORE: f64 = 0.3;
 
-/// Detects 6-connected components of channel 0 above `threshold`; boxes are half-open voxel
-/// boxes of the components. Patch sizes must be multiples of `divisor`.
+/// Detects 6-connected components of channel 0 above `threshold`; boxes are the components'
+/// boxes in nnDetection's convention `(min − 1, max + 1)`, the one detlab trains on. Patch sizes must be multiples of `divisor`.
 #[derive(Module, Debug)]
 pub struct BrightBlobOracle<B: Backend> {
     /// A tiny encoder, only there because the trait hands one out.
@@ -80,9 +80,9 @@ pub fn components(values: &[f32], size: [usize; 3], threshold: f64) -> Vec<(Box3
         let truncated = (0..3).any(|a| lo[a] == 0 || hi[a] == size[a]);
         out.push((
             [
-                lo[0] as f64,
-                lo[1] as f64,
-                lo[2] as f64,
+                lo[0] as f64 - 1.0,
+                lo[1] as f64 - 1.0,
+                lo[2] as f64 - 1.0,
                 hi[0] as f64,
                 hi[1] as f64,
                 hi[2] as f64,

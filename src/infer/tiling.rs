@@ -120,18 +120,12 @@ pub fn extract_tile(image: &ArrayView4<f32>, tile: &Tile, pad_value: f32, out: &
     out.extend(buffer.iter().copied());
 }
 
-/// Mirror a box inside a tile of `size` along the flagged axes (`c → size − c`, min and max
-/// swapped); applying it twice gives the box back.
+/// Mirror a box (nnDetection's convention, the one detlab trains on) inside a tile of `size`
+/// along the flagged axes: `c → size − 1 − c`, min and max swapped, so the box of an object's
+/// voxels becomes the box of the mirrored voxels. (nnDetection maps `c → size − c`, which moves
+/// boxes of its own convention by one voxel.) Applying it twice gives the box back.
 pub fn flip_box(b: &Box3, flips: [bool; 3], size: [usize; 3]) -> Box3 {
-    let mut o = *b;
-    for a in 0..3 {
-        if flips[a] {
-            let s = size[a] as f64;
-            o[a] = s - b[a + 3];
-            o[a + 3] = s - b[a];
-        }
-    }
-    o
+    crate::volume::boxes::BoxConvention::NnDetection.flip(b, flips, size)
 }
 
 /// Weight of a box by its position in a tile: `1 − max(0, d / d_max − 0.5)` with `d` the
@@ -287,7 +281,7 @@ mod tests {
         }
         assert_eq!(
             flip_box(&b, [true, false, true], size),
-            [4.0, 2.5, 4.75, 7.0, 6.0, 9.0]
+            [3.0, 2.5, 3.75, 6.0, 6.0, 8.0]
         );
     }
 

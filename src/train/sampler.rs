@@ -41,7 +41,7 @@ use ndarray::{Array3, Array4, s};
 use rand::Rng;
 
 use super::TrainError;
-use crate::volume::boxes::Box3;
+use crate::volume::boxes::{Box3, BoxConvention};
 
 /// Read access to one case for patch sampling (implemented by preprocessed cases and by
 /// [`CaseData`]).
@@ -52,8 +52,13 @@ pub trait SampleSource: Send + Sync {
     fn image(&self) -> &Array4<f32>;
     /// Instance mask `[D, H, W]` (0 background), if labelled.
     fn instances(&self) -> Option<&Array3<u16>>;
-    /// Boxes `[d0, h0, w0, d1, h1, w1]` (half-open voxels) of the instances.
+    /// Boxes `[d0, h0, w0, d1, h1, w1]` of the instances, in [`SampleSource::box_convention`].
     fn boxes(&self) -> &[Box3];
+    /// The convention of the boxes (half-open unless the source says otherwise; preprocessed
+    /// cases use nnDetection's, which detlab trains on).
+    fn box_convention(&self) -> BoxConvention {
+        BoxConvention::HalfOpen
+    }
     /// Class (0-based) of each box.
     fn classes(&self) -> &[usize];
     /// Instance id (mask value) of each box.
@@ -209,8 +214,20 @@ pub fn random_origin<R: Rng + ?Sized>(
     })
 }
 
-/// Clip `b` (already in patch coordinates) to a patch of `size`; `None` when the box rule
-/// drops it.
+/// [`clip_box`] for a box in `convention`: the box of its voxels inside the patch, in the same
+/// convention (nnDetection's box of an object touching the patch's first voxel starts at −1).
+pub fn clip_box_in(
+    b: &Box3,
+    size: [usize; 3],
+    min_visible_fraction: f64,
+    convention: BoxConvention,
+) -> Option<Box3> {
+    clip_box(&convention.to_half_open(b), size, min_visible_fraction)
+        .map(|clipped| convention.from_half_open(&clipped))
+}
+
+/// Clip the half-open box `b` (already in patch coordinates) to a patch of `size`; `None` when
+/// the box rule drops it.
 pub fn clip_box(b: &Box3, size: [usize; 3], min_visible_fraction: f64) -> Option<Box3> {
     let mut clipped = *b;
     for a in 0..3 {
@@ -275,7 +292,12 @@ pub fn crop_patch(
     let mut instance_ids = Vec::new();
     for (i, b) in source.boxes().iter().enumerate() {
         let shifted: Box3 = std::array::from_fn(|k| b[k] - origin[k % 3] as f64);
-        if let Some(clipped) = clip_box(&shifted, patch, min_visible_fraction) {
+        if let Some(clipped) = clip_box_in(
+            &shifted,
+            patch,
+            min_visible_fraction,
+            source.box_convention(),
+        ) {
             boxes.push(clipped);
             classes.push(source.classes().get(i).copied().unwrap_or(0));
             instance_ids.push(source.instance_ids().get(i).copied().unwrap_or(0));
@@ -519,6 +541,9 @@ impl PatchSampler {
 impl SampleSource for crate::data::PreprocessedCase {
     fn case_id(&self) -> &str {
         &self.id
+    }
+    fn box_convention(&self) -> BoxConvention {
+        self.restore.box_convention
     }
     fn image(&self) -> &Array4<f32> {
         &self.image

@@ -159,6 +159,37 @@ pub enum BoxConvention {
 }
 
 impl BoxConvention {
+    /// The half-open box `[min, max + 1)` covering the same voxels as `b` (given in this convention).
+    pub fn to_half_open(self, b: &Box3) -> Box3 {
+        match self {
+            BoxConvention::HalfOpen => *b,
+            BoxConvention::NnDetection => [b[0] + 1.0, b[1] + 1.0, b[2] + 1.0, b[3], b[4], b[5]],
+        }
+    }
+
+    /// The box in this convention covering the same voxels as the half-open box `b`.
+    pub fn from_half_open(self, b: &Box3) -> Box3 {
+        match self {
+            BoxConvention::HalfOpen => *b,
+            BoxConvention::NnDetection => [b[0] - 1.0, b[1] - 1.0, b[2] - 1.0, b[3], b[4], b[5]],
+        }
+    }
+
+    /// `b` mirrored on the axes flagged in `flips` of a grid of `size` voxels: the box of the
+    /// mirrored voxels (half-open `x → size − x`; nnDetection's `x → size − 1 − x`).
+    pub fn flip(self, b: &Box3, flips: [bool; 3], size: [usize; 3]) -> Box3 {
+        let mut o = self.to_half_open(b);
+        let h = o;
+        for a in 0..3 {
+            if flips[a] {
+                let s = size[a] as f64;
+                o[a] = s - h[a + 3];
+                o[a + 3] = s - h[a];
+            }
+        }
+        self.from_half_open(&o)
+    }
+
     /// Parse `"half_open"` or `"nndetection"`.
     pub fn from_name(name: &str) -> Result<BoxConvention, VolumeError> {
         match name.to_ascii_lowercase().replace('-', "_").as_str() {
@@ -621,6 +652,18 @@ mod tests {
         assert_eq!(info[&1].voxels, 1);
         assert_eq!(info[&2].voxels, 3 * 2 * 4);
         assert!(half.values().all(|b| box_inside(b, [6, 7, 8])));
+        // Conversions and mirroring agree with the boxes of the mirrored mask in both conventions.
+        let mirrored = m.slice(s![..;-1, .., ..;-1]).to_owned();
+        for convention in [BoxConvention::HalfOpen, BoxConvention::NnDetection] {
+            let boxes = mask_to_boxes(&m.view(), convention).unwrap();
+            let flipped = mask_to_boxes(&mirrored.view(), convention).unwrap();
+            for (id, b) in &boxes {
+                assert_eq!(convention.from_half_open(&convention.to_half_open(b)), *b);
+                assert_eq!(convention.to_half_open(b), half[id]);
+                let f = convention.flip(b, [true, false, true], [6, 7, 8]);
+                assert_eq!(f, flipped[id], "{convention:?} instance {id}");
+            }
+        }
     }
 
     #[test]
