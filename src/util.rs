@@ -170,3 +170,69 @@ pub mod interrupt {
         }
     }
 }
+
+/// `np.percentile(values, q)` with numpy's default linear method, of f32 or f64 values in any
+/// order (`q` in 0–100, clamped): the one percentile of detlab.
+///
+/// Sorted input is read in place; otherwise a copy is partially sorted (O(n), total order, so
+/// NaN sorts last). Interpolates in f64 with numpy's virtual index `n·q + (1 − q) − 1` and its
+/// `_lerp` (from the upper end when the fraction is ≥ 0.5). NaN for an empty slice.
+pub fn percentile<T: Copy + Into<f64>>(values: &[T], q: f64) -> f64 {
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let q = (q / 100.0).clamp(0.0, 1.0);
+    let virtual_index = (n as f64 * q + (1.0 - q)) - 1.0;
+    let lo = (virtual_index.floor().max(0.0) as usize).min(n - 1);
+    let t = (virtual_index - lo as f64).max(0.0);
+    let value = |v: &T| -> f64 { (*v).into() };
+    let (a, b) = if values.is_sorted_by(|x, y| value(x) <= value(y)) {
+        (value(&values[lo]), value(&values[(lo + 1).min(n - 1)]))
+    } else {
+        let mut copy: Vec<f64> = values.iter().map(value).collect();
+        let (_, a, upper) = copy.select_nth_unstable_by(lo, f64::total_cmp);
+        let a = *a;
+        (a, upper.iter().copied().min_by(f64::total_cmp).unwrap_or(a))
+    };
+    let diff = b - a;
+    if t >= 0.5 {
+        b - diff * (1.0 - t)
+    } else {
+        a + diff * t
+    }
+}
+
+#[cfg(test)]
+mod percentile_tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_matches_numpy_for_sorted_unsorted_f32_and_f64() {
+        // np.percentile([3, 1, 4, 1, 5, 9, 2, 6], q) for q = 0, 0.5, 25, 50, 99.5, 100.
+        let v = [3.0f64, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let single: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        for (q, e) in [
+            (0.0, 1.0),
+            (0.5, 1.0),
+            (25.0, 1.75),
+            (50.0, 3.5),
+            (99.5, 8.895),
+            (100.0, 9.0),
+        ] {
+            for got in [
+                percentile(&v, q),
+                percentile(&sorted, q),
+                percentile(&single, q),
+            ] {
+                assert!((got - e).abs() < 1e-12, "q={q}: {got} vs numpy {e}");
+            }
+        }
+        // np.percentile([4.0, 1.0, 3.0, 2.0], 2.5) = 1.075; one value; empty.
+        assert!((percentile(&[4.0, 1.0, 3.0, 2.0], 2.5) - 1.075).abs() < 1e-15);
+        assert_eq!(percentile(&[7.0f32], 30.0), 7.0);
+        assert!(percentile::<f64>(&[], 50.0).is_nan());
+    }
+}

@@ -152,35 +152,8 @@ pub fn roc_keep_indices(fp: &[u64], tp: &[u64]) -> Vec<usize> {
     keep
 }
 
-/// `np.percentile(values, q)` with the default linear method; `values` need not be sorted.
-/// NaN for an empty slice.
-pub fn percentile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    // numpy's virtual index for the linear method (alpha = beta = 1), in its operation order.
-    let q = q / 100.0;
-    let virtual_index = (n as f64 * q + (1.0 - q)) - 1.0;
-    if virtual_index >= (n - 1) as f64 {
-        return v[n - 1];
-    }
-    if virtual_index < 0.0 {
-        return v[0];
-    }
-    let lo = virtual_index.floor();
-    let t = virtual_index - lo;
-    let (a, b) = (v[lo as usize], v[lo as usize + 1]);
-    // numpy's `_lerp`: a + (b - a) * t, evaluated from the upper end when t >= 0.5.
-    let diff = b - a;
-    if t >= 0.5 {
-        b - diff * (1.0 - t)
-    } else {
-        a + diff * t
-    }
-}
+/// `np.percentile(values, q)` (numpy linear); one implementation for detlab.
+pub use crate::util::percentile;
 
 #[cfg(test)]
 mod tests {

@@ -106,6 +106,11 @@ fn check_fixture(cfg: &EvalConfig, tolerance: f64) -> f64 {
             .iter()
             .map(|x| x.as_f64().unwrap())
             .collect();
+        assert_eq!(
+            curve.len(),
+            expected.len(),
+            "{name} FROC curve: {curve:?} vs {expected:?}"
+        );
         for (g, e) in curve.iter().zip(&expected) {
             assert!(
                 (g - e).abs() <= tolerance,
@@ -413,6 +418,7 @@ fn images_without_predictions_count_for_g_and_n_img() {
     assert_eq!(curve.fppi, vec![0.0, 1.0 / 3.0]);
     assert_eq!(curve.sensitivity, vec![0.0, 0.5]);
     let expected = [0.125 * 3.0 * 0.5, 0.25 * 3.0 * 0.5, 0.5, 0.5, 0.5, 0.5, 0.5];
+    assert_eq!(curve.grid_sensitivity.len(), expected.len());
     for (g, e) in curve.grid_sensitivity.iter().zip(expected) {
         assert!((g - e).abs() < 1e-15, "{:?}", curve.grid_sensitivity);
     }

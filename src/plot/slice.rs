@@ -24,6 +24,7 @@
 use super::axis::font;
 use super::output::{Figure, RgbImage, Underlay, render_rgb, render_svg, write_figure};
 use super::{PlotError, PlotResult, draw_error, empty, invalid};
+use crate::util::percentile;
 use crate::volume::Volume;
 use crate::volume::boxes::{Box3, validate};
 use ndarray::{Array2, ArrayView2, Axis as NdAxis};
@@ -407,15 +408,6 @@ fn window_bounds(slice: ArrayView2<f32>, options: &SliceOptions) -> PlotResult<(
     } else {
         (lo - 0.5, lo + 0.5)
     })
-}
-
-/// Linear-interpolated percentile of sorted values (numpy's default method).
-fn percentile(sorted: &[f32], p: f64) -> f64 {
-    let position = p / 100.0 * (sorted.len() - 1) as f64;
-    let below = position.floor() as usize;
-    let above = (below + 1).min(sorted.len() - 1);
-    let t = position - below as f64;
-    sorted[below] as f64 * (1.0 - t) + sorted[above] as f64 * t
 }
 
 fn grayscale(slice: ArrayView2<f32>, lo: f64, hi: f64, flip: bool) -> RgbImage {

@@ -48,35 +48,8 @@ pub struct IntensityStats {
     pub count: u64,
 }
 
-/// The q-th percentile (0–100) of `values` with numpy's default linear interpolation.
-///
-/// `values` is reordered (partially sorted) in place; it must be non-empty and hold no NaN.
-pub fn percentile(values: &mut [f32], q: f64) -> f64 {
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let position = (q / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
-    let lo = position.floor() as usize;
-    let t = position - lo as f64;
-    let (_, &mut a, upper) = values.select_nth_unstable_by(lo, |x, y| x.total_cmp(y));
-    let a = a as f64;
-    if lo + 1 >= n {
-        return a;
-    }
-    let b = upper
-        .iter()
-        .copied()
-        .min_by(|x, y| x.total_cmp(y))
-        .unwrap_or(a as f32) as f64;
-    // numpy's _lerp: a + (b - a)·t, computed from the upper end when t >= 0.5.
-    let diff = b - a;
-    if t >= 0.5 {
-        b - diff * (1.0 - t)
-    } else {
-        a + diff * t
-    }
-}
+/// The percentile (numpy linear) used for the statistics; one implementation for detlab.
+pub use crate::util::percentile;
 
 /// Statistics of a set of intensity samples (e.g. [`foreground_samples`] of one or many cases).
 pub fn intensity_stats(samples: &[f32]) -> Result<IntensityStats, VolumeError> {

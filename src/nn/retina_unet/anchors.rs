@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::NnError;
+use crate::util::percentile;
 use crate::volume::boxes::Box3;
 
 /// Three anchor extents (voxels) per axis, `sizes[axis][i]`, axes in (d, h, w) order.
@@ -317,14 +318,6 @@ pub fn plan_anchors(
         initial_mean_best_iou: initial_score,
         num_boxes: extents.len(),
     })
-}
-
-/// Numpy-style linear-interpolation percentile of sorted values (`q` in 0..=100).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q / 100.0 * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// Mean over boxes of the best centred IoU with any anchor extent of any level.
