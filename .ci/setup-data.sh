@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real NIfTI files and the pinned Python checker used by tests/volume_real_data.rs:
 #   - Debian mricron-data and insighttoolkit5-examples (files under /usr/share);
-#   - a virtual environment <repo>/.venv with nibabel, dipy, scipy and numpy, every package
+#   - a virtual environment <repo>/.venv with nibabel, dipy, scipy, numpy and scikit-image, every package
 #     pinned, so that a new numpy or scipy release cannot change what the tests see.
 # The tests run this script themselves (tests/common/mod.rs, `setup_data`), so `cargo test`
 # alone works on a fresh machine; CI (.ci/run) runs it first to fail early with its output.
@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="$PWD/.venv"
-# The whole dependency closure of nibabel==5.4.2, dipy==1.12.1 and scipy 1.17 on CPython 3.11
+# The whole dependency closure of nibabel==5.4.2, dipy==1.12.1, scipy 1.17 and scikit-image
+# 0.26 (the cubic resampling check in tests/volume_real_data.rs) on CPython 3.11
 # (pip's resolution, then frozen), installed with --no-deps so that nothing unpinned slips in.
 # Changing a line here rebuilds the venv from scratch on the next run.
 pins="nibabel==5.4.2
@@ -36,7 +37,13 @@ typing_extensions==4.16.0
 typing-inspection==0.4.5
 deepdiff==9.1.0
 cachebox==5.2.3
-orderly-set==5.5.0"
+orderly-set==5.5.0
+scikit-image==0.26.0
+ImageIO==2.38.2
+lazy-loader==0.6
+networkx==3.6.1
+pillow==13.0.0
+tifffile==2026.3.3"
 # The stamp is written only after a complete install that passed `pip check`.
 stamp="$venv/detlab-pins.txt"
 
@@ -69,5 +76,5 @@ mapfile -t pin_list <<<"$pins"
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-deps \
     --only-binary=:all: "${pin_list[@]}"
 "$venv/bin/python" -m pip check --disable-pip-version-check
-"$venv/bin/python" -c 'import nibabel, dipy, scipy, numpy'
+"$venv/bin/python" -c 'import nibabel, dipy, scipy, numpy, skimage'
 printf '%s' "$pins" >"$stamp"

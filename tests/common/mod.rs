@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 pub const SETUP_DATA: &str = "run `bash .ci/setup-data.sh` from the repository root (needs \
 network access to deb.debian.org and pypi.org, and root or sudo for apt-get; it installs Debian \
 mricron-data and insighttoolkit5-examples and creates .venv with pinned nibabel, dipy, scipy, \
-numpy)";
+numpy, scikit-image)";
 
 /// The path of the built `detlab` binary.
 pub fn detlab() -> PathBuf {
@@ -24,7 +24,8 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Run `detlab run FILE --set k=v ...` in `cwd` with one rayon thread; returns the output.
+/// Run `detlab run FILE --set k=v ...` in `cwd` with two rayon threads (the CI machine's two
+/// cores); returns the output.
 pub fn run_script(file: &Path, sets: &[(&str, String)], cwd: &Path) -> Output {
     let mut cmd = Command::new(detlab());
     cmd.arg("run")

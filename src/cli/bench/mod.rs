@@ -8,6 +8,7 @@ pub mod infer;
 pub mod peak;
 pub mod preprocess;
 pub mod pretrain;
+pub mod resample;
 pub mod train_step;
 
 /// The registered benchmarks: (name, one-line description).
@@ -33,6 +34,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "load + resample to 1 mm + CT-normalise a 512x512x300 CT vs nibabel + scipy + numpy",
     ),
     (
+        "resample",
+        "cubic resampling of a 512x512x300 CT to 1 mm vs skimage resize(order=3) as nnDetection calls it; --repeat, --python",
+    ),
+    (
         "pretrain",
         "one MAE / S3D pre-training step (batch 2, 32^3 and 64^3, tiny or ResEnc-L widths); --widths, --patch, --threads",
     ),
@@ -56,6 +61,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
         "genesis" => genesis::run(args),
         "preprocess" => preprocess::run(args),
         "pretrain" => pretrain::run(args),
+        "resample" => resample::run(args),
         "train-step" => train_step::run(args),
         "infer-memory" => infer::run(args),
         "list" => {

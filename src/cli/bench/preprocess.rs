@@ -333,7 +333,7 @@ fn noise(i: u64) -> f32 {
 }
 
 /// Write the synthetic CT (int16 HU) to `path`: size `[W, H, D]`, spacing `[sw, sh, sd]` mm.
-fn generate(path: &Path, size: [usize; 3], spacing: [f64; 3]) -> Result<(), String> {
+pub fn generate(path: &Path, size: [usize; 3], spacing: [f64; 3]) -> Result<(), String> {
     let [w, h, d] = size;
     let mut data = Array4::<f32>::zeros((1, d, h, w));
     let (cx, cy, cz) = (w as f64 / 2.0, h as f64 / 2.0, d as f64 / 2.0);
