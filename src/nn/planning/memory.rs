@@ -25,7 +25,8 @@
 //! 4 × 14 for one class); parameters cost their fp32 value, gradient and two Adam moments plus
 //! the fp16 copy autocast caches (4 + 4 + 8 + 2 = 18 B). The model ignores allocator
 //! fragmentation and cuDNN workspaces (covered by the reserve), so it is an estimate: with the
-//! defaults nnDetection's 1 mm / 128³ network needs about 10.7 GB and fits, 160 × 128² does not.
+//! defaults nnDetection's 1 mm network at 160 × 128² is estimated below the budget and 160² × 128
+//! above it.
 
 use serde::{Deserialize, Serialize};
 
