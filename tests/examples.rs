@@ -108,3 +108,24 @@ fn tutorial_05_transfer() {
     );
     assert!(tmp.path().join("finetune/last/state.json").is_file());
 }
+
+#[test]
+fn tutorial_06_def_detr() {
+    let (tmp, stdout) = run_example_with(
+        "06_def_detr.rhai",
+        &[
+            ("cases", "6".into()),
+            ("test_cases", "2".into()),
+            ("epochs", "1".into()),
+            ("iters", "6".into()),
+        ],
+    );
+    assert!(stdout.contains("DefDETR AP@IoU0.1 = "), "{stdout}");
+    assert!(tmp.path().join("loss.png").is_file());
+    assert!(tmp.path().join("train/last/state.json").is_file());
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("predictions")).unwrap().count(),
+        2,
+        "one prediction file per test case"
+    );
+}

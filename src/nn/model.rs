@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::NnError;
+use super::def_detr::DefDetrConfig;
 use super::retina_unet::RetinaUNetConfig;
 use crate::data::PreprocessPlan;
 
@@ -16,6 +17,8 @@ use crate::data::PreprocessPlan;
 pub enum DetectorConfig {
     /// Retina U-Net (nnDetection's `RetinaUNetV001`).
     RetinaUnet(RetinaUNetConfig),
+    /// A 3D Deformable DETR.
+    DefDetr(DefDetrConfig),
 }
 
 impl DetectorConfig {
@@ -23,6 +26,7 @@ impl DetectorConfig {
     pub fn name(&self) -> &'static str {
         match self {
             DetectorConfig::RetinaUnet(_) => "retina_unet",
+            DetectorConfig::DefDetr(_) => "def_detr",
         }
     }
 
@@ -30,6 +34,7 @@ impl DetectorConfig {
     pub fn validate(&self) -> Result<(), NnError> {
         match self {
             DetectorConfig::RetinaUnet(c) => c.validate(),
+            DetectorConfig::DefDetr(c) => c.validate(),
         }
     }
 }

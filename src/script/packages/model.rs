@@ -7,8 +7,8 @@ use crate::data::{PreprocessedDataset, Subset};
 use crate::infer::{self, CasePrediction, InferenceConfig};
 use crate::nn::retina_unet::anchors::{AnchorPlanOptions, plan_anchors};
 use crate::nn::{
-    self, DetectorConfig, DispatchDevice, EncoderConfig, ModelSpec, RetinaUNet, RetinaUNetConfig,
-    ScriptBackend,
+    self, DefDetr, DefDetrConfig, DetectorConfig, DispatchDevice, EncoderConfig, ModelSpec,
+    RetinaUNet, RetinaUNetConfig, ScriptBackend,
 };
 use crate::script::convert::{ScriptResult, at, check_options, runtime_error, to_script};
 use crate::script::help::HelpIndex;
@@ -32,7 +32,34 @@ pub struct Backbone(pub EncoderConfig);
 pub enum Net {
     /// A Retina U-Net.
     RetinaUNet(RetinaUNet<ScriptBackend>),
+    /// A 3D Deformable DETR.
+    DefDetr(DefDetr<ScriptBackend>),
 }
+
+impl From<RetinaUNet<ScriptBackend>> for Net {
+    fn from(m: RetinaUNet<ScriptBackend>) -> Self {
+        Net::RetinaUNet(m)
+    }
+}
+
+impl From<DefDetr<ScriptBackend>> for Net {
+    fn from(m: DefDetr<ScriptBackend>) -> Self {
+        Net::DefDetr(m)
+    }
+}
+
+/// Evaluate `$body` with `$m` bound to the network inside a [`Net`] (by value, `&` or
+/// `&mut`, as `$net` is), whatever the detector: the body is compiled once per detector type,
+/// and `Net::from` wraps a returned network again.
+macro_rules! with_net {
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            $crate::script::packages::model::Net::RetinaUNet($m) => $body,
+            $crate::script::packages::model::Net::DefDetr($m) => $body,
+        }
+    };
+}
+pub(crate) use with_net;
 
 /// A model in scripts: its description, network and device, shared so that `train` updates
 /// the model the script holds.
@@ -86,6 +113,24 @@ static RESENC_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
 /// `detector`'s options: the Retina U-Net settings (the encoder is the backbone given).
 static DETECTOR_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
     OptionSet::over("detector", &RetinaUNetConfig::tiny(1, 1))
+        .variant("\"retina_unet\"")
+        .without(&["encoder"])
+        .with(&[
+            Extra::new(
+                "device",
+                "Device or String",
+                "\"cpu\"",
+                "Where the model runs: a Device or a name like \"cuda:0\".",
+            ),
+            Extra::new("seed", "Int", "0", "Seed of the weight initialisation."),
+        ])
+});
+
+/// `detector`'s options for `"def_detr"`: the Deformable DETR settings (defaults of the 2D
+/// paper made 3D; the encoder is the backbone given).
+static DEF_DETR_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
+    OptionSet::over("detector", &DefDetrConfig::default())
+        .variant("\"def_detr\"")
         .without(&["encoder"])
         .with(&[
             Extra::new(
@@ -198,21 +243,18 @@ impl ModelState {
         nn::backend::seed(&device, seed);
         let net = match &spec.detector {
             DetectorConfig::RetinaUnet(c) => Net::RetinaUNet(c.init::<ScriptBackend>(&device)?),
+            DetectorConfig::DefDetr(c) => Net::DefDetr(c.init::<ScriptBackend>(&device)?),
         };
         Ok(ModelState { spec, net, device })
     }
 
     fn num_params(&self) -> usize {
-        match &self.net {
-            Net::RetinaUNet(m) => m.num_params(),
-        }
+        with_net!(&self.net, m => m.num_params())
     }
 
     fn summary(&self) -> String {
         use crate::nn::Detector;
-        match &self.net {
-            Net::RetinaUNet(m) => m.summary(),
-        }
+        with_net!(&self.net, m => m.summary())
     }
 
     /// Save `model.json` and `weights.mpk` into the folder `dir`.
@@ -222,11 +264,9 @@ impl ModelState {
         let text = serde_json::to_string_pretty(&self.spec.to_json()).unwrap_or_default() + "\n";
         crate::util::atomic_write(&dir.join(MODEL_FILE), text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", dir.join(MODEL_FILE).display()))?;
-        match &self.net {
-            Net::RetinaUNet(m) => {
-                nn::save_weights(m, &dir.join(WEIGHTS_FILE)).map_err(|e| e.to_string())
-            }
-        }
+        with_net!(&self.net, m => {
+            nn::save_weights(m, &dir.join(WEIGHTS_FILE)).map_err(|e| e.to_string())
+        })
     }
 
     /// Load a model folder written by `save` or a training checkpoint folder (`<out>/best`,
@@ -264,18 +304,13 @@ impl ModelState {
             ));
         };
         let mut state = ModelState::build(spec, device, 0).map_err(|e| e.to_string())?;
-        let net = match state.net {
-            Net::RetinaUNet(m) => {
-                let w = weights_dir.join(WEIGHTS_FILE);
-                let m = if w.is_file() {
-                    nn::load_weights(m, &w, &state.device).map_err(|e| e.to_string())?
-                } else {
-                    train::load_checkpoint_weights(m, &weights_dir, &state.device)
-                        .map_err(|e| e.to_string())?
-                };
-                Net::RetinaUNet(m)
-            }
-        };
+        let w = weights_dir.join(WEIGHTS_FILE);
+        let net = with_net!(state.net, m => Net::from(if w.is_file() {
+            nn::load_weights(m, &w, &state.device).map_err(|e| e.to_string())?
+        } else {
+            train::load_checkpoint_weights(m, &weights_dir, &state.device)
+                .map_err(|e| e.to_string())?
+        }));
         state.net = net;
         Ok(state)
     }
@@ -527,14 +562,17 @@ fn train_impl(
     };
     let mut state = lock(ctx, model)?;
     let fresh = state.spec.patch_size.is_none() && !config.resume;
-    if plan.unwrap_or(fresh) {
-        let Net::RetinaUNet(net) = &mut state.net;
+    // Only Retina U-Net has anchors; Deformable DETR predicts boxes directly.
+    if plan.unwrap_or(fresh)
+        && let Net::RetinaUNet(net) = &mut state.net
+    {
         let mut cfg = net.config.clone();
         plan_model_anchors(&mut cfg, data, &train_ids)
             .map_err(|e| runtime_error(format!("train: {e}"), ctx.call_position()))?;
         net.config.anchor_sizes = cfg.anchor_sizes;
-        let DetectorConfig::RetinaUnet(spec_cfg) = &mut state.spec.detector;
-        spec_cfg.anchor_sizes = cfg.anchor_sizes;
+        if let DetectorConfig::RetinaUnet(spec_cfg) = &mut state.spec.detector {
+            spec_cfg.anchor_sizes = cfg.anchor_sizes;
+        }
     }
     state.spec.patch_size = Some(config.patch);
     state.spec.preprocessing = Some(data.plan().clone());
@@ -546,8 +584,7 @@ fn train_impl(
         .map_err(at(ctx))?
         .net;
     let net = std::mem::replace(&mut state.net, placeholder);
-    let result = match net {
-        Net::RetinaUNet(m) => train::train(
+    let result = with_net!(net, m => train::train(
             m,
             model_config,
             data,
@@ -555,9 +592,8 @@ fn train_impl(
             &val_ids,
             &config,
             &device,
-        )
-        .map(|(m, run)| (Net::RetinaUNet(m), run)),
-    };
+    )
+    .map(|(m, run)| (Net::from(m), run)));
     match result {
         Ok((net, run)) => {
             state.net = net;
@@ -611,8 +647,6 @@ fn predict_impl(
         runtime_error("predict: the model was never trained, so its tile size is unknown: pass #{patch_size: [D, H, W]}", ctx.call_position())
     })?;
     cfg.patch_size = Some(patch);
-    let Net::RetinaUNet(net) = &state.net;
-    let valid = net.valid();
     let device = state.device.clone();
     if let Some(pre) = data.clone().try_cast::<PreprocessedRef>() {
         let ids = match ids {
@@ -638,7 +672,7 @@ fn predict_impl(
             ));
         }
         let preds =
-            infer::predict_dataset(&valid, &pre, &ids, patch, out.as_deref(), &cfg, &device)
+            with_net!(&state.net, net => infer::predict_dataset(&net.valid(), &pre, &ids, patch, out.as_deref(), &cfg, &device))
                 .map_err(at(ctx))?;
         return Ok(preds
             .iter()
@@ -664,7 +698,7 @@ fn predict_impl(
                 })
                 .unwrap_or_else(|| "volume".into())
         });
-        let p = infer::predict_raw_volume(&valid, &volume, &plan, &name, patch, &cfg, &device)
+        let p = with_net!(&state.net, net => infer::predict_raw_volume(&net.valid(), &volume, &plan, &name, patch, &cfg, &device))
             .map_err(at(ctx))?;
         if let Some(dir) = out {
             p.write(&dir).map_err(at(ctx))?;
@@ -702,6 +736,7 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         &RETUNET_OPTIONS,
         &RESENC_OPTIONS,
         &DETECTOR_OPTIONS,
+        &DEF_DETR_OPTIONS,
         &TRAIN_OPTIONS,
         &PREDICT_OPTIONS,
     ] {
@@ -754,15 +789,22 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
     );
     r.func(
         "detector(kind: String, backbone: Backbone, options: Map) -> Model",
-        "Build a detector around an encoder. kind: \"retina_unet\". Anchors are planned from the\n\
-         training boxes when the model is first trained.",
-        "let model = detector(\"retina_unet\", backbone(\"retunet_tiny\"), #{num_classes: 1});",
+        "Build a detector around an encoder. kind: \"retina_unet\" (anchors are planned from the\n\
+         training boxes when the model is first trained) or \"def_detr\" (3D Deformable DETR:\n\
+         multi-scale deformable attention, Hungarian matching, no anchors). Both train, predict,\n\
+         evaluate and take transferred encoders alike.",
+        "let model = detector(\"retina_unet\", backbone(\"retunet_tiny\"), #{num_classes: 1});\nlet detr = detector(\"def_detr\", backbone(\"retunet\"), #{num_classes: 1, encoder_layers: 3, decoder_layers: 6});",
         |ctx: NativeCallContext,
          kind: &str,
          backbone: Backbone,
          mut opts: Map|
          -> ScriptResult<ModelRef> {
-            check_options(&ctx, &DETECTOR_OPTIONS, &opts)?;
+            let set = if kind == "def_detr" {
+                &DEF_DETR_OPTIONS
+            } else {
+                &DETECTOR_OPTIONS
+            };
+            check_options(&ctx, set, &opts)?;
             let device = device_option(&ctx, "detector", opts.remove("device"))?;
             let seed = opts
                 .remove("seed")
@@ -776,9 +818,15 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
                     cfg.encoder = backbone.0;
                     DetectorConfig::RetinaUnet(cfg)
                 }
+                "def_detr" => {
+                    let base = DefDetrConfig::new(backbone.0.clone(), 1);
+                    let mut cfg: DefDetrConfig = override_config(&ctx, "detector", &base, &opts)?;
+                    cfg.encoder = backbone.0;
+                    DetectorConfig::DefDetr(cfg)
+                }
                 other => {
                     return Err(runtime_error(
-                        format!("detector: unknown kind \"{other}\"; available: \"retina_unet\""),
+                        format!("detector: unknown kind \"{other}\"; available: \"retina_unet\", \"def_detr\""),
                         ctx.call_position(),
                     ));
                 }
