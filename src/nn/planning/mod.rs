@@ -28,11 +28,11 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DatasetFingerprint, TargetSpacing};
-use crate::metrics::numeric::percentile;
 use crate::nn::NnError;
 use crate::nn::encoder::{EncoderConfig, RetUNetEncoderConfig, cumulative};
 use crate::nn::retina_unet::RetinaUNetConfig;
 use crate::nn::retina_unet::anchors::{AnchorPlanOptions, AnchorSizes, plan_anchors};
+use crate::util::percentile;
 
 pub use memory::{MemoryEstimate, MemoryModel};
 use topology::{
