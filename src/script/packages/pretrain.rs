@@ -496,7 +496,7 @@ fn volumes_to_array(volumes: Vec<crate::volume::Volume>) -> Array {
 
 /// Register the transfer primitives (part of the pre-training package).
 pub fn register_transfer(engine: &mut Engine, help: &mut HelpIndex) {
-    use super::model::{ModelRef, Net};
+    use super::model::ModelRef;
     use super::volume::VolumeRef;
     engine.register_type_with_name::<TransferReportRef>("TransferReport");
     engine.register_fn("to_string", |r: &mut TransferReportRef| r.to_string());
