@@ -345,7 +345,6 @@ mod tests {
     use super::*;
     use crate::infer::Tta;
     use crate::infer::merge::WeightedDetections;
-    use crate::volume::boxes::Box3;
 
     /// Eight cases of 32³ with one object each (one TTA variant, one tile). The object is
     /// found by a weak box in every case (score 0.25 in four cases, 0.2 in the others); the
