@@ -398,9 +398,10 @@ fn every_documented_option_is_accepted_and_every_accepted_option_is_documented()
     let setup = MODEL_AND_DATA.replace(
         "\"data\"",
         &format!("{:?}", tmp.path().join("data").display().to_string()),
-    ) + &format!(
+    ) + format!(
         "let fixture = {fixture:?};\nlet ckpt = load_pretrained(fixture);\nlet v = pool_volume(#{{shape: [8, 8, 8]}}, 0);\n"
-    );
+    )
+    .as_str();
     let _ = interp.eval_source(&setup, "setup").expect("setup runs");
 
     // Every primitive that takes an options map declares its options.
