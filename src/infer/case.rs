@@ -338,6 +338,9 @@ mod tests {
         let config = PreprocessConfig {
             // D is upsampled ×2, W downsampled ×2 (even-aligned cubes), the crop shifts all axes.
             target_spacing: TargetSpacing::Fixed([1.0, 1.0, 1.0]),
+            // The objects are uniform, so CT's foreground statistics would have std 0; boxes
+            // do not depend on intensities.
+            normalization: crate::data::preprocess::Normalization::ZScore,
             ..Default::default()
         };
         let prepared = preprocess(&dataset, &config, Some(&dir.path().join("cache"))).unwrap();

@@ -465,7 +465,13 @@ impl PatchSampler {
             .zip(case.instance_ids())
             .filter(|(b, _)| {
                 let shifted: Box3 = std::array::from_fn(|k| b[k] - origin[k % 3] as f64);
-                clip_box(&shifted, self.patch, self.min_visible_fraction).is_some()
+                clip_box_in(
+                    &shifted,
+                    self.patch,
+                    self.min_visible_fraction,
+                    case.box_convention(),
+                )
+                .is_some()
             })
             .map(|(_, &id)| id)
             .collect();

@@ -145,6 +145,9 @@ mod tests {
         let snapshots: Vec<Linear<TestBackend>> = (0..5)
             .map(|_| LinearConfig::new(3, 2).init(&device))
             .collect();
+        // Read every snapshot first: burn initialises parameters lazily, and a clone taken
+        // before the first read would draw its own values.
+        let all: Vec<Vec<f32>> = snapshots.iter().map(|s| values(s)).collect();
         let mut average = WeightAverage::default();
         for s in &snapshots {
             average.add::<TestBackend>(s.clone());
@@ -152,7 +155,6 @@ mod tests {
         assert_eq!(average.snapshots, 5);
         let got = values(average.average.as_ref().unwrap());
         assert_eq!(got.len(), 3 * 2 + 2);
-        let all: Vec<Vec<f32>> = snapshots.iter().map(|s| values(s)).collect();
         for (k, g) in got.iter().enumerate() {
             let mean = all.iter().map(|v| v[k] as f64).sum::<f64>() / 5.0;
             assert!(

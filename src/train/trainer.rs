@@ -438,7 +438,7 @@ where
             &mut patches,
             &config.augment,
             config.patch,
-            BoxConvention::HalfOpen,
+            BoxConvention::NnDetection,
             &mut augmentation_rng,
         );
         let batch = patches_to_batch::<B>(&patches, device)?;
@@ -799,20 +799,19 @@ mod tests {
         let got = loaded.forward(x).unwrap();
         assert!(got.class_logits.into_data() == expected.class_logits.into_data());
         assert!(got.box_deltas.into_data() == expected.box_deltas.into_data());
-        // A best checkpoint exists whenever the metric was finite, and holds weights.
-        if let Some(best) = &a.best {
-            assert!(
-                best.path
-                    .join(crate::train::checkpoint::WEIGHTS_FILE)
-                    .is_file()
-            );
-            assert!(
-                !best
-                    .path
-                    .join(crate::train::checkpoint::OPTIMIZER_FILE)
-                    .exists()
-            );
-        }
+        // The validation metric is finite here, so a best checkpoint exists and holds weights.
+        let best = a.best.as_ref().expect("a best checkpoint");
+        assert!(
+            best.path
+                .join(crate::train::checkpoint::WEIGHTS_FILE)
+                .is_file()
+        );
+        assert!(
+            !best
+                .path
+                .join(crate::train::checkpoint::OPTIMIZER_FILE)
+                .exists()
+        );
         // A second run into the same folder needs `resume`.
         let err = fit(m0, train, val, &cfg_a).unwrap_err();
         assert!(err.to_string().contains("resume"), "{err}");

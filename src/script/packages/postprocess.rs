@@ -2,7 +2,7 @@
 //! cases (`infer::sweep`), stored in the model for `predict` and `save_model`.
 
 use super::data::PreprocessedRef;
-use super::model::{ModelRef, Net, ids_option, lock};
+use super::model::{ModelRef, ids_option, lock};
 use crate::data::Subset;
 use crate::infer::{self, InferenceConfig, SweepConfig};
 use crate::script::convert::{
@@ -122,22 +122,16 @@ fn sweep_impl(
     })?;
     start.patch_size = Some(patch);
     let device = state.device.clone();
-    let outcome = match &state.net {
-        Net::RetinaUNet(net) => {
-            let valid = net.valid();
-            let num_classes = crate::nn::Detector::num_classes(&valid);
-            infer::collect_sweep_cases(&valid, data, &ids, patch, &start, &device)
-                .and_then(|cases| infer::sweep_postprocessing(&cases, &start, &sweep, num_classes))
-        }
-        #[allow(unreachable_patterns)]
-        _ => {
-            return Err(runtime_error(
-                "sweep_postprocessing: only \"retina_unet\" models can be swept so far",
-                ctx.call_position(),
-            ));
-        }
-    };
-    let result = outcome.map_err(at(ctx))?;
+    let (num_classes, cases) = super::model::with_net!(&state.net, net => {
+        let valid = net.valid();
+        (
+            crate::nn::Detector::num_classes(&valid),
+            infer::collect_sweep_cases(&valid, data, &ids, patch, &start, &device),
+        )
+    });
+    let cases = cases.map_err(at(ctx))?;
+    let result =
+        infer::sweep_postprocessing(&cases, &start, &sweep, num_classes).map_err(at(ctx))?;
     if apply {
         state.spec.postprocessing = Some(result.chosen.clone());
     }

@@ -128,8 +128,18 @@ fn a_rotated_ring_stays_inside_its_box() {
                 "{angles:?}: mask voxel {:?} outside {b:?}",
                 (d, h, w)
             );
+            // The image is cubic and the mask nearest-neighbour (as in nnDetection), so the
+            // image's half-maximum contour may cross the mask's edge by up to one voxel.
+            let near = (0..3).all(|a| {
+                let x = [d, h, w][a] as f64;
+                x >= b[a] - 1.0 && x < b[a + 3] + 1.0
+            });
             let bright = p.image[[0, d, h, w]] > 0.5;
-            assert!(!bright || inside, "{angles:?}: bright voxel outside {b:?}");
+            assert!(
+                !bright || near,
+                "{angles:?}: bright voxel {:?} outside {b:?}",
+                (d, h, w)
+            );
         }
         // The box is the rotated ring's own, to the voxel, and the hole stays empty.
         assert_box_near(&b, &expected_box(&ring, &draw, size), 1.5, "ring");
