@@ -405,13 +405,13 @@ fn a_script_fine_tunes_a_detector_from_an_nnssl_pth() {
     let script = format!(
         r#"
         let ckpt = load_pretrained("{nnssl}");
-        let model = detector("retina_unet", ckpt.backbone(), #{{num_classes: 1, fpn_channels: 8, head_channels: 8}});
+        let model = detector("retina_unet", ckpt.backbone(), #{{num_classes: 1, fpn_channels: 8, head_channels: 8, head_channels_per_group: 4}});
         let probe = pool_volume(#{{seed: 7, shape: [16, 16, 16]}}, 0);
         let fresh = features(model, probe);
         let report = transfer(model, ckpt, #{{scope: "encoder"}});
         let loaded = features(model, probe);
         let theirs = features(ckpt, probe);
-        let ds = synthetic_dataset("data", #{{cases: 4, test_cases: 1, seed: 3, shape: [16, 24, 24]}});
+        let ds = synthetic_dataset("data", #{{cases: 4, test_cases: 1, seed: 3, shape: [24, 32, 32], spacing: [1.0, 1.0, 1.0], size_range_mm: [3.0, 6.0]}});
         let pre = preprocess(ds, #{{spacing: [1.0, 1.0, 1.0]}});
         let run = train(model, pre, #{{lr: 0.01, epochs: 1, iters_per_epoch: 3, batch: 1,
             patch: [16, 16, 16], freeze_encoder_iters: 1, warmup_iters: 1, val_patches: 1,

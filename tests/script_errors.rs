@@ -351,6 +351,11 @@ const CALLS: &[(&str, &str)] = &[
     ("froc_curve", "froc_curve([], ds, OPTS)"),
     ("pr_curve", "pr_curve([], ds, OPTS)"),
     ("bootstrap", "bootstrap(#{a: []}, OPTS)"),
+    ("plan", "plan(ds, OPTS)"),
+    (
+        "sweep_postprocessing",
+        "sweep_postprocessing(model, pre, OPTS)",
+    ),
     ("plot_slice", r#"plot_slice("x.png", v, OPTS)"#),
     (
         "plot_lines",

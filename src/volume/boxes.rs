@@ -163,7 +163,17 @@ impl BoxConvention {
     pub fn to_half_open(self, b: &Box3) -> Box3 {
         match self {
             BoxConvention::HalfOpen => *b,
-            BoxConvention::NnDetection => [b[0] + 1.0, b[1] + 1.0, b[2] + 1.0, b[3], b[4], b[5]],
+            // A predicted box can be thinner than the one voxel this convention adds on the
+            // low side; its half-open form then starts at its end instead of after it (an
+            // empty box, never an inverted one that evaluation would reject).
+            BoxConvention::NnDetection => [
+                (b[0] + 1.0).min(b[3]),
+                (b[1] + 1.0).min(b[4]),
+                (b[2] + 1.0).min(b[5]),
+                b[3],
+                b[4],
+                b[5],
+            ],
         }
     }
 
@@ -571,6 +581,20 @@ pub fn box_inside(b: &Box3, shape: [usize; 3]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_box_thinner_than_a_voxel_never_inverts() {
+        // A predicted nnDetection-convention box 0.4 voxels wide on W (seen near a border).
+        let thin = [2.0, 3.0, 47.6, 6.0, 8.0, 48.0];
+        let h = BoxConvention::NnDetection.to_half_open(&thin);
+        assert_eq!(h, [3.0, 4.0, 48.0, 6.0, 8.0, 48.0]);
+        let back = BoxConvention::NnDetection.from_half_open(&h);
+        assert!((0..3).all(|a| back[a] <= back[a + 3]), "{back:?}");
+        // Boxes of a voxel or more convert exactly, both ways.
+        let b = [2.0, 3.0, 4.0, 6.0, 8.0, 9.0];
+        let n = BoxConvention::NnDetection;
+        assert_eq!(n.from_half_open(&n.to_half_open(&b)), b);
+    }
 
     #[test]
     fn iou_of_half_overlapping_cubes() {
