@@ -411,11 +411,11 @@ fn a_script_fine_tunes_a_detector_from_an_nnssl_pth() {
         let report = transfer(model, ckpt, #{{scope: "encoder"}});
         let loaded = features(model, probe);
         let theirs = features(ckpt, probe);
-        let ds = synthetic_dataset("data", #{{cases: 4, test_cases: 1, seed: 3, shape: [24, 32, 32], spacing: [1.0, 1.0, 1.0], size_range_mm: [3.0, 6.0]}});
+        let ds = synthetic_dataset("{data}", #{{cases: 4, test_cases: 1, seed: 3, shape: [24, 32, 32], spacing: [1.0, 1.0, 1.0], size_range_mm: [3.0, 6.0]}});
         let pre = preprocess(ds, #{{spacing: [1.0, 1.0, 1.0]}});
         let run = train(model, pre, #{{lr: 0.01, epochs: 1, iters_per_epoch: 3, batch: 1,
             patch: [16, 16, 16], freeze_encoder_iters: 1, warmup_iters: 1, val_patches: 1,
-            progress: false, out: "finetune"}});
+            progress: false, out: "{out}"}});
         let tuned = features(model, probe);
         #{{loaded: report.loaded, missing: report.missing, by_shape: report.skipped_by_shape,
            fresh_differs: fresh[2].stats().mean != theirs[2].stats().mean,
@@ -425,6 +425,10 @@ fn a_script_fine_tunes_a_detector_from_an_nnssl_pth() {
            trained: tuned[2].stats().mean != theirs[2].stats().mean}}
         "#,
         nnssl = fixture("nnssl_resenc.pth").display(),
+        // Absolute paths: an in-process interpreter resolves relative ones against the
+        // process's folder (the repository), not its own.
+        data = dir.path().join("data").display(),
+        out = dir.path().join("finetune").display(),
     );
     let mut interpreter = detlab::script::Interpreter::new(dir.path().to_path_buf());
     let result = interpreter
