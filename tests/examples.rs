@@ -124,7 +124,9 @@ fn tutorial_06_def_detr() {
     assert!(tmp.path().join("loss.png").is_file());
     assert!(tmp.path().join("train/last/state.json").is_file());
     assert_eq!(
-        std::fs::read_dir(tmp.path().join("predictions")).unwrap().count(),
+        std::fs::read_dir(tmp.path().join("predictions"))
+            .unwrap()
+            .count(),
         2,
         "one prediction file per test case"
     );

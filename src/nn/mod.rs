@@ -27,10 +27,10 @@ pub(crate) mod testing;
 
 pub use backend::{DispatchDevice, InferenceBackend, ScriptBackend, device, device_name};
 pub use checkpoint::{load_weights, save_weights};
+pub use def_detr::{DefDetr, DefDetrConfig};
 pub use detector::{DetectionBatch, DetectionLoss, Detector, PatchDetections};
 pub use encoder::{Encoder, EncoderConfig, EncoderPart, ResEncConfig, RetUNetEncoderConfig};
 pub use error::NnError;
 pub use model::{DetectorConfig, MODEL_FORMAT, ModelSpec, PostProcessing};
-pub use def_detr::{DefDetr, DefDetrConfig};
 pub use retina_unet::{RetinaUNet, RetinaUNetConfig};
 pub use unet_decoder::{UNetDecoder, UNetDecoderConfig};

@@ -496,7 +496,11 @@ fn prediction_map(p: &CasePrediction) -> Map {
     m
 }
 
-pub(crate) fn ids_option(ctx: &NativeCallContext, what: &str, v: Dynamic) -> ScriptResult<Vec<String>> {
+pub(crate) fn ids_option(
+    ctx: &NativeCallContext,
+    what: &str,
+    v: Dynamic,
+) -> ScriptResult<Vec<String>> {
     let arr = v
         .read_lock::<Array>()
         .ok_or_else(|| {
