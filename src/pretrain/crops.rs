@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::genesis::{PretrainDataError, VoxelBox};
 use crate::train::Patch;
-use crate::train::augment::{contrast, gamma, gaussian_blur, gaussian_noise, mirror, rot90};
-use crate::volume::{Interpolation, resample_array};
+use crate::train::augment::{
+    contrast, gamma, gaussian_blur, gaussian_noise, mirror, rot90, simulate_low_resolution,
+};
+use crate::volume::Interpolation;
 
 const AXIS_NAMES: [&str; 3] = ["D", "H", "W"];
 
@@ -361,7 +363,8 @@ pub fn augment_crop<R: Rng + ?Sized>(
         for c in 0..channels {
             if rng.random::<f64>() < config.low_resolution_channel_probability {
                 let zoom = uniform(rng, config.low_resolution_zoom);
-                simulate_low_resolution(crop, c, zoom);
+                // Back up linearly (batchgenerators: cubic), as VoCo's crops always did.
+                simulate_low_resolution(crop, c, zoom, Interpolation::Linear);
             }
         }
     }
@@ -390,20 +393,6 @@ pub fn augment_crop<R: Rng + ?Sized>(
             with_patch(crop, |patch| rot90(patch, [1, 2], turns));
         }
     }
-}
-
-/// Channel `c` down to `round(size · zoom)` (nearest) and back up (linear), as batchgenerators'
-/// `SimulateLowResolutionTransform` (which upsamples with cubic splines).
-fn simulate_low_resolution(crop: &mut Array4<f32>, c: usize, zoom: f64) {
-    let (_, d, h, w) = crop.dim();
-    let size = [d, h, w];
-    let small = size.map(|n| ((n as f64 * zoom).round_ties_even() as usize).max(1));
-    if small == size {
-        return;
-    }
-    let low = resample_array(crop.index_axis(Axis(0), c), small, Interpolation::Nearest);
-    let back = resample_array(low.view(), size, Interpolation::Linear);
-    crop.index_axis_mut(Axis(0), c).assign(&back);
 }
 
 /// Run a spatial transform of [`crate::train::augment`], which works on a training [`Patch`],
