@@ -12,6 +12,11 @@
 //! `decay_norm` is set. Each group has its own burn optimiser; both see only their own
 //! gradients, so a parameter is updated once per step.
 //!
+//! **Encoder learning rate.** `encoder_lr_factor` multiplies the learning rate of the encoder's
+//! (backbone's) parameters, as Deformable DETR trains its backbone at 0.1× (the trainer names
+//! them with [`TrainOptimizer::set_encoder_params`]); each group is then stepped twice, once
+//! per rate, with disjoint gradients, so every parameter is still updated once.
+//!
 //! **Frozen parameters** (`require_grad` off, e.g. the encoder during the frozen phase) get no
 //! gradient and are left untouched, without momentum or weight-decay updates, as in PyTorch.
 //!
@@ -71,8 +76,11 @@ pub struct OptimizerConfig {
     pub eps: f64,
     /// AMSGrad variant of Adam/AdamW (the paper's DefDETR: true).
     pub amsgrad: bool,
-    /// Clip the global gradient L2 norm to this value (nnDetection: none).
+    /// Clip the global gradient L2 norm to this value (nnDetection: none; Deformable DETR: 0.1).
     pub grad_clip_norm: Option<f64>,
+    /// Learning-rate multiplier of the encoder (backbone) parameters (1 = the same rate;
+    /// Deformable DETR: 0.1).
+    pub encoder_lr_factor: f64,
 }
 
 impl Default for OptimizerConfig {
@@ -87,6 +95,7 @@ impl Default for OptimizerConfig {
             eps: 1e-8,
             amsgrad: false,
             grad_clip_norm: None,
+            encoder_lr_factor: 1.0,
         }
     }
 }
@@ -127,6 +136,12 @@ impl OptimizerConfig {
             return Err(TrainError::config(
                 field("eps"),
                 format!("{} must be positive", self.eps),
+            ));
+        }
+        if !(self.encoder_lr_factor.is_finite() && self.encoder_lr_factor >= 0.0) {
+            return Err(TrainError::config(
+                field("encoder_lr_factor"),
+                format!("{} must be finite and ≥ 0", self.encoder_lr_factor),
             ));
         }
         if let Some(c) = self.grad_clip_norm
@@ -210,6 +225,8 @@ enum Kind<B: AutodiffBackend, M: AutodiffModule<B>> {
 pub struct TrainOptimizer<B: AutodiffBackend, M: AutodiffModule<B>> {
     config: OptimizerConfig,
     kind: Kind<B, M>,
+    /// Parameters stepped at `lr × encoder_lr_factor` (the encoder's).
+    encoder_params: HashSet<ParamId>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainOptimizer<B, M> {
@@ -272,7 +289,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainOptimizer<B, M> {
         Ok(Self {
             config: config.clone(),
             kind,
+            encoder_params: HashSet::new(),
         })
+    }
+
+    /// Name the encoder's parameters: they are stepped at `lr × encoder_lr_factor`.
+    pub fn set_encoder_params(&mut self, ids: impl IntoIterator<Item = ParamId>) {
+        self.encoder_params = ids.into_iter().collect();
     }
 
     /// The settings this optimiser was built from.
@@ -296,11 +319,29 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainOptimizer<B, M> {
             }
             norm
         });
-        let model = match &mut self.kind {
+        let factor = self.config.encoder_lr_factor;
+        let split = factor != 1.0 && !self.encoder_params.is_empty();
+        let (encoder_decayed, encoder_plain) = if split {
+            (
+                take_grads::<B, M>(&model, &mut decayed, &self.encoder_params),
+                take_grads::<B, M>(&model, &mut plain, &self.encoder_params),
+            )
+        } else {
+            (GradientsParams::new(), GradientsParams::new())
+        };
+        let mut model = match &mut self.kind {
             Kind::Sgd(g) => g.step(lr, model, decayed, plain),
             Kind::Adam(g) => g.step(lr, model, decayed, plain),
             Kind::AdamW(g) => g.step(lr, model, decayed, plain),
         };
+        if split {
+            let encoder_lr = lr * factor;
+            model = match &mut self.kind {
+                Kind::Sgd(g) => g.step(encoder_lr, model, encoder_decayed, encoder_plain),
+                Kind::Adam(g) => g.step(encoder_lr, model, encoder_decayed, encoder_plain),
+                Kind::AdamW(g) => g.step(encoder_lr, model, encoder_decayed, encoder_plain),
+            };
+        }
         (model, norm)
     }
 
@@ -349,6 +390,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainOptimizer<B, M> {
         Ok(Self {
             config: self.config,
             kind,
+            encoder_params: self.encoder_params,
         })
     }
 }
@@ -456,6 +498,37 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
             self.grads.register(param.id, g.mul_scalar(self.factor));
         }
     }
+}
+
+struct Take<'a> {
+    from: &'a mut GradientsParams,
+    into: GradientsParams,
+    ids: &'a HashSet<ParamId>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.ids.contains(&param.id)
+            && let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id)
+        {
+            self.into.register(param.id, g);
+        }
+    }
+}
+
+/// Move the gradients of `ids` out of `grads` into a new set.
+fn take_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    ids: &HashSet<ParamId>,
+) -> GradientsParams {
+    let mut take = Take {
+        from: grads,
+        into: GradientsParams::new(),
+        ids,
+    };
+    model.visit(&mut take);
+    take.into
 }
 
 fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -586,6 +659,39 @@ mod tests {
         let (model, _) = opt.step(1.0, model.clone(), model.grads(0.3));
         let (w, u) = model.values();
         assert!((w + 0.3).abs() < 1e-6 && u.abs() < 1e-6, "{w} {u}");
+    }
+
+    #[test]
+    fn the_encoder_parameters_step_at_the_scaled_rate_after_global_clipping() {
+        let cfg = OptimizerConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            grad_clip_norm: Some(1.0),
+            encoder_lr_factor: 0.1,
+            ..Default::default()
+        };
+        let mut opt = TrainOptimizer::<B, Tiny<B>>::new(&cfg).unwrap();
+        let model = Tiny::new(0.0, 4.0);
+        opt.set_encoder_params([model.w.id]);
+        // Gradients (3, 4), norm 5 → clipped to (0.6, 0.8); w (the "encoder") moves at 0.1×.
+        let (model, _) = opt.step(1.0, model.clone(), model.grads(3.0));
+        let (w, u) = model.values();
+        assert!((w + 0.06).abs() < 1e-6 && (u - 3.2).abs() < 1e-5, "{w} {u}");
+        // Adam state: each parameter gained state exactly once.
+        let cfg = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            amsgrad: true,
+            ..cfg
+        };
+        let mut opt = TrainOptimizer::<B, Tiny<B>>::new(&cfg).unwrap();
+        let model = Tiny::new(0.0, 4.0);
+        opt.set_encoder_params([model.w.id]);
+        let (model, _) = opt.step(0.5, model.clone(), model.grads(3.0));
+        // Adam's first step moves each parameter by lr · sign(g): 0.05 for w, 0.5 for u.
+        let (w, u) = model.values();
+        assert!((w + 0.05).abs() < 1e-5 && (u - 3.5).abs() < 1e-5, "{w} {u}");
+        assert_eq!(opt.params_with_state().len(), 2);
     }
 
     #[test]
