@@ -185,7 +185,7 @@ fn run_boxes(args: &EvalArgs) -> Result<serde_json::Value, MetricsError> {
 
 /// Rename the per-class keys `<k>_…` of an evaluation result to `<names[k]>_…`; two classes
 /// of the same name would share keys, which is an error.
-fn name_class_keys(
+pub(crate) fn name_class_keys(
     value: serde_json::Value,
     names: &[String],
 ) -> Result<serde_json::Value, MetricsError> {

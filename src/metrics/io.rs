@@ -67,7 +67,9 @@ impl EvalInput {
     }
 
     /// The general reader: a JSON tree first, so that every error names its case and field.
-    fn from_json_general(text: &str) -> Result<EvalInput, MetricsError> {
+    /// [`EvalInput::from_json_str`] uses it only for input the typed read refuses; public so
+    /// that `detlab bench eval` can time both readers on the same file.
+    pub fn from_json_general(text: &str) -> Result<EvalInput, MetricsError> {
         let root: Value =
             parse_json_exact(text).map_err(|e| MetricsError::input("(file)", "(json)", e))?;
         let obj = root.as_object().ok_or_else(|| {
