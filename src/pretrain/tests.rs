@@ -373,6 +373,50 @@ fn encoder_transfer_loads_the_encoder_and_leaves_the_rest_bit_identical() {
 }
 
 #[test]
+fn encoder_transfer_into_deformable_detr_works_as_into_retina_unet() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = quick_config(Method::Mae, dir.path(), 2);
+    run_method(&config, &pool(), &tiny_encoder(1));
+    let device = test_device();
+    let ckpt = load_pretrained::<TestBackend>(dir.path(), &device).unwrap();
+    let fresh = crate::nn::DefDetrConfig {
+        levels: 2,
+        d_model: 16,
+        heads: 2,
+        points: 2,
+        encoder_layers: 1,
+        decoder_layers: 1,
+        ffn_channels: 16,
+        queries: 4,
+        ..crate::nn::DefDetrConfig::new(tiny_encoder(1), 1)
+    }
+    .init::<TestBackend>(&device)
+    .unwrap();
+    let before = transfer::named_tensors(&fresh);
+    let (loaded, report) = transfer(fresh, &ckpt, &TransferOptions::default()).unwrap();
+    let source = transfer::named_tensors(&ckpt.network);
+    assert!(
+        report.missing.is_empty() && report.skipped_by_shape.is_empty(),
+        "{report}"
+    );
+    assert_eq!(
+        report.loaded.len(),
+        source.keys().filter(|k| k.starts_with("encoder.")).count()
+    );
+    for (path, value) in &transfer::named_tensors(&loaded) {
+        if path.starts_with("encoder.") {
+            assert_eq!(value, &source[path], "{path} was not transferred");
+        } else {
+            assert_eq!(value, &before[path], "{path} changed outside the encoder");
+        }
+    }
+    let x = Tensor::<TestBackend, 5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
+    let ours = tensor_values(loaded.encoder().forward(x.clone())[2].clone());
+    let theirs = tensor_values(ckpt.network.encoder.forward(x)[2].clone());
+    assert_eq!(ours, theirs);
+}
+
+#[test]
 fn replicate_scaled_keeps_the_response_to_equal_channels_and_mismatches_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = quick_config(Method::Mae, dir.path(), 2);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::config::TrainConfig;
 use super::optim::TrainOptimizer;
-use super::records::{CheckpointInfo, EpochRecord, IterationRecord};
+use super::records::{CheckpointInfo, EpochRecord, IterationRecord, RestartRecord};
 use super::swa::SwaRecord;
 
 /// Value of [`CheckpointState::format`].
@@ -67,6 +67,9 @@ pub struct CheckpointState {
     /// Whether `weights.mpk` holds SWA-averaged weights, and the running average's size.
     #[serde(default)]
     pub swa: SwaRecord,
+    /// The automatic restarts so far.
+    #[serde(default)]
+    pub restarts: Vec<RestartRecord>,
 }
 
 fn hidden_sibling(dir: &Path, tag: &str) -> PathBuf {

@@ -79,6 +79,112 @@ pub struct TrainConfig {
     pub stop_at_iteration: Option<usize>,
     /// Show a progress bar and per-epoch summaries on stderr (the bar only on a terminal).
     pub progress: bool,
+    /// Automatic restart when the validation metric stalls (the paper's fix for Deformable
+    /// DETR's convergence failures; off while `restart.patience_iters` is 0).
+    pub restart: RestartConfig,
+}
+
+/// Automatic restart: when `best_metric` has not risen by `min_improvement` within
+/// `patience_iters` iterations of the whole-network phase, the weights and optimiser state
+/// saved when that phase began are restored and the phase starts again, with a longer warm-up
+/// (`warmup_iters`) to a lower rate (`lr`) and the same PolyLR after it; the run grows by the
+/// iterations discarded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Iterations of the whole-network phase within which the metric must improve (0 = off).
+    pub patience_iters: usize,
+    /// How far `best_metric` must rise above its last value before the whole-network phase
+    /// (0 when not validated before it).
+    pub min_improvement: f64,
+    /// Whole-network warm-up iterations after a restart (the paper: 10,000).
+    pub warmup_iters: usize,
+    /// Target learning rate after a restart (lower than `lr`).
+    pub lr: f64,
+    /// At most this many restarts per run.
+    pub max_restarts: usize,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            patience_iters: 0,
+            min_improvement: 0.01,
+            warmup_iters: 100,
+            lr: 1e-4,
+            max_restarts: 1,
+        }
+    }
+}
+
+impl RestartConfig {
+    /// Whether restarts are on.
+    pub fn enabled(&self) -> bool {
+        self.patience_iters > 0 && self.max_restarts > 0
+    }
+}
+
+/// Named starting points for `train`'s settings; the options given override them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainRecipe {
+    /// [`TrainConfig::default`]: SGD with Nesterov momentum, nnDetection's Retina U-Net recipe
+    /// at CPU scale.
+    #[default]
+    Nndetection,
+    /// The paper's Deformable DETR fine-tuning: Adam with AMSGrad at 3e-4 (the paper's table
+    /// 2), weight decay 1e-4, gradient-norm clip 0.1, the encoder at 0.1× the rate, and the
+    /// encoder frozen for the first 5 % of the iterations.
+    DefDetr,
+}
+
+impl TrainRecipe {
+    /// The recipe called `name` (`"nndetection"`, `"def_detr"`).
+    pub fn named(name: &str) -> Result<Self, TrainError> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+            TrainError::config(
+                "recipe",
+                format!("unknown recipe \"{name}\"; available: \"nndetection\", \"def_detr\""),
+            )
+        })
+    }
+
+    /// The settings the recipe starts from.
+    pub fn config(self) -> TrainConfig {
+        match self {
+            TrainRecipe::Nndetection => TrainConfig::default(),
+            TrainRecipe::DefDetr => TrainConfig {
+                lr: 3e-4,
+                optimizer: OptimizerConfig {
+                    kind: super::optim::OptimizerKind::Adam,
+                    amsgrad: true,
+                    weight_decay: 1e-4,
+                    grad_clip_norm: Some(0.1),
+                    encoder_lr_factor: 0.1,
+                    ..OptimizerConfig::default()
+                },
+                ..TrainConfig::default()
+            },
+        }
+    }
+
+    /// The fraction of the run's iterations with a frozen encoder when `freeze_encoder_iters`
+    /// is not given (the paper's DefDETR fine-tuning: 5 %).
+    pub fn frozen_fraction(self) -> f64 {
+        match self {
+            TrainRecipe::Nndetection => 0.0,
+            TrainRecipe::DefDetr => 0.05,
+        }
+    }
+
+    /// `config` with the recipe's frozen phase when `freeze_encoder_iters` was not set.
+    pub fn complete(self, mut config: TrainConfig, freeze_given: bool) -> TrainConfig {
+        if !freeze_given {
+            config.freeze_encoder_iters =
+                (self.frozen_fraction() * config.total_iters() as f64).round() as usize;
+        }
+        config
+    }
 }
 
 impl Default for TrainConfig {
@@ -108,6 +214,7 @@ impl Default for TrainConfig {
             overwrite: false,
             stop_at_iteration: None,
             progress: true,
+            restart: RestartConfig::default(),
         }
     }
 }
@@ -207,6 +314,21 @@ impl TrainConfig {
                 "out",
                 "is required: the folder for the `last` and `best` checkpoints",
             ));
+        }
+        if self.restart.enabled() {
+            if self.val_patches == 0 {
+                return Err(TrainError::config(
+                    "restart.patience_iters",
+                    "needs the online validation (`val_patches` > 0) to watch the metric",
+                ));
+            }
+            finite_nonneg("restart.lr", self.restart.lr)?;
+            if !self.restart.min_improvement.is_finite() {
+                return Err(TrainError::config(
+                    "restart.min_improvement",
+                    "must be finite",
+                ));
+            }
         }
         self.optimizer.validate()?;
         self.augment.validate(self.patch)?;

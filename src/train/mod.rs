@@ -58,10 +58,10 @@ pub(crate) mod testing;
 
 pub use augment::AugmentConfig;
 pub use checkpoint::{CheckpointState, load_checkpoint_weights, read_checkpoint_state};
-pub use config::TrainConfig;
+pub use config::{RestartConfig, TrainConfig, TrainRecipe};
 pub use error::TrainError;
 pub use optim::{OptimizerConfig, OptimizerKind, TrainOptimizer};
-pub use records::{CheckpointInfo, EpochRecord, IterationRecord, TrainRun};
+pub use records::{CheckpointInfo, EpochRecord, IterationRecord, RestartRecord, TrainRun};
 pub use sampler::{CaseData, Patch, PatchSampler, SampleSource};
 pub use schedule::{LrSchedule, Phase};
 pub(crate) use trainer::progress_bar;

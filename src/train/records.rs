@@ -28,6 +28,24 @@ pub struct IterationRecord {
     pub encoder_frozen: bool,
 }
 
+/// One automatic restart of a run (see `TrainConfig::restart`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRecord {
+    /// Iterations done when it restarted: the run's iteration `iteration` is the first step of
+    /// the restarted whole-network phase.
+    pub iteration: usize,
+    /// The selection metric's best value in the abandoned phase (NaN if never finite).
+    #[serde(with = "nan_as_null_scalar")]
+    pub metric: f64,
+    /// The value it had to exceed by `min_improvement` (its last value before the phase).
+    pub baseline: f64,
+    /// Target learning rate of the new warm-up.
+    pub lr: f64,
+    /// Iterations of the new warm-up.
+    pub warmup_iters: usize,
+}
+
 /// Summary of one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +97,9 @@ pub struct TrainRun {
     pub config: TrainConfig,
     /// The model description recorded with the checkpoints.
     pub model_config: serde_json::Value,
+    /// Automatic restarts, in order.
+    #[serde(default)]
+    pub restarts: Vec<RestartRecord>,
     /// Iterations done.
     pub iterations_done: usize,
     /// Whether the whole schedule ran (false after `stop_at_iteration`).
@@ -102,6 +123,19 @@ impl TrainRun {
             .iter()
             .filter_map(|e| e.metrics.get(key).map(|&v| (e.epoch, v)))
             .collect()
+    }
+}
+
+/// Serde for one metric value: NaN ↔ `null`.
+mod nan_as_null_scalar {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        v.is_finite().then_some(*v).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 

@@ -20,9 +20,10 @@ use super::checkpoint::{
 };
 use super::config::{RESUMABLE_DIFFERENCES, TrainConfig};
 use super::optim::TrainOptimizer;
-use super::records::{CheckpointInfo, EpochRecord, IterationRecord, TrainRun};
+use super::records::{CheckpointInfo, EpochRecord, IterationRecord, RestartRecord, TrainRun};
 use super::rng::{RngStream, iteration_rng};
 use super::sampler::{Patch, PatchSampler, SampleSource};
+use super::schedule::LrSchedule;
 use super::swa::{SwaRecord, SwaSchedule, WeightAverage};
 use crate::data::PreprocessedDataset;
 use crate::metrics::{self, EvalConfig, ImageGt, ImagePred};
@@ -100,6 +101,99 @@ struct Progress {
     history: Vec<IterationRecord>,
     epochs: Vec<EpochRecord>,
     best: Option<CheckpointInfo>,
+    restarts: Vec<RestartRecord>,
+}
+
+/// The folder holding the weights and optimiser state saved when the whole-network phase
+/// began, restored by an automatic restart.
+pub const RESTART_POINT: &str = "restart_point";
+
+/// Where a run stands after its automatic restarts: iteration `i` of the run (counting every
+/// step taken) is iteration [`Attempt::schedule_iteration`] of the schedule.
+struct Attempt<'a> {
+    config: &'a TrainConfig,
+    restarts: &'a [RestartRecord],
+}
+
+impl Attempt<'_> {
+    /// First run iteration of the current whole-network phase.
+    fn phase_start(&self) -> usize {
+        self.restarts
+            .last()
+            .map_or(self.config.freeze_encoder_iters, |r| r.iteration)
+    }
+
+    /// The schedule iteration of run iteration `iteration` (the same before a restart; after
+    /// one, `iteration` ≥ the phase start).
+    fn schedule_iteration(&self, iteration: usize) -> usize {
+        (iteration + self.config.freeze_encoder_iters).saturating_sub(self.phase_start())
+    }
+
+    /// Iterations of the whole run, grown by the iterations each restart discarded.
+    fn run_iters(&self) -> usize {
+        let discarded: usize = self
+            .restarts
+            .iter()
+            .scan(self.config.freeze_encoder_iters, |start, r| {
+                let d = r.iteration - *start;
+                *start = r.iteration;
+                Some(d)
+            })
+            .sum();
+        self.config.run_iters() + discarded
+    }
+
+    /// The learning-rate schedule of the current attempt.
+    fn schedule(&self) -> LrSchedule {
+        match self.restarts.last() {
+            None => self.config.schedule(),
+            Some(r) => LrSchedule {
+                lr: r.lr,
+                warmup_iters: r.warmup_iters,
+                ..self.config.schedule()
+            },
+        }
+    }
+
+    /// After a validation with `done` iterations done: the restart due now, if any (the metric
+    /// has not risen by `min_improvement` within `patience_iters` of the phase start).
+    fn restart_due(&self, epochs: &[EpochRecord], done: usize) -> Option<RestartRecord> {
+        let r = &self.config.restart;
+        let start = self.phase_start();
+        if !r.enabled()
+            || self.restarts.len() >= r.max_restarts
+            || done < start + r.patience_iters
+            || self.schedule_iteration(done) > self.config.total_iters()
+        {
+            return None;
+        }
+        let per_epoch = self.config.iters_per_epoch;
+        let metric = |e: &EpochRecord| e.metrics.get(&self.config.best_metric).copied();
+        let end_of = |e: &EpochRecord| (e.epoch + 1) * per_epoch;
+        let baseline = epochs
+            .iter()
+            .filter(|e| end_of(e) <= self.config.freeze_encoder_iters)
+            .filter_map(metric)
+            .filter(|v| v.is_finite())
+            .next_back()
+            .unwrap_or(0.0);
+        let best = epochs
+            .iter()
+            .filter(|e| end_of(e) > start && end_of(e) <= done)
+            .filter_map(metric)
+            .filter(|v| v.is_finite())
+            .fold(f64::NAN, f64::max);
+        if best >= baseline + r.min_improvement {
+            return None;
+        }
+        Some(RestartRecord {
+            iteration: done,
+            metric: best,
+            baseline,
+            lr: r.lr,
+            warmup_iters: r.warmup_iters,
+        })
+    }
 }
 
 fn check_inputs<B: AutodiffBackend, M: Detector<B>>(
@@ -264,21 +358,21 @@ where
     check_inputs::<B, M>(&model, &sampler, &train_cases, config)?;
     check_inputs::<B, M>(&model, &sampler, &val_cases, config)?;
     let validation = validation_patches(val_cases, config)?;
-    let schedule = config.schedule();
     let swa = SwaSchedule::of(config);
     let mut average = WeightAverage::<M::InnerModule>::default();
     // Snapshots averaged into the current weights (set once the SWA phase ends).
     let mut averaged_snapshots = 0;
-    let total = config.run_iters();
     let run_epochs = config.epochs + config.swa_epochs;
     let per_epoch = config.iters_per_epoch;
     let last_dir = config.out.join("last");
     let best_dir = config.out.join("best");
+    let restart_dir = config.out.join(RESTART_POINT);
     let mut optimizer = TrainOptimizer::<B, M>::new(&config.optimizer)?;
     let mut progress = Progress {
         history: Vec::new(),
         epochs: Vec::new(),
         best: None,
+        restarts: Vec::new(),
     };
 
     let mut start = 0;
@@ -318,8 +412,9 @@ where
         progress.history = state.history;
         progress.epochs = state.epochs;
         progress.best = state.best;
+        progress.restarts = state.restarts;
     } else if locate_checkpoint(&last_dir).is_ok() && config.overwrite {
-        for dir in [&last_dir, &best_dir] {
+        for dir in [&last_dir, &best_dir, &restart_dir] {
             if dir.exists() {
                 std::fs::remove_dir_all(dir).map_err(|e| TrainError::Checkpoint {
                     path: dir.clone(),
@@ -337,14 +432,28 @@ where
         ));
     }
 
+    // After loading a checkpoint: parameter ids come with the weights.
+    optimizer.set_encoder_params(model.encoder().param_ids(crate::nn::EncoderPart::All));
+
+    // The schedule, the phase start and the run's length of the current attempt.
+    let attempt = |restarts: &[RestartRecord]| -> (LrSchedule, usize, usize) {
+        let a = Attempt { config, restarts };
+        (a.schedule(), a.phase_start(), a.run_iters())
+    };
+    let (mut schedule, mut phase_start, mut total) = attempt(&progress.restarts);
+    let at_schedule = |iteration: usize, phase_start: usize| {
+        (iteration + config.freeze_encoder_iters).saturating_sub(phase_start)
+    };
+
     let freezing = config.freeze_encoder_iters > 0;
     let mut frozen = false;
     if freezing {
-        frozen = schedule.encoder_frozen_at(start);
+        frozen = schedule.encoder_frozen_at(at_schedule(start, phase_start));
         model = model.set_encoder_trainable(config.frozen_part, !frozen);
     }
 
-    let stop = config.stop_at_iteration.unwrap_or(total).min(total);
+    let stop_at = |total: usize| config.stop_at_iteration.unwrap_or(total).min(total);
+    let mut stop = stop_at(total);
     let bar = progress_bar(config.progress, start, total);
     let say = |line: String| {
         if config.progress {
@@ -358,6 +467,21 @@ where
     let mut epoch_started = Instant::now();
     let mut last_written_at = None;
 
+    let state_of = |progress: &Progress, iteration: usize, swa: SwaRecord| CheckpointState {
+        format: CHECKPOINT_FORMAT.into(),
+        format_version: CHECKPOINT_FORMAT_VERSION,
+        detlab_version: env!("CARGO_PKG_VERSION").into(),
+        iteration,
+        epochs_done: progress.epochs.len(),
+        has_optimizer: true,
+        config: config.clone(),
+        model_config: model_config.clone(),
+        history: progress.history.clone(),
+        epochs: progress.epochs.clone(),
+        best: progress.best.clone(),
+        swa,
+        restarts: progress.restarts.clone(),
+    };
     let save_last = |model: &M,
                      optimizer: &TrainOptimizer<B, M>,
                      progress: &Progress,
@@ -365,23 +489,14 @@ where
                      averaged_snapshots: usize,
                      iteration: usize|
      -> Result<CheckpointInfo, TrainError> {
-        let state = CheckpointState {
-            format: CHECKPOINT_FORMAT.into(),
-            format_version: CHECKPOINT_FORMAT_VERSION,
-            detlab_version: env!("CARGO_PKG_VERSION").into(),
+        let state = state_of(
+            progress,
             iteration,
-            epochs_done: progress.epochs.len(),
-            has_optimizer: true,
-            config: config.clone(),
-            model_config: model_config.clone(),
-            history: progress.history.clone(),
-            epochs: progress.epochs.clone(),
-            best: progress.best.clone(),
-            swa: SwaRecord {
+            SwaRecord {
                 averaged_snapshots,
                 running_snapshots: average.snapshots,
             },
-        };
+        );
         write_checkpoint_with_average(
             &last_dir,
             model,
@@ -398,7 +513,8 @@ where
         })
     };
 
-    for iteration in start..stop {
+    let mut iteration = start;
+    while iteration < stop {
         if interrupted(iteration) {
             bar.abandon();
             save_last(
@@ -415,18 +531,28 @@ where
             });
         }
         let epoch = iteration / per_epoch;
-        if freezing && frozen && !schedule.encoder_frozen_at(iteration) {
+        // The schedule's iteration (behind the run's after a restart).
+        let k = at_schedule(iteration, phase_start);
+        if freezing && frozen && !schedule.encoder_frozen_at(k) {
             model = model.set_encoder_trainable(config.frozen_part, true);
             frozen = false;
         }
+        if config.restart.enabled()
+            && progress.restarts.is_empty()
+            && iteration == config.freeze_encoder_iters
+        {
+            // The start of the whole-network phase: what a restart comes back to.
+            let state = state_of(&progress, iteration, SwaRecord::default());
+            write_checkpoint::<B, M>(&restart_dir, &model, Some(&optimizer), &state)?;
+        }
         if let Some(swa) = &swa
-            && swa.snapshot_before(iteration)
+            && swa.snapshot_before(k)
         {
             average.add::<B::InnerBackend>(model.valid());
         }
-        let lr = match swa.as_ref().and_then(|s| s.lr_at(iteration)) {
+        let lr = match swa.as_ref().and_then(|s| s.lr_at(k)) {
             Some(cyclic) => cyclic,
-            None => schedule.lr_at(iteration),
+            None => schedule.lr_at(k),
         };
         let it = iteration as u64;
         let mut patches = sampler.sample_batch(
@@ -486,7 +612,8 @@ where
             let losses: Vec<f64> = progress
                 .history
                 .iter()
-                .filter(|r| r.epoch == epoch)
+                .rev()
+                .take_while(|r| r.epoch == epoch)
                 .map(|r| r.loss)
                 .collect();
             let train_loss_mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
@@ -544,24 +671,53 @@ where
                     };
                     progress.best = Some(info);
                     let state = CheckpointState {
-                        format: CHECKPOINT_FORMAT.into(),
-                        format_version: CHECKPOINT_FORMAT_VERSION,
-                        detlab_version: env!("CARGO_PKG_VERSION").into(),
-                        iteration: iteration + 1,
-                        epochs_done: progress.epochs.len(),
                         has_optimizer: false,
-                        config: config.clone(),
-                        model_config: model_config.clone(),
-                        history: progress.history.clone(),
-                        epochs: progress.epochs.clone(),
-                        best: progress.best.clone(),
-                        swa: SwaRecord {
-                            averaged_snapshots,
-                            running_snapshots: 0,
-                        },
+                        ..state_of(
+                            &progress,
+                            iteration + 1,
+                            SwaRecord {
+                                averaged_snapshots,
+                                running_snapshots: 0,
+                            },
+                        )
                     };
                     write_checkpoint::<B, M>(&best_dir, &model, None, &state)?;
                     line.push_str(" (best)");
+                }
+                let restart = Attempt {
+                    config,
+                    restarts: &progress.restarts,
+                }
+                .restart_due(&progress.epochs, iteration + 1);
+                if let Some(record) = restart {
+                    // Back to the weights and optimiser state of the whole-network phase's
+                    // start; the phase runs again with the restart's warm-up.
+                    model = load_checkpoint_weights(model, &restart_dir, device)?;
+                    model = model.set_encoder_trainable(config.frozen_part, true);
+                    optimizer = load_checkpoint_optimizer(
+                        TrainOptimizer::<B, M>::new(&config.optimizer)?,
+                        &model,
+                        &restart_dir,
+                        device,
+                    )?;
+                    optimizer
+                        .set_encoder_params(model.encoder().param_ids(crate::nn::EncoderPart::All));
+                    line.push_str(&format!(
+                        "; restart {}: {} {} did not exceed {:.4} + {} within {} iterations; \
+                         the whole-network phase starts again with a {}-iteration warm-up to lr {:e}",
+                        progress.restarts.len() + 1,
+                        config.best_metric,
+                        record.metric,
+                        record.baseline,
+                        config.restart.min_improvement,
+                        config.restart.patience_iters,
+                        record.warmup_iters,
+                        record.lr
+                    ));
+                    progress.restarts.push(record);
+                    (schedule, phase_start, total) = attempt(&progress.restarts);
+                    stop = stop_at(total);
+                    bar.set_length(total as u64);
                 }
             }
             say(line);
@@ -576,6 +732,7 @@ where
             last_written_at = Some(iteration + 1);
             epoch_started = Instant::now();
         }
+        iteration += 1;
     }
     bar.finish_and_clear();
     let done = stop.max(start);
@@ -615,6 +772,7 @@ where
             last,
             config: config.clone(),
             model_config,
+            restarts: progress.restarts,
             iterations_done: done,
             finished: done == total,
         },
@@ -961,6 +1119,79 @@ mod tests {
                 .val()
                 .is_require_grad()
         );
+    }
+
+    #[test]
+    fn a_stalled_run_restarts_exactly_once_with_the_new_schedule_and_resumes_with_it() {
+        let device = test_device();
+        let (train, val) = cases();
+        let dir = tempfile::tempdir().unwrap();
+        // AP cannot rise by 2: the first validation past the patience restarts the run.
+        let cfg = TrainConfig {
+            epochs: 4,
+            iters_per_epoch: 2,
+            freeze_encoder_iters: 2,
+            val_patches: 1,
+            restart: crate::train::RestartConfig {
+                patience_iters: 2,
+                min_improvement: 2.0,
+                warmup_iters: 3,
+                lr: 0.004,
+                max_restarts: 1,
+            },
+            ..config(&dir.path().join("full"))
+        };
+        let m0 = model(&device);
+        let (_, run) = fit(m0.clone(), train.clone(), val.clone(), &cfg).unwrap();
+        assert_eq!(run.restarts.len(), 1, "{:?}", run.restarts);
+        let restart = &run.restarts[0];
+        assert_eq!(
+            restart.iteration, 4,
+            "the first validation past 2 + 2 iterations"
+        );
+        assert_eq!((restart.warmup_iters, restart.lr), (3, 0.004));
+        assert_eq!(
+            restart.baseline, run.epochs[0].metrics[&cfg.best_metric],
+            "the last value before the whole-network phase"
+        );
+        // The run grows by the 2 discarded iterations; the new phase replays the schedule
+        // from its start with the restart's warm-up, then PolyLR.
+        assert_eq!(run.history.len(), 10);
+        assert!(run.finished && run.iterations_done == 10);
+        let new = LrSchedule {
+            lr: 0.004,
+            warmup_iters: 3,
+            ..cfg.schedule()
+        };
+        let expected: Vec<f64> = (0..4)
+            .map(|k| cfg.schedule().lr_at(k))
+            .chain((4..10).map(|i| new.lr_at(i - 2)))
+            .collect();
+        assert_eq!(run.learning_rates(), expected);
+        assert!(run.history[..2].iter().all(|r| r.encoder_frozen));
+        assert!(run.history[2..].iter().all(|r| !r.encoder_frozen));
+        assert_eq!(run.epochs.len(), 5);
+        let point = read_checkpoint_state(&cfg.out.join(RESTART_POINT)).unwrap();
+        assert_eq!(point.iteration, 2);
+        let last = read_checkpoint_state(&cfg.out.join("last")).unwrap();
+        assert_eq!(last.restarts, run.restarts);
+        // Stopped after the restart and resumed: the same run, restart included.
+        let part = TrainConfig {
+            out: dir.path().join("part"),
+            stop_at_iteration: Some(6),
+            ..cfg.clone()
+        };
+        let (_, first) = fit(m0, train.clone(), val.clone(), &part).unwrap();
+        assert_eq!(first.restarts, run.restarts);
+        let rest = TrainConfig {
+            resume: true,
+            stop_at_iteration: None,
+            ..part
+        };
+        let (_, resumed) = fit(model(&device), train, val, &rest).unwrap();
+        assert_eq!(resumed.restarts, run.restarts);
+        assert_eq!(resumed.learning_rates(), run.learning_rates());
+        assert_eq!(resumed.losses(), run.losses());
     }
 
     #[test]

@@ -147,6 +147,7 @@ static DEF_DETR_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
 static TRAIN_OPTIONS: LazyLock<OptionSet> = LazyLock::new(|| {
     OptionSet::of::<TrainConfig>("train").with(&[
         Extra::new("out", "String", "\"runs/train\"", "Output folder for the `last` and `best` checkpoints."),
+        Extra::new("recipe", "\"nndetection\" | \"def_detr\"", "\"nndetection\"", "The settings the other options override: \"def_detr\" is the paper's DefDETR fine-tuning (Adam AMSGrad, lr 3e-4, weight decay 1e-4, clip 0.1, encoder_lr_factor 0.1, encoder frozen for 5 % of the iterations unless freeze_encoder_iters is given)."),
         Extra::new("train_ids", "[String, …]", "a seeded split", "The training case ids (default: the cases left by `val_fraction`)."),
         Extra::new("val_ids", "[String, …]", "a seeded split", "The validation case ids (default: a seeded `val_fraction` of the training cases)."),
         Extra::new("val_fraction", "Float", "0.2", "Fraction of the training cases held out for validation when no ids are given."),
@@ -432,6 +433,7 @@ fn run_map(ctx: &NativeCallContext, run: &TrainRun) -> ScriptResult<Map> {
         },
     );
     m.insert("last".into(), to_script(ctx, &run.last)?);
+    m.insert("restarts".into(), to_script(ctx, &run.restarts)?);
     m.insert("iterations".into(), (run.iterations_done as i64).into());
     m.insert("finished".into(), run.finished.into());
     m.insert("config".into(), to_script(ctx, &run.config)?);
@@ -516,11 +518,17 @@ pub(crate) fn ids_option(
 /// `train`'s settings from its options map. `augment` is a preset name or a map over the preset
 /// it names, so the defaults under the user's map leave it empty (the preset fills it).
 fn train_config(ctx: &NativeCallContext, opts: &Map) -> ScriptResult<TrainConfig> {
-    let mut base = serde_json::to_value(TrainConfig::default())
+    let mut opts = opts.clone();
+    let recipe = match opts.remove("recipe") {
+        Some(name) => train::TrainRecipe::named(&name.to_string()).map_err(at(ctx))?,
+        None => train::TrainRecipe::default(),
+    };
+    let mut base = serde_json::to_value(recipe.config())
         .map_err(|e| runtime_error(format!("train: {e}"), ctx.call_position()))?;
     base["augment"] = serde_json::json!({});
-    crate::script::options::deserialize("train", Some(base), opts)
-        .map_err(|message| runtime_error(message, ctx.call_position()))
+    let config = crate::script::options::deserialize("train", Some(base), &opts)
+        .map_err(|message| runtime_error(message, ctx.call_position()))?;
+    Ok(recipe.complete(config, opts.contains_key("freeze_encoder_iters")))
 }
 
 fn train_impl(
@@ -906,7 +914,9 @@ pub fn register(engine: &mut Engine, help: &mut HelpIndex) {
         "train(model: Model, data: PreprocessedDataset, options: Map) -> Map",
         "Train the model in place on patches of a preprocessed dataset; returns the run:\n\
          #{history: #{iteration, loss, lr, cls, reg, seg_ce, seg_dice, …}, epochs: [#{epoch,\n\
-         train_loss_mean, metrics, seconds}], best, last, iterations, finished}.\n\
+         train_loss_mean, metrics, seconds}], best, last, restarts: [#{iteration, metric, baseline,\n\
+         lr, warmup_iters}], iterations, finished}. Phases: encoder frozen (freeze_encoder_iters),\n\
+         whole-network warm-up, PolyLR; `restart` restarts a stalled whole-network phase.\n\
          Ctrl-C stops cleanly, keeping `last`.",
         "let run = train(model, pre, #{lr: 0.01, epochs: 4, iters_per_epoch: 50, batch: 2, patch: [32, 32, 32], out: \"runs/demo\"});\nplot_lines(\"runs/demo/loss.png\", #{loss: run.history.loss}, #{});",
         |ctx: NativeCallContext, m: ModelRef, data: PreprocessedRef, opts: Map| -> ScriptResult<Map> {
