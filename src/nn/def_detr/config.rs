@@ -63,6 +63,10 @@ pub struct DefDetrConfig {
     /// Iterative box refinement: every decoder layer refines the previous layer's boxes
     /// (deltas in inverse-sigmoid space, reference detached) with its own box head.
     pub box_refinement: bool,
+    /// Two-stage: every encoder token proposes a box relative to a token-sized anchor (with its
+    /// own class and box heads and an auxiliary loss); the top-`queries` proposals seed the
+    /// queries and their reference boxes.
+    pub two_stage: bool,
     /// Groups of the GroupNorm after every level's input projection (32; reduced to a
     /// divisor of `d_model`).
     pub norm_groups: usize,
@@ -89,6 +93,7 @@ impl Default for DefDetrConfig {
             dropout: 0.1,
             queries: 300,
             box_refinement: true,
+            two_stage: false,
             norm_groups: 32,
             matcher: MatcherConfig::default(),
             loss: SetLossConfig::default(),

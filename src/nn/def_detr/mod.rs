@@ -17,9 +17,9 @@ pub mod sampling;
 pub mod transformer;
 
 use burn::module::{Module, Param};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear};
+use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData, activation};
+use burn::tensor::{Distribution, Int, Tensor, TensorData, activation};
 use rand::RngCore;
 
 use self::attention::DeformableAttentionConfig;
@@ -71,6 +71,68 @@ pub struct DefDetrOutput<B: Backend> {
     pub logits: Vec<Tensor<B, 3>>,
     /// Normalised boxes `[N, Q, 6]` `(cz, cy, cx, d, h, w)` per decoder layer.
     pub boxes: Vec<Tensor<B, 3>>,
+    /// Two-stage only: the encoder's proposals, logits `[N, Lv, K]` and boxes `[N, Lv, 6]`.
+    pub proposals: Option<(Tensor<B, 3>, Tensor<B, 3>)>,
+}
+
+/// The two-stage parts: per-token proposals and the queries made from the top ones.
+#[derive(Module, Debug)]
+pub struct TwoStage<B: Backend> {
+    /// Memory → proposal features (Deformable DETR's `enc_output`), then LayerNorm.
+    pub projection: Linear<B>,
+    /// LayerNorm of the proposal features.
+    pub norm: LayerNorm<B>,
+    /// Proposal class head.
+    pub class_head: Linear<B>,
+    /// Proposal box head: a delta on the token-sized anchor in inverse-sigmoid space.
+    pub box_head: Mlp<B>,
+    /// Proposal box → query position and content (`2 · d_model`), then LayerNorm.
+    pub query: Linear<B>,
+    /// LayerNorm of the queries made from proposals.
+    pub query_norm: LayerNorm<B>,
+}
+
+/// The token-sized anchors of every level: centre of the token and its extent per axis,
+/// normalised, `[Σ D·H·W, 6]` row-major.
+pub fn token_anchors(shapes: &[[usize; 3]]) -> Vec<f32> {
+    let centres = token_centres(shapes);
+    let mut out = Vec::with_capacity(centres.len() * 2);
+    let mut token = 0;
+    for shape in shapes {
+        for _ in 0..shape.iter().product::<usize>() {
+            out.extend_from_slice(&centres[token * 3..token * 3 + 3]);
+            out.extend(shape.iter().map(|&n| 1.0 / n as f32));
+            token += 1;
+        }
+    }
+    out
+}
+
+/// A class head whose every output starts at probability 0.01 (the focal-loss prior of Lin
+/// et al.).
+fn class_head<B: Backend>(d: usize, classes: usize, device: &B::Device) -> Linear<B> {
+    let prior_bias = -((1.0f64 - 0.01) / 0.01).ln() as f32;
+    let mut head = xavier_linear(d, classes, device);
+    head.bias = Some(Param::from_tensor(
+        Tensor::<B, 1>::ones([classes], device).mul_scalar(prior_bias),
+    ));
+    head
+}
+
+/// A 3-layer box MLP whose last layer starts at zero, with bias `last_bias`.
+fn box_head<B: Backend>(d: usize, last_bias: [f32; 6], device: &B::Device) -> Mlp<B> {
+    let mut layers = vec![
+        xavier_linear(d, d, device),
+        xavier_linear(d, d, device),
+        xavier_linear(d, 6, device),
+    ];
+    let last = &mut layers[2];
+    last.weight = Param::from_tensor(Tensor::zeros([d, 6], device));
+    last.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(last_bias.to_vec(), [6]),
+        device,
+    )));
+    Mlp { layers }
 }
 
 /// The 3D Deformable DETR detector.
@@ -94,6 +156,8 @@ pub struct DefDetr<B: Backend> {
     pub class_heads: Vec<Linear<B>>,
     /// Box heads (3-layer MLPs), like the class heads.
     pub box_heads: Vec<Mlp<B>>,
+    /// The two-stage parts (`two_stage` only).
+    pub two_stage: Option<TwoStage<B>>,
     /// The configuration the network was built from.
     pub config: DefDetrConfig,
 }
@@ -126,35 +190,24 @@ impl<B: Backend> DefDetr<B> {
         } else {
             1
         };
-        // Focal-loss prior: every query starts at probability 0.01 (Lin et al.).
-        let prior_bias = -((1.0f64 - 0.01) / 0.01).ln() as f32;
         let class_heads = (0..heads)
-            .map(|_| {
-                let mut head = xavier_linear(d, config.num_classes, device);
-                head.bias = Some(Param::from_tensor(
-                    Tensor::<B, 1>::ones([config.num_classes], device).mul_scalar(prior_bias),
-                ));
-                head
-            })
+            .map(|_| class_head(d, config.num_classes, device))
             .collect();
+        // The last layer starts at zero: boxes start at the reference point, with extents
+        // sigmoid(−2) ≈ 0.12 of the patch (or, seeded by proposals, at the proposal's).
+        let extent = if config.two_stage { 0.0 } else { -2.0 };
         let box_heads = (0..heads)
-            .map(|_| {
-                let mut layers = vec![
-                    xavier_linear(d, d, device),
-                    xavier_linear(d, d, device),
-                    xavier_linear(d, 6, device),
-                ];
-                // The last layer starts at zero: boxes start at the reference point, with
-                // extents sigmoid(−2) ≈ 0.12 of the patch.
-                let last = &mut layers[2];
-                last.weight = Param::from_tensor(Tensor::zeros([d, 6], device));
-                last.bias = Some(Param::from_tensor(Tensor::from_data(
-                    TensorData::new(vec![0.0f32, 0.0, 0.0, -2.0, -2.0, -2.0], [6]),
-                    device,
-                )));
-                Mlp { layers }
-            })
+            .map(|_| box_head(d, [0.0, 0.0, 0.0, extent, extent, extent], device))
             .collect();
+        let two_stage = config.two_stage.then(|| TwoStage {
+            projection: xavier_linear(d, d, device),
+            norm: LayerNormConfig::new(d).init(device),
+            class_head: class_head(d, config.num_classes, device),
+            // Proposals start as their anchors.
+            box_head: box_head(d, [0.0; 6], device),
+            query: xavier_linear(6, 2 * d, device),
+            query_norm: LayerNormConfig::new(2 * d).init(device),
+        });
         let model = DefDetr {
             encoder,
             input_projections,
@@ -177,6 +230,7 @@ impl<B: Backend> DefDetr<B> {
             reference_points: xavier_linear(d, 3, device),
             class_heads,
             box_heads,
+            two_stage,
             config,
         };
         inspect::materialize(&model);
@@ -240,22 +294,34 @@ impl<B: Backend> DefDetr<B> {
             memory = layer.forward(memory, position.clone(), encoder_reference.clone(), &shapes);
         }
 
-        let q = self.config.queries;
-        let queries = self.query_embedding.val();
-        let query_position = queries
-            .clone()
-            .slice([0..q, 0..d])
-            .reshape([1, q, d])
-            .repeat_dim(0, n);
-        let mut target = queries
-            .slice([0..q, d..2 * d])
-            .reshape([1, q, d])
-            .repeat_dim(0, n);
-        let mut reference =
-            activation::sigmoid(self.reference_points.forward(query_position.clone()));
         let mut output = DefDetrOutput {
             logits: Vec::new(),
             boxes: Vec::new(),
+            proposals: None,
+        };
+        let (q, query_position, mut target, mut reference) = match &self.two_stage {
+            Some(two) => {
+                let (q, position, target, reference, proposals) =
+                    self.proposal_queries(two, memory.clone(), &shapes);
+                output.proposals = Some(proposals);
+                (q, position, target, reference)
+            }
+            None => {
+                let q = self.config.queries;
+                let queries = self.query_embedding.val();
+                let query_position = queries
+                    .clone()
+                    .slice([0..q, 0..d])
+                    .reshape([1, q, d])
+                    .repeat_dim(0, n);
+                let target = queries
+                    .slice([0..q, d..2 * d])
+                    .reshape([1, q, d])
+                    .repeat_dim(0, n);
+                let reference =
+                    activation::sigmoid(self.reference_points.forward(query_position.clone()));
+                (q, query_position, target, reference)
+            }
         };
         for (k, layer) in self.decoder_layers.iter().enumerate() {
             let width = reference.dims()[2];
@@ -288,6 +354,56 @@ impl<B: Backend> DefDetr<B> {
         }
         Ok(output)
     }
+
+    /// Two-stage: the proposals of every token and the queries seeded by the top ones.
+    ///
+    /// Returns the query count `q` (`queries`, at most the token count), query position and
+    /// content `[N, q, d]`, the (detached) reference boxes `[N, q, 6]` and the proposals'
+    /// logits `[N, Lv, K]` and boxes `[N, Lv, 6]`.
+    #[allow(clippy::type_complexity)]
+    fn proposal_queries(
+        &self,
+        two: &TwoStage<B>,
+        memory: Tensor<B, 3>,
+        shapes: &[[usize; 3]],
+    ) -> (
+        usize,
+        Tensor<B, 3>,
+        Tensor<B, 3>,
+        Tensor<B, 3>,
+        (Tensor<B, 3>, Tensor<B, 3>),
+    ) {
+        let [n, lv, d] = memory.dims();
+        let device = memory.device();
+        let features = two.norm.forward(two.projection.forward(memory));
+        let logits = two.class_head.forward(features.clone());
+        let anchors =
+            Tensor::<B, 3>::from_data(TensorData::new(token_anchors(shapes), [1, lv, 6]), &device);
+        let boxes = activation::sigmoid(
+            two.box_head.forward(features) + inverse_sigmoid(anchors).repeat_dim(0, n),
+        );
+        // The top proposals by their best class score, per image (ties: lower token first).
+        let q = self.config.queries.min(lv);
+        let scores = host_values(logits.clone().detach().max_dim(2).reshape([n, lv]));
+        let mut rows = Vec::with_capacity(n * q);
+        for i in 0..n {
+            let row = &scores[i * lv..(i + 1) * lv];
+            let mut order: Vec<usize> = (0..lv).collect();
+            order.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
+            rows.extend(order[..q].iter().map(|&t| (i * lv + t) as i64));
+        }
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n * q]), &device);
+        let reference = boxes
+            .clone()
+            .reshape([n * lv, 6])
+            .select(0, index)
+            .reshape([n, q, 6])
+            .detach();
+        let embedded = two.query_norm.forward(two.query.forward(reference.clone()));
+        let position = embedded.clone().slice([0..n, 0..q, 0..d]);
+        let target = embedded.slice([0..n, 0..q, d..2 * d]);
+        (q, position, target, reference, (logits, boxes))
+    }
 }
 
 fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -307,6 +423,19 @@ impl<B: Backend> Detector<B> for DefDetr<B> {
         let [_, _, d, h, w] = batch.images.dims();
         let out = self.forward(batch.images.clone())?;
         let targets = SetTargets::new(&batch.boxes, &batch.classes, [d, h, w]);
+        let proposal_loss = match out.proposals {
+            Some((logits, boxes)) => {
+                let l = set_loss(
+                    logits,
+                    boxes,
+                    &targets,
+                    &self.config.matcher,
+                    &self.config.loss,
+                )?;
+                Some(l.cls + l.l1 + l.giou)
+            }
+            None => None,
+        };
         let layers = out.logits.len();
         let mut components: Vec<(String, Tensor<B, 1>)> = Vec::new();
         let mut auxiliary: Option<Tensor<B, 1>> = None;
@@ -339,6 +468,9 @@ impl<B: Backend> Detector<B> for DefDetr<B> {
         if let Some(a) = auxiliary {
             components.push(("aux".into(), a));
         }
+        if let Some(p) = proposal_loss {
+            components.push(("proposals".into(), p));
+        }
         let total = components
             .iter()
             .map(|(_, t)| t.clone())
@@ -361,9 +493,9 @@ impl<B: Backend> Detector<B> for DefDetr<B> {
     fn predict(&self, images: Tensor<B, 5>) -> Result<Vec<PatchDetections>, NnError> {
         let [n, _, d, h, w] = images.dims();
         let out = self.forward(images)?;
-        let k = self.config.num_classes;
-        let q = self.config.queries;
-        let logits = host_values(out.logits.last().expect("a decoder layer").clone());
+        let last = out.logits.last().expect("a decoder layer").clone();
+        let [_, q, k] = last.dims();
+        let logits = host_values(last);
         let boxes = host_values(out.boxes.last().expect("a decoder layer").clone());
         let cfg = &self.config.inference;
         let scale = patch_scale([d, h, w]);
@@ -414,7 +546,7 @@ impl<B: Backend> Detector<B> for DefDetr<B> {
         let mut out = format!(
             "Deformable DETR: {kind} encoder, widths {:?}, {} input channel(s), {} class(es)\n\
              levels {} (strides {:?}); d_model {}, {} heads, {} points; {} encoder + {} decoder \
-             layers, FFN {}; {} queries; box refinement {}\n",
+             layers, FFN {}; {} queries; box refinement {}; two-stage {}\n",
             self.encoder.widths,
             self.encoder.in_channels,
             cfg.num_classes,
@@ -428,6 +560,7 @@ impl<B: Backend> Detector<B> for DefDetr<B> {
             cfg.ffn_channels,
             cfg.queries,
             cfg.box_refinement,
+            cfg.two_stage,
         );
         out.push_str(&inspect::summary("parameters", self));
         out

@@ -111,3 +111,50 @@ fn a_tiny_model_overfits_one_batch() {
         best.scores[0]
     );
 }
+
+#[test]
+fn token_anchors_are_token_centres_with_the_token_extent() {
+    let anchors = token_anchors(&[[2, 1, 1], [1, 1, 4]]);
+    assert_eq!(anchors.len(), 6 * 6);
+    assert_eq!(&anchors[..6], &[0.25, 0.5, 0.5, 0.5, 1.0, 1.0]);
+    assert_eq!(&anchors[6..12], &[0.75, 0.5, 0.5, 0.5, 1.0, 1.0]);
+    assert_eq!(&anchors[12..18], &[0.5, 0.5, 0.125, 1.0, 1.0, 0.25]);
+}
+
+#[test]
+fn two_stage_seeds_the_queries_with_proposals_and_its_loss_falls_on_a_fixed_batch() {
+    let device = test_device();
+    crate::nn::backend::seed(&device, 5);
+    let cfg = DefDetrConfig {
+        two_stage: true,
+        decoder_layers: 2,
+        ..DefDetrConfig::tiny(1, 1)
+    };
+    let mut model = cfg.init::<B>(&device).unwrap();
+    let batch = one_batch(&device);
+    let out = model.forward(batch.images.clone()).unwrap();
+    let (logits, boxes) = out.proposals.clone().expect("proposals");
+    // 8³ + 4³ + 2³ tokens propose; the 8 best seed the queries.
+    assert_eq!(logits.dims(), [1, 584, 1]);
+    assert_eq!(boxes.dims(), [1, 584, 6]);
+    assert_eq!(out.boxes[1].dims(), [1, 8, 6]);
+    let mut optimizer = TrainOptimizer::<B, DefDetr<B>>::new(&OptimizerConfig {
+        kind: OptimizerKind::AdamW,
+        weight_decay: 0.0,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut losses = Vec::new();
+    for _ in 0..12 {
+        let loss = model.loss(&batch, &mut rng).unwrap();
+        let names: Vec<&str> = loss.components.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["cls", "l1", "giou", "aux", "proposals"]);
+        losses.push(loss.total_value());
+        model = optimizer.step(3e-3, model, loss.total.backward()).0;
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[11] < 0.7 * losses[0], "{losses:?}");
+    let detections = model.valid().predict(batch.images.clone().inner()).unwrap();
+    assert_eq!(detections[0].boxes.len(), 8);
+}
