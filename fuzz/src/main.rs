@@ -359,7 +359,7 @@ fn quiet_panics() {
 /// itself writes.
 fn seeds(target: &Target, scratch: &Scratch) -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = Vec::new();
-    let mut add_dir = |dir: &Path, suffix: &str, seeds: &mut Vec<Vec<u8>>| {
+    let add_dir = |dir: &Path, suffix: &str, seeds: &mut Vec<Vec<u8>>| {
         for p in targets::glob_files(dir, suffix) {
             if let Ok(b) = std::fs::read(&p) {
                 seeds.push(b);

@@ -207,7 +207,7 @@ fn run_predictions(s: &Scratch, data: &[u8]) -> Result<(), String> {
 fn run_pth(s: &Scratch, data: &[u8]) -> Result<(), String> {
     let path = s.dir.join("input.pth");
     std::fs::write(&path, data).map_err(text)?;
-    let mut file = TorchFile::open(&path).map_err(text)?;
+    let file = TorchFile::open(&path).map_err(text)?;
     let _ = file.root.keys();
     drop(file);
     pytorch::load_file::<InferenceBackend>(&path, &PytorchOptions::default(), &s.device)
@@ -216,7 +216,7 @@ fn run_pth(s: &Scratch, data: &[u8]) -> Result<(), String> {
 }
 
 fn run_pickle(_: &Scratch, data: &[u8]) -> Result<(), String> {
-    parse_pickle(data).map(|_| ()).map_err(text)
+    parse_pickle(data).map(|_| ()).map_err(|e| format!("{e:?}"))
 }
 
 fn run_weights(s: &Scratch, data: &[u8]) -> Result<(), String> {
