@@ -5,6 +5,7 @@
 //! cargo run --manifest-path fuzz/Cargo.toml -- run all --seconds 60        # CI smoke
 //! cargo run --manifest-path fuzz/Cargo.toml -- run nifti --execs 10000000  # the long run
 //! cargo run --manifest-path fuzz/Cargo.toml -- replay nifti FILE...        # reproduce
+//! cargo run --manifest-path fuzz/Cargo.toml -- regressions                  # every past find
 //! ```
 //!
 //! Why not `cargo fuzz`: its sanitizer-coverage flags do work on this stable toolchain with
@@ -57,9 +58,10 @@ fn main() {
         }
         Some("run") => run_command(&args[1..]),
         Some("replay") => replay_command(&args[1..]),
+        Some("regressions") => regressions_command(),
         _ => {
             eprintln!(
-                "usage: detlab-fuzz list | run TARGET|all [--seconds N] [--execs N] [--seed N] [--hang-seconds N] | replay TARGET FILE..."
+                "usage: detlab-fuzz list | run TARGET|all [--seconds N] [--execs N] [--seed N] [--hang-seconds N] | replay TARGET FILE... | regressions"
             );
             2
         }
@@ -454,9 +456,15 @@ fn replay_command(args: &[String]) -> i32 {
                 continue;
             }
         };
+        guard::start(
+            target.name,
+            &input,
+            &root().join("artifacts").join(target.name),
+        );
         let t0 = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&scratch, &input)));
         let took = t0.elapsed().as_secs_f64();
+        guard::finish();
         match result {
             Ok(Ok(())) => println!("{f}: ok ({took:.3} s)"),
             Ok(Err(e)) => println!("{f}: error ({took:.3} s): {e}"),
@@ -467,5 +475,31 @@ fn replay_command(args: &[String]) -> i32 {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch.dir);
+    code
+}
+
+/// Replay every input under `fuzz/regressions/<target>/` (each crash the fuzzer found, checked
+/// in once fixed); fails if one panics, and the guards stop it on a hang or a huge allocation.
+fn regressions_command() -> i32 {
+    quiet_panics();
+    guard::watchdog(Duration::from_secs(20));
+    let mut code = 0;
+    let mut count = 0;
+    for t in TARGETS {
+        let dir = root().join("regressions").join(t.name);
+        let files: Vec<String> = targets::glob_files(&dir, "")
+            .into_iter()
+            .filter(|p| p.extension().is_none_or(|e| e != "txt"))
+            .map(|p| p.display().to_string())
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        count += files.len();
+        let mut args = vec![t.name.to_string()];
+        args.extend(files);
+        code |= replay_command(&args);
+    }
+    println!("{count} regression inputs replayed");
     code
 }

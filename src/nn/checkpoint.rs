@@ -46,7 +46,24 @@ pub fn load_weights<B: Backend, M: Module<B>>(
         .into_iter()
         .map(|p| (p.path, p.shape))
         .collect();
-    let loaded = module.load_record(record);
+    // burn asserts that a list of layers in the file has the module's length (it panics
+    // otherwise); a file of another architecture must be an error, so the panic is caught here.
+    let loaded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)))
+            .map_err(|panic| {
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+                error(format!(
+                    "does not fit the network: a list of layers has another length ({detail})"
+                ))
+            })?;
     let found: Vec<(String, Vec<usize>)> = inspect::parameters(&loaded)
         .into_iter()
         .map(|p| (p.path, p.shape))

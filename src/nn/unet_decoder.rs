@@ -90,7 +90,22 @@ impl UNetDecoderConfig {
                 "convs_per_level and out_channels must be at least 1",
             ));
         }
-        Ok(())
+        if self.out_channels > MAX_OUT_CHANNELS {
+            return Err(NnError::config(
+                "decoder.out_channels",
+                format!("{} is more than {MAX_OUT_CHANNELS}", self.out_channels),
+            ));
+        }
+        // Sizes read from a file are bounded before allocating: per level, a transposed
+        // convolution and `convs_per_level` 3³ convolutions (counted as 3³ for both).
+        let level_convs = vec![self.convs_per_level.saturating_add(1); self.widths.len()];
+        crate::nn::encoder::check_parameter_count(
+            "decoder.convs_per_level",
+            &self.widths,
+            &vec![[3, 3, 3]; self.widths.len()],
+            1,
+            &level_convs,
+        )
     }
 
     /// Build the decoder.
@@ -222,3 +237,6 @@ mod tests {
         assert!(config.validate().is_err());
     }
 }
+
+/// The most output channels a decoder may declare (a corrupt file otherwise).
+const MAX_OUT_CHANNELS: usize = 4096;

@@ -64,11 +64,34 @@ pub struct PretrainNetworkConfig {
 }
 
 impl PretrainNetworkConfig {
+    /// Bound the sizes that the encoder's own check does not cover (projector, stems, heads),
+    /// so that a corrupt `pretrain.json` is an error before anything is allocated.
+    fn check_sizes(&self) -> Result<(), PretrainError> {
+        const MOST: usize = 1 << 16;
+        let bad = |field: &str, value: usize| {
+            Err(PretrainError::from(crate::nn::NnError::config(
+                field,
+                format!("{value} is more than {MOST} (a corrupt configuration?)"),
+            )))
+        };
+        if let Some(w) = self.projector_width.filter(|&w| w > MOST) {
+            return bad("projector_width", w);
+        }
+        if let Some(s) = self.stems.iter().find(|s| s.channels > MOST) {
+            return bad("stems.channels", s.channels);
+        }
+        if let Some(h) = self.heads.iter().find(|h| h.classes.len() > MOST) {
+            return bad("heads.classes", h.classes.len());
+        }
+        Ok(())
+    }
+
     /// Build the network, seeding nothing (seed the device first for reproducible weights).
     pub fn init<B: Backend>(
         &self,
         device: &B::Device,
     ) -> Result<PretrainNetwork<B>, PretrainError> {
+        self.check_sizes()?;
         let encoder = self.encoder.init::<B>(device)?;
         let decoder = self
             .decoder
@@ -287,6 +310,30 @@ mod tests {
             stems: vec![],
             heads: vec![],
         }
+    }
+
+    // Fuzz finds (fuzz/regressions/pretrain_state/): sizes declared by a corrupt pretrain.json
+    // are refused before anything is allocated, never a capacity-overflow panic or an OOM.
+    #[test]
+    fn declared_sizes_of_a_corrupt_configuration_are_refused_before_allocating() {
+        let device = test_device();
+        let corrupt = |edit: &dyn Fn(&mut ResEncConfig)| {
+            let mut c = config(1);
+            let EncoderConfig::Resenc(e) = &mut c.encoder else {
+                unreachable!()
+            };
+            edit(e);
+            c.init::<TestBackend>(&device).err().map(|e| e.to_string())
+        };
+        let huge_kernel = corrupt(&|e| e.kernel_sizes[0][1] = usize::MAX).unwrap();
+        assert!(huge_kernel.contains("kernel_sizes"), "{huge_kernel}");
+        let many_blocks = corrupt(&|e| e.blocks_per_stage[0] = 1 << 30).unwrap();
+        assert!(many_blocks.contains("blocks_per_stage"), "{many_blocks}");
+        let wide = corrupt(&|e| e.widths[1] = 1 << 40).unwrap();
+        assert!(wide.contains("weights"), "{wide}");
+        let mut c = config(1);
+        c.projector_width = Some(1 << 40);
+        assert!(c.init::<TestBackend>(&device).is_err());
     }
 
     #[test]

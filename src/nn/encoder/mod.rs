@@ -206,6 +206,68 @@ pub(crate) fn validate_stages(
             "kernel sizes must be odd",
         ));
     }
+    // Sizes read from a file are bounded before anything is allocated (issue 14: a corrupt
+    // model.json must be an error, not an out-of-memory).
+    if let Some(k) = kernel_sizes
+        .iter()
+        .flatten()
+        .find(|&&k| k > MAX_KERNEL_SIZE)
+    {
+        return Err(NnError::config(
+            "encoder.kernel_sizes",
+            format!("{k} is larger than {MAX_KERNEL_SIZE}"),
+        ));
+    }
+    if let Some(s) = strides.iter().flatten().find(|&&s| s > MAX_KERNEL_SIZE) {
+        return Err(NnError::config(
+            "encoder.strides",
+            format!("{s} is larger than {MAX_KERNEL_SIZE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The largest kernel size or stride a configuration may declare.
+pub const MAX_KERNEL_SIZE: usize = 15;
+
+/// The most convolution weights a configuration may declare: 300 M (1.2 GB as f32), three
+/// times ResEnc-L's; more is a corrupt file, refused before allocating.
+pub const MAX_PARAMETERS: u128 = 300_000_000;
+
+/// Check the convolution weights that `convs[s]` convolutions per stage of `widths` (with
+/// `kernel_sizes`, after a stem from `in_channels`) would allocate against [`MAX_PARAMETERS`].
+pub(crate) fn check_parameter_count(
+    field: &str,
+    widths: &[usize],
+    kernel_sizes: &[[usize; 3]],
+    in_channels: usize,
+    convs: &[usize],
+) -> Result<(), NnError> {
+    let mut total: u128 = 0;
+    let mut previous = in_channels as u128;
+    for ((&w, k), &n) in widths.iter().zip(kernel_sizes).zip(convs) {
+        let volume: u128 = k.iter().map(|&x| x as u128).product();
+        let w = w as u128;
+        // The first convolution maps the previous width, the others keep this one.
+        total = total
+            .saturating_add(previous.saturating_mul(w).saturating_mul(volume))
+            .saturating_add(
+                (n as u128)
+                    .saturating_mul(w)
+                    .saturating_mul(w)
+                    .saturating_mul(volume),
+            );
+        previous = w;
+    }
+    if total > MAX_PARAMETERS {
+        return Err(NnError::config(
+            field,
+            format!(
+                "declares about {total} convolution weights, more than the {MAX_PARAMETERS} \
+                 detlab builds (a corrupt or mistyped configuration?)"
+            ),
+        ));
+    }
     Ok(())
 }
 

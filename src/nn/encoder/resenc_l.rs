@@ -104,7 +104,19 @@ impl ResEncConfig {
                 "every stage needs at least one block",
             ));
         }
-        Ok(())
+        // Two convolutions per residual block.
+        let convs: Vec<usize> = self
+            .blocks_per_stage
+            .iter()
+            .map(|b| b.saturating_mul(2))
+            .collect();
+        super::check_parameter_count(
+            "encoder.blocks_per_stage",
+            &self.widths,
+            &self.kernel_sizes,
+            self.in_channels,
+            &convs,
+        )
     }
 
     /// Build the encoder.

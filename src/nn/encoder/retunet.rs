@@ -99,7 +99,13 @@ impl RetUNetEncoderConfig {
                 "must be at least 2 (stage 0's first unit is the stem)",
             ));
         }
-        Ok(())
+        super::check_parameter_count(
+            "encoder.convs_per_stage",
+            &self.widths,
+            &self.kernel_sizes,
+            self.in_channels,
+            &vec![self.convs_per_stage; self.widths.len()],
+        )
     }
 
     /// Build the encoder.
