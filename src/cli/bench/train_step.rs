@@ -1,7 +1,8 @@
-//! `detlab bench train-step [--preset bench|quickstart|nndetection] [--encoder retunet|resenc]
-//! [--patch N] [--batch N] [--threads N] [--steps N] [--device cpu|cuda] [--profile]`: one
-//! Retina U-Net training step (loss = forward + ATSS + hard-negative sampling + losses,
-//! backward, SGD Nesterov step) as `detlab::train` runs it.
+//! `detlab bench train-step [--detector retina_unet|def_detr] [--preset bench|quickstart|nndetection]
+//! [--encoder retunet|resenc] [--patch N] [--batch N] [--threads N] [--steps N]
+//! [--device cpu|cuda] [--profile]`: one Retina U-Net training step (loss = forward + ATSS +
+//! hard-negative sampling + losses, backward, SGD Nesterov step) as `detlab::train` runs it;
+//! `--detector def_detr` times a Deformable DETR step instead ([`def_detr`]).
 //!
 //! Presets (mirrored by `benches/torch_twin.py`, same flags):
 //! - `bench` (default): encoder widths [16, 32, 64, 128], strides 1, 2, 2, 2; U-FPN 64 channels
@@ -40,7 +41,95 @@ use detlab::train::batch::patches_to_batch;
 use detlab::train::sampler::crop_patch;
 use detlab::train::{CaseData, OptimizerConfig, TrainOptimizer};
 
+mod def_detr;
+
 type B = ScriptBackend;
+
+/// The parsed arguments of `bench train-step` (shared by both detectors).
+pub(crate) struct StepArgs {
+    detector: String,
+    threads: Option<usize>,
+    steps: usize,
+    profile: bool,
+    preset: Option<String>,
+    encoder: String,
+    device: String,
+    patch: Option<usize>,
+    batch: Option<usize>,
+}
+
+impl StepArgs {
+    fn parse(args: &[String]) -> Result<Self, String> {
+        let mut parsed = StepArgs {
+            detector: "retina_unet".into(),
+            threads: None,
+            steps: 5,
+            profile: false,
+            preset: None,
+            encoder: "retunet".into(),
+            device: "cpu".into(),
+            patch: None,
+            batch: None,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            let positive = |name: &str, v: String| match v.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{name} needs a positive number")),
+            };
+            match a.as_str() {
+                "--threads" => parsed.threads = Some(positive(a, value(a)?)?),
+                "--steps" => parsed.steps = positive(a, value(a)?)?,
+                "--patch" => parsed.patch = Some(positive(a, value(a)?)?),
+                "--batch" => parsed.batch = Some(positive(a, value(a)?)?),
+                "--preset" => parsed.preset = Some(value(a)?),
+                "--encoder" => parsed.encoder = value(a)?,
+                "--device" => parsed.device = value(a)?,
+                "--detector" => parsed.detector = value(a)?,
+                "--profile" => parsed.profile = true,
+                other => {
+                    return Err(format!(
+                        "unknown argument '{other}' (expected --detector NAME, --preset NAME, \
+                         --encoder NAME, --patch N, --batch N, --threads N, --steps N, \
+                         --device NAME, --profile)"
+                    ));
+                }
+            }
+        }
+        if !matches!(parsed.detector.as_str(), "retina_unet" | "def_detr") {
+            return Err(format!(
+                "unknown detector '{}' (retina_unet or def_detr)",
+                parsed.detector
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// The network and batch of the chosen preset, with `--patch` and `--batch` applied.
+    fn setup(&self, default_preset: &str) -> Result<Setup, String> {
+        let preset = self.preset.as_deref().unwrap_or(default_preset);
+        let mut setup = Setup::new(preset, &self.encoder)?;
+        setup.patch = self.patch.unwrap_or(setup.patch);
+        setup.batch = self.batch.unwrap_or(setup.batch);
+        Ok(setup)
+    }
+
+    /// Set the global thread count and open the device.
+    fn start(&self) -> Result<detlab::nn::DispatchDevice, String> {
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .map_err(|e| format!("cannot set {n} threads: {e}"))?;
+        }
+        device(&self.device).map_err(|e| e.to_string())
+    }
+}
 
 /// The benchmarked network and batch.
 struct Setup {
@@ -73,7 +162,7 @@ impl Setup {
         })
     }
 
-    fn network(&self) -> RetinaUNetConfig {
+    pub(crate) fn network(&self) -> RetinaUNetConfig {
         let (widths, fpn, head) = match self.preset.as_str() {
             "quickstart" => (vec![8, 16, 32, 64], 32, 32),
             "nndetection" => (vec![32, 64, 128, 256, 320, 320], 128, 128),
@@ -104,7 +193,7 @@ impl Setup {
 
     /// Patch `i` of the batch: cube `a` or `b` (alternating), given at 64³ and scaled to the
     /// patch size.
-    fn case(&self, i: usize) -> CaseData {
+    pub(crate) fn case(&self, i: usize) -> CaseData {
         let ([start, size], id) = if i % 2 == 0 {
             ([[20, 12, 30], [10, 12, 9]], "a")
         } else {
@@ -142,13 +231,13 @@ fn cube_case(id: &str, n: usize, start: [usize; 3], size: [usize; 3]) -> CaseDat
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Peak resident set size in MiB (`VmHWM` of /proc/self/status).
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -157,72 +246,25 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Run the benchmark; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
-    let mut threads = None;
-    let mut steps = 5usize;
-    let mut profile = false;
-    let (mut preset, mut encoder, mut device_arg) = (
-        "bench".to_string(),
-        "retunet".to_string(),
-        "cpu".to_string(),
-    );
-    let (mut patch, mut batch) = (None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let positive = |name: &str, v: String| match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("{name} needs a positive number")),
-        };
-        let parsed = match a.as_str() {
-            "--threads" => value(a)
-                .and_then(|v| positive(a, v))
-                .map(|n| threads = Some(n)),
-            "--steps" => value(a).and_then(|v| positive(a, v)).map(|n| steps = n),
-            "--patch" => value(a)
-                .and_then(|v| positive(a, v))
-                .map(|n| patch = Some(n)),
-            "--batch" => value(a)
-                .and_then(|v| positive(a, v))
-                .map(|n| batch = Some(n)),
-            "--preset" => value(a).map(|v| preset = v),
-            "--encoder" => value(a).map(|v| encoder = v),
-            "--device" => value(a).map(|v| device_arg = v),
-            "--profile" => {
-                profile = true;
-                Ok(())
-            }
-            other => Err(format!(
-                "unknown argument '{other}' (expected --preset NAME, --encoder NAME, --patch N, \
-                 --batch N, --threads N, --steps N, --device NAME, --profile)"
-            )),
-        };
-        if let Err(e) = parsed {
+    let parsed = match StepArgs::parse(args) {
+        Ok(p) => p,
+        Err(e) => {
             eprintln!("error: bench train-step: {e}");
             return 2;
         }
+    };
+    if parsed.detector == "def_detr" {
+        return def_detr::run(&parsed);
     }
-    let mut setup = match Setup::new(&preset, &encoder) {
+    let (steps, profile) = (parsed.steps, parsed.profile);
+    let setup = match parsed.setup("bench") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: bench train-step: {e}");
             return 2;
         }
     };
-    setup.patch = patch.unwrap_or(setup.patch);
-    setup.batch = batch.unwrap_or(setup.batch);
-    if let Some(n) = threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-    {
-        eprintln!("error: cannot set {n} threads: {e}");
-        return 1;
-    }
-    let device = match device(&device_arg) {
+    let device = match parsed.start() {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: bench train-step: {e}");
@@ -314,7 +356,7 @@ pub fn run(args: &[String]) -> i32 {
 
 /// Median forward and backward seconds of `f` on `x` (backward of `sum(f(x) · r)`), and the
 /// input and output shapes.
-fn time_op<BA: AutodiffBackend>(
+pub(crate) fn time_op<BA: AutodiffBackend>(
     x: &Tensor<BA, 5>,
     f: &dyn Fn(Tensor<BA, 5>) -> Tensor<BA, 5>,
     iters: usize,
@@ -343,7 +385,7 @@ fn time_op<BA: AutodiffBackend>(
 }
 
 /// One layer timed in isolation.
-struct Timed {
+pub(crate) struct Timed {
     forward: f64,
     backward: f64,
     input: [usize; 5],
