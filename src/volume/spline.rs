@@ -252,7 +252,8 @@ impl SplineVolume {
             }
             current
         } else {
-            data.to_owned()
+            // Standard layout, so that interior samples index the slice directly.
+            data.as_standard_layout().into_owned()
         };
         Ok(SplineVolume {
             coefficients,
@@ -292,8 +293,14 @@ impl SplineVolume {
                     return cval;
                 }
             }
+        }
+        let shifted = position.map(|x| x + self.padding as f64);
+        if let Some(value) = self.sample_inside(shifted) {
+            return value;
+        }
+        for axis in 0..3 {
             taps[axis] = Tap::at(
-                position[axis] + self.padding as f64,
+                shifted[axis],
                 self.order,
                 self.coefficients.shape()[axis],
                 self.boundary,
@@ -316,6 +323,59 @@ impl SplineVolume {
             total += taps[0].weight[i] * in_plane;
         }
         total as f32
+    }
+
+    /// [`Self::sample`] where every tap lies inside the coefficients (no boundary rule applies):
+    /// direct offsets into the contiguous coefficients, the same sums in the same order, so the
+    /// value is bit for bit the general path's. `None` near the edges (or for a non-standard
+    /// layout); `position` already includes the padding.
+    #[inline]
+    fn sample_inside(&self, position: [f64; 3]) -> Option<f32> {
+        let c = self.coefficients.as_slice()?;
+        let (n0, n1, n2) = self.coefficients.dim();
+        let k = taps_of(self.order);
+        let (start0, weight0) = weights_at(position[0], self.order);
+        let (start1, weight1) = weights_at(position[1], self.order);
+        let (start2, weight2) = weights_at(position[2], self.order);
+        let fits = |start: i64, n: usize| start >= 0 && start + k as i64 <= n as i64;
+        if !(fits(start0, n0) && fits(start1, n1) && fits(start2, n2)) {
+            return None;
+        }
+        let (stride0, stride1) = (n1 * n2, n2);
+        let base = start0 as usize * stride0 + start1 as usize * stride1 + start2 as usize;
+        let value = match self.order {
+            Interpolation::Nearest => return Some(c[base]),
+            Interpolation::Linear => {
+                let mut total = 0.0f64;
+                for i in 0..2 {
+                    let mut in_plane = 0.0f64;
+                    for j in 0..2 {
+                        let row = &c[base + i * stride0 + j * stride1..][..2];
+                        let in_row = weight2[0] * row[0] as f64 + weight2[1] * row[1] as f64;
+                        in_plane += weight1[j] * in_row;
+                    }
+                    total += weight0[i] * in_plane;
+                }
+                total
+            }
+            Interpolation::Cubic => {
+                let mut total = 0.0f64;
+                for i in 0..4 {
+                    let mut in_plane = 0.0f64;
+                    for j in 0..4 {
+                        let row = &c[base + i * stride0 + j * stride1..][..4];
+                        let mut in_row = 0.0f64;
+                        for l in 0..4 {
+                            in_row += weight2[l] * row[l] as f64;
+                        }
+                        in_plane += weight1[j] * in_row;
+                    }
+                    total += weight0[i] * in_plane;
+                }
+                total
+            }
+        };
+        Some(value as f32)
     }
 
     /// An array of `shape` whose voxel `[d, h, w]` is the value at `position_of([d, h, w])`

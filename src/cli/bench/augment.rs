@@ -12,6 +12,9 @@
 //! every axis: the worst case), `spatial` (rotation and scaling always, nothing else) and
 //! `intensity` (every intensity transform always, on final-size patches).
 //!
+//! Each side reports per batch its wall time and its process CPU time (mean over the batches);
+//! on a machine loaded by other processes the CPU times' ratio is the steadier figure.
+//!
 //! Options: `--patch N` (128), `--batch B` (4), `--batches N` (8, detlab), `--python-batches N`
 //! (4), `--threads N` (1, both sides), `--seed S` (0), `--python EXE` (python3; needs numpy,
 //! scipy and batchgenerators), `--script PATH`, `--no-python` (detlab only).
@@ -172,10 +175,7 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(o.threads)
-        .build()
-    {
+    let pool = match super::thread_pool(o.threads) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: bench augment: {e}");
@@ -195,29 +195,34 @@ pub fn run(args: &[String]) -> i32 {
     let big: Vec<Patch> = (0..o.batch).map(|i| test_patch(generator, i)).collect();
     let small: Vec<Patch> = (0..o.batch).map(|i| test_patch(size, i)).collect();
     println!(
-        "{:<12} {:>12} {:>12}  (detlab, {} batches)",
-        "case", "mean ms", "median ms", o.batches
+        "{:<12} {:>12} {:>12} {:>12}  (detlab, {} batches)",
+        "case", "mean ms", "median ms", "CPU ms", o.batches
     );
-    let mut detlab: BTreeMap<&str, f64> = BTreeMap::new();
+    let cpu = || super::cpu_seconds(super::CpuClock::Process).unwrap_or(f64::NAN) * 1e3;
+    // Per case: mean wall ms and mean CPU ms per batch.
+    let mut detlab: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for (name, config) in cases() {
         let source = if name == "intensity" { &small } else { &big };
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+        let mut cpu_total = 0.0;
         let mut times: Vec<f64> = (0..o.batches)
             .map(|_| {
                 let mut batch = source.clone();
-                let start = Instant::now();
+                let (start, cpu_start) = (Instant::now(), cpu());
                 pool.install(|| {
                     augment_batch(&mut batch, &config, size, BoxConvention::HalfOpen, &mut rng)
                 });
                 let elapsed = start.elapsed().as_secs_f64() * 1e3;
+                cpu_total += cpu() - cpu_start;
                 std::hint::black_box(batch);
                 elapsed
             })
             .collect();
         let mean = times.iter().sum::<f64>() / times.len() as f64;
+        let cpu_mean = cpu_total / times.len() as f64;
         let med = median(&mut times);
-        println!("{name:<12} {mean:>12.1} {med:>12.1}");
-        detlab.insert(name, mean);
+        println!("{name:<12} {mean:>12.1} {med:>12.1} {cpu_mean:>12.1}");
+        detlab.insert(name, (mean, cpu_mean));
     }
     let Some(python) = &o.python else {
         return 0;
@@ -230,15 +235,7 @@ pub fn run(args: &[String]) -> i32 {
         .args(["--batch", &o.batch.to_string()])
         .args(["--batches", &o.python_batches.to_string()])
         .args(["--seed", &o.seed.to_string()])
-        .envs(
-            [
-                "OMP_NUM_THREADS",
-                "OPENBLAS_NUM_THREADS",
-                "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS",
-            ]
-            .map(|k| (k, threads.as_str())),
-        )
+        .envs(super::PYTHON_THREAD_VARIABLES.map(|k| (k, threads.as_str())))
         .output()
     {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -258,25 +255,45 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     println!(
-        "\n{:<12} {:>12} {:>12} {:>10}  (batchgenerators, {} batches)",
-        "case", "mean ms", "median ms", "× mean", o.python_batches
+        "\n{:<12} {:>12} {:>12} {:>12} {:>10} {:>10}  (batchgenerators, {} batches)",
+        "case", "mean ms", "median ms", "CPU ms", "× wall", "× CPU", o.python_batches
     );
     for line in output.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["case", name, "mean_ms", mean, "median_ms", med, ..] => {
-                let (Ok(mean), Ok(med)) = (mean.parse::<f64>(), med.parse::<f64>()) else {
+            [
+                "case",
+                name,
+                "mean_ms",
+                mean,
+                "median_ms",
+                med,
+                "cpu_ms",
+                cpu_ms,
+                ..,
+            ] => {
+                let (Ok(mean), Ok(med), Ok(cpu_ms)) = (
+                    mean.parse::<f64>(),
+                    med.parse::<f64>(),
+                    cpu_ms.parse::<f64>(),
+                ) else {
                     println!("{line}");
                     continue;
                 };
-                let ratio = detlab
-                    .get(name)
-                    .map_or(String::from("-"), |d| format!("{:.1}×", mean / d));
-                println!("{name:<12} {mean:>12.1} {med:>12.1} {ratio:>10}");
+                let (wall, cpu) =
+                    detlab
+                        .get(name)
+                        .map_or((String::from("-"), String::from("-")), |d| {
+                            (
+                                format!("{:.1}×", mean / d.0),
+                                format!("{:.1}×", cpu_ms / d.1),
+                            )
+                        });
+                println!("{name:<12} {mean:>12.1} {med:>12.1} {cpu_ms:>12.1} {wall:>10} {cpu:>10}");
             }
             _ => println!("{line}"),
         }
     }
-    println!("(×: batchgenerators' mean time per batch / detlab's)");
+    println!("(×: batchgenerators' mean wall / CPU time per batch over detlab's)");
     0
 }

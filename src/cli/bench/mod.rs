@@ -11,6 +11,54 @@ pub mod pretrain;
 pub mod resample;
 pub mod train_step;
 
+/// Environment variables that cap a Python reference's OpenMP / BLAS threads; a benchmark sets
+/// them to its `--threads` so both sides run on the same number of cores.
+pub const PYTHON_THREAD_VARIABLES: [&str; 4] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+];
+
+/// A rayon pool of `threads` threads for a benchmark's timed detlab side (`--threads`).
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, String> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| format!("cannot start {threads} threads: {e}"))
+}
+
+/// Which CPU-time clock [`cpu_seconds`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuClock {
+    /// Every thread of this process.
+    Process,
+    /// The calling thread only.
+    Thread,
+}
+
+/// CPU seconds used so far on `clock` (`None` off Linux). Unlike wall time, other processes on
+/// a loaded machine do not inflate it, so a side's CPU time is its work.
+pub fn cpu_seconds(clock: CpuClock) -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn clock_gettime(clock: i32, time: *mut [i64; 2]) -> i32;
+        }
+        let id = match clock {
+            CpuClock::Process => 2, // CLOCK_PROCESS_CPUTIME_ID
+            CpuClock::Thread => 3,  // CLOCK_THREAD_CPUTIME_ID
+        };
+        let mut t = [0i64; 2];
+        // SAFETY: `t` is a valid timespec (two 64-bit fields on x86-64 Linux).
+        if unsafe { clock_gettime(id, &mut t) } == 0 {
+            return Some(t[0] as f64 + t[1] as f64 * 1e-9);
+        }
+    }
+    let _ = clock;
+    None
+}
+
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
     (
@@ -35,7 +83,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ),
     (
         "resample",
-        "cubic resampling of a 512x512x300 CT to 1 mm vs skimage resize(order=3) as nnDetection calls it; --repeat, --python",
+        "cubic resampling of a 512x512x300 CT to 1 mm vs skimage resize(order=3) as nnDetection calls it; --threads (1, both sides), --repeat, --python",
     ),
     (
         "pretrain",

@@ -46,17 +46,8 @@ pub fn measure() -> CorePeak {
 
 /// This thread's CPU time in seconds (wall time where that is not available).
 fn cpu_seconds() -> f64 {
-    #[cfg(target_os = "linux")]
-    {
-        unsafe extern "C" {
-            fn clock_gettime(clock: i32, time: *mut [i64; 2]) -> i32;
-        }
-        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-        let mut t = [0i64; 2];
-        // SAFETY: `t` is a valid timespec (two 64-bit fields on x86-64 Linux).
-        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
-            return t[0] as f64 + t[1] as f64 * 1e-9;
-        }
+    if let Some(seconds) = super::cpu_seconds(super::CpuClock::Thread) {
+        return seconds;
     }
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
