@@ -90,6 +90,15 @@ impl UNetDecoderConfig {
                 "convs_per_level and out_channels must be at least 1",
             ));
         }
+        // A stride is also the transposed convolution's kernel size (fuzz find: a stride of
+        // 65536 ran past the 20 s watchdog).
+        let most = crate::nn::encoder::MAX_KERNEL_SIZE;
+        if let Some(s) = self.strides.iter().flatten().find(|&&s| s == 0 || s > most) {
+            return Err(NnError::config(
+                "decoder.strides",
+                format!("{s} is not in 1..={most}"),
+            ));
+        }
         if self.out_channels > MAX_OUT_CHANNELS {
             return Err(NnError::config(
                 "decoder.out_channels",
