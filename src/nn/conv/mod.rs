@@ -40,6 +40,8 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimi
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
+pub mod norm;
+
 /// Target size of the im2col buffer of one chunk (bytes); bounds the extra memory of a conv.
 pub const COLUMN_BUFFER_BYTES: usize = 8 << 20;
 

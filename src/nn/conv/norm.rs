@@ -1,0 +1,501 @@
+//! Group normalisation (and instance normalisation, groups = channels) as one fused CPU
+//! operation with its own backward pass.
+//!
+//! Composed from burn's tensor ops, a group norm of a `[N, C, D, H, W]` map runs about ten
+//! elementwise and reduction ops forward and twice as many backward, each allocating a full
+//! tensor; on the quickstart's network this cost 6–8× PyTorch's fused kernels. Here the forward
+//! is one pass for the statistics and one for the output, and the backward two passes per
+//! (sample, group), recomputing the statistics from the saved input instead of storing them.
+//! Like [`super::conv3d`], the fast path runs on the Flex device with f32 data for the script
+//! and inference backends, follows the same switch ([`super::set_fast_conv3d`]), and leaves
+//! every other case to the composed version in `nn::blocks::group_norm`. `DETLAB_FUSED_NORM=0`
+//! switches off only this kernel, so that one binary can time the norms both ways.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use burn::{Dispatch, DispatchDevice};
+use rayon::prelude::*;
+
+use super::{cast, fast_conv3d_enabled, same_type};
+
+/// Group norm of `x` `[N, C, D, H, W]` with per-channel `weight` and `bias` `[C]` by the fused
+/// kernels, or `None` where they do not apply (another backend or device, another dtype, the
+/// switch off, or shapes that do not fit): the caller then composes it from tensor ops.
+pub fn fused_group_norm<B: Backend>(
+    x: &Tensor<B, 5>,
+    num_groups: usize,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, 5>> {
+    let [n, c, d, h, w] = x.dims();
+    let fits = num_groups > 0
+        && c.is_multiple_of(num_groups)
+        && n * c * d * h * w > 0
+        && weight.dims() == [c]
+        && bias.dims() == [c]
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.dtype() == DType::F32;
+    if !fits || !fast_conv3d_enabled() || !fused_norm_enabled() {
+        return None;
+    }
+    let options = NormOptions {
+        num_groups,
+        epsilon,
+    };
+    if same_type::<B, Autodiff<Dispatch>>() {
+        let x: Tensor<Autodiff<Dispatch>, 5> = cast(x.clone());
+        if !matches!(x.device(), DispatchDevice::Flex(_)) {
+            return None;
+        }
+        return Some(cast(run::<Autodiff<Dispatch>>(
+            x,
+            cast(weight.clone()),
+            cast(bias.clone()),
+            options,
+        )));
+    }
+    if same_type::<B, Dispatch>() {
+        let x: Tensor<Dispatch, 5> = cast(x.clone());
+        if !matches!(x.device(), DispatchDevice::Flex(_)) {
+            return None;
+        }
+        return Some(cast(run::<Dispatch>(
+            x,
+            cast(weight.clone()),
+            cast(bias.clone()),
+            options,
+        )));
+    }
+    None
+}
+
+/// Whether the environment leaves the fused norm on (`DETLAB_FUSED_NORM` not `0`, `off` or
+/// `false`); read once.
+fn fused_norm_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        !matches!(
+            std::env::var("DETLAB_FUSED_NORM")
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str(),
+            "0" | "off" | "false"
+        )
+    })
+}
+
+fn run<B: FusedNormBackend>(
+    x: Tensor<B, 5>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    options: NormOptions,
+) -> Tensor<B, 5> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_group_norm(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+        options,
+    )))
+}
+
+/// Settings of a group norm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormOptions {
+    /// Channel groups (C for instance norm).
+    pub num_groups: usize,
+    /// Added to the variance.
+    pub epsilon: f64,
+}
+
+/// A backend with fused group-norm kernels (burn's backend-extension pattern): `Dispatch` on
+/// the Flex device computes them, `Autodiff<B>` records the forward as one op whose backward
+/// calls [`FusedNormBackend::fused_group_norm_backward`].
+pub trait FusedNormBackend: Backend {
+    /// Group norm of `x` `[N, C, D, H, W]`, affine per channel.
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients (input, weight, bias) given the gradient of the output.
+    fn fused_group_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> [FloatTensor<Self>; 3];
+}
+
+fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
+    Tensor::<Dispatch, D>::from_primitive(TensorPrimitive::Float(tensor)).into_data()
+}
+
+fn f32s(data: &TensorData) -> &[f32] {
+    data.as_slice::<f32>()
+        .expect("f32 tensor data (dtype checked before)")
+}
+
+impl FusedNormBackend for Dispatch {
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> FloatTensor<Self> {
+        let device = Self::float_device(&x);
+        let shape = x.shape();
+        let [n, c, ..] = shape.dims::<5>();
+        let (x, weight, bias) = (read_f32::<5>(x), read_f32::<1>(weight), read_f32::<1>(bias));
+        let y = kernels::forward(
+            f32s(&x),
+            f32s(&weight),
+            f32s(&bias),
+            [n, c],
+            options.num_groups,
+            options.epsilon,
+        );
+        Self::float_from_data(TensorData::new(y, shape), &device)
+    }
+
+    fn fused_group_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> [FloatTensor<Self>; 3] {
+        let device = Self::float_device(&x);
+        let shape = x.shape();
+        let [n, c, ..] = shape.dims::<5>();
+        let (x, weight, dy) = (
+            read_f32::<5>(x),
+            read_f32::<1>(weight),
+            read_f32::<5>(output_grad),
+        );
+        let (dx, dweight, dbias) = kernels::backward(
+            f32s(&x),
+            f32s(&weight),
+            f32s(&dy),
+            [n, c],
+            options.num_groups,
+            options.epsilon,
+        );
+        [
+            Self::float_from_data(TensorData::new(dx, shape), &device),
+            Self::float_from_data(TensorData::new(dweight, [c]), &device),
+            Self::float_from_data(TensorData::new(dbias, [c]), &device),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct FusedGroupNorm;
+
+impl<B: FusedNormBackend> Backward<B, 3> for FusedGroupNorm {
+    /// Input, weight and the options.
+    type State = (FloatTensor<B>, FloatTensor<B>, NormOptions);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let output_grad = grads.consume::<B>(&ops.node);
+        let (x, weight, options) = ops.state;
+        let computed = B::fused_group_norm_backward(x, weight, output_grad, options);
+        for (parent, grad) in ops.parents.iter().zip(computed) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B, C> {
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> FloatTensor<Self> {
+        match FusedGroupNorm
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                (x.primitive.clone(), weight.primitive.clone(), options),
+                B::fused_group_norm(x.primitive, weight.primitive, bias.primitive, options),
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_group_norm(
+                x.primitive,
+                weight.primitive,
+                bias.primitive,
+                options,
+            )),
+        }
+    }
+
+    fn fused_group_norm_backward(
+        _x: FloatTensor<Self>,
+        _weight: FloatTensor<Self>,
+        _output_grad: FloatTensor<Self>,
+        _options: NormOptions,
+    ) -> [FloatTensor<Self>; 3] {
+        unreachable!("the autodiff backend differentiates through its inner backend's kernels")
+    }
+}
+
+/// Kernels on contiguous `[N, C, V]` f32 buffers (V = voxels per channel).
+pub(crate) mod kernels {
+    use super::*;
+
+    /// Mean and 1 / sqrt(variance + ε) of one (sample, group) block, accumulated in f64.
+    fn statistics(block: &[f32], epsilon: f64) -> (f32, f32) {
+        let len = block.len() as f64;
+        let mean = block.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
+        let variance = block
+            .iter()
+            .map(|&v| {
+                let d = f64::from(v) - mean;
+                d * d
+            })
+            .sum::<f64>()
+            / len;
+        (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32)
+    }
+
+    /// `y = (x − mean) · rstd · γ_c + β_c` per (sample, group).
+    pub fn forward(
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        [n, c]: [usize; 2],
+        groups: usize,
+        epsilon: f64,
+    ) -> Vec<f32> {
+        let group_len = x.len() / (n * groups);
+        let channel_len = group_len * groups / c;
+        let per_group = c / groups;
+        let mut y = vec![0.0f32; x.len()];
+        y.par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len))
+            .enumerate()
+            .for_each(|(i, (out, block))| {
+                let (mean, rstd) = statistics(block, epsilon);
+                let first = (i % groups) * per_group;
+                for (k, (o, v)) in out
+                    .chunks_exact_mut(channel_len)
+                    .zip(block.chunks_exact(channel_len))
+                    .enumerate()
+                {
+                    let scale = rstd * weight[first + k];
+                    let shift = bias[first + k] - mean * scale;
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o = v * scale + shift;
+                    }
+                }
+            });
+        y
+    }
+
+    /// Input, weight and bias gradients. With x̂ = (x − mean) · rstd and g = dy · γ_c, per
+    /// (sample, group): dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)); dγ_c = Σ dy · x̂,
+    /// dβ_c = Σ dy over samples and voxels.
+    pub fn backward(
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+        [n, c]: [usize; 2],
+        groups: usize,
+        epsilon: f64,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let group_len = x.len() / (n * groups);
+        let channel_len = group_len * groups / c;
+        let per_group = c / groups;
+        let mut dx = vec![0.0f32; x.len()];
+        // Per (sample, group): the channel sums of dy · x̂ and dy, summed over samples after.
+        let partial: Vec<Vec<(f64, f64)>> = dx
+            .par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len).zip(dy.par_chunks(group_len)))
+            .enumerate()
+            .map(|(i, (dx, (block, dy)))| {
+                let (mean, rstd) = statistics(block, epsilon);
+                let first = (i % groups) * per_group;
+                let mut sums = Vec::with_capacity(per_group);
+                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                for (k, (v, d)) in block
+                    .chunks_exact(channel_len)
+                    .zip(dy.chunks_exact(channel_len))
+                    .enumerate()
+                {
+                    let (mut dyx, mut dys) = (0.0f64, 0.0f64);
+                    for (&v, &d) in v.iter().zip(d) {
+                        let xhat = (v - mean) * rstd;
+                        dyx += f64::from(d * xhat);
+                        dys += f64::from(d);
+                    }
+                    sums.push((dyx, dys));
+                    let gamma = f64::from(weight[first + k]);
+                    sum_g += dys * gamma;
+                    sum_gx += dyx * gamma;
+                }
+                let len = group_len as f64;
+                let (mean_g, mean_gx) = ((sum_g / len) as f32, (sum_gx / len) as f32);
+                for (k, (out, (v, d))) in dx
+                    .chunks_exact_mut(channel_len)
+                    .zip(
+                        block
+                            .chunks_exact(channel_len)
+                            .zip(dy.chunks_exact(channel_len)),
+                    )
+                    .enumerate()
+                {
+                    let gamma = weight[first + k];
+                    for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
+                        let xhat = (v - mean) * rstd;
+                        *o = rstd * (d * gamma - mean_g - xhat * mean_gx);
+                    }
+                }
+                sums
+            })
+            .collect();
+        let (mut dweight, mut dbias) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (i, sums) in partial.iter().enumerate() {
+            let first = (i % groups) * per_group;
+            for (k, (dyx, dys)) in sums.iter().enumerate() {
+                dweight[first + k] += dyx;
+                dbias[first + k] += dys;
+            }
+        }
+        (
+            dx,
+            dweight.into_iter().map(|v| v as f32).collect(),
+            dbias.into_iter().map(|v| v as f32).collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::blocks::group_norm;
+    use crate::nn::conv::with_fast_conv3d;
+    use crate::nn::testing::{TestBackend, tensor_values, test_device};
+
+    fn seeded<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<TestBackend, D> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-1.0..1.0) * 3.0 + 0.5)
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), &test_device())
+    }
+
+    /// Output and the gradients of `sum(y · r)` (input, γ, β), fused or composed.
+    fn run(x: &Tensor<TestBackend, 5>, groups: usize, fused: bool) -> [Vec<f64>; 4] {
+        let shape = x.dims();
+        let c = shape[1];
+        let x = x.clone().require_grad();
+        let weight = seeded([c], 2).require_grad();
+        let bias = seeded([c], 3).require_grad();
+        let applies = with_fast_conv3d(fused, || {
+            fused_group_norm(&x, groups, &weight, &bias, 1e-5).is_some()
+        });
+        assert_eq!(applies, fused, "fused kernel used for {shape:?}");
+        let y = with_fast_conv3d(fused, || {
+            group_norm(x.clone(), groups, weight.clone(), bias.clone(), 1e-5)
+        });
+        let grads = (y.clone() * seeded(shape, 4)).sum().backward();
+        [
+            tensor_values(y),
+            tensor_values(x.grad(&grads).unwrap()),
+            tensor_values(weight.grad(&grads).unwrap()),
+            tensor_values(bias.grad(&grads).unwrap()),
+        ]
+    }
+
+    fn assert_close(x: &Tensor<TestBackend, 5>, groups: usize) {
+        let fused = run(x, groups, true);
+        let composed = run(x, groups, false);
+        let shape = x.dims();
+        for (name, (a, e)) in ["output", "input grad", "weight grad", "bias grad"]
+            .iter()
+            .zip(fused.iter().zip(&composed))
+        {
+            assert_eq!(a.len(), e.len());
+            let scale = e.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+            let err = a
+                .iter()
+                .zip(e)
+                .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            assert!(
+                err / scale <= 1e-4,
+                "{name}: relative error {} for {shape:?}, {groups} groups",
+                err / scale
+            );
+        }
+    }
+
+    #[test]
+    fn fused_group_and_instance_norm_match_the_composed_ops_with_gradients() {
+        for (shape, groups) in [
+            ([3, 4, 3, 5, 7], 4), // instance norm (groups = C), batch 3, odd sizes
+            ([1, 8, 3, 3, 5], 4), // C / 2 groups, batch 1
+            ([3, 6, 5, 1, 3], 1), // one group over all channels
+            ([1, 1, 5, 3, 2], 1), // one channel
+            ([3, 6, 1, 2, 9], 3),
+        ] {
+            assert_close(&seeded(shape, 1), groups);
+        }
+    }
+
+    #[test]
+    fn fused_norm_of_a_constant_input_matches_the_composed_ops() {
+        // Variance 0: x̂ = 0, the output is β and the gradients are finite (rstd = 1/√ε).
+        let x = Tensor::<TestBackend, 5>::full([3, 4, 3, 3, 3], 2.0, &test_device());
+        for groups in [1, 2, 4] {
+            assert_close(&x, groups);
+        }
+        let fused = run(&x, 4, true);
+        assert!(fused.iter().flatten().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn switch_off_and_other_backends_use_the_composed_ops() {
+        let x = seeded([1, 2, 2, 2, 2], 1);
+        let (w, b) = (seeded([2], 2), seeded([2], 3));
+        assert!(with_fast_conv3d(false, || fused_group_norm(&x, 2, &w, &b, 1e-5)).is_none());
+        assert!(with_fast_conv3d(true, || fused_group_norm(&x, 3, &w, &b, 1e-5)).is_none());
+        // With the switch off, group_norm is exactly the composed tensor ops.
+        let composed = {
+            let grouped = x.clone().reshape([1, 2, 8]);
+            let mean = grouped.clone().mean_dim(2);
+            let centered = grouped - mean;
+            let var = centered.clone().square().mean_dim(2);
+            (centered / var.add_scalar(1e-5).sqrt()).reshape([1, 2, 2, 2, 2])
+                * w.clone().reshape([1, 2, 1, 1, 1])
+                + b.clone().reshape([1, 2, 1, 1, 1])
+        };
+        let off = with_fast_conv3d(false, || {
+            group_norm(x.clone(), 2, w.clone(), b.clone(), 1e-5)
+        });
+        assert_eq!(tensor_values(off), tensor_values(composed));
+        type Plain = burn::backend::flex::Flex;
+        let device = Default::default();
+        let x = Tensor::<Plain, 5>::zeros([1, 2, 2, 2, 2], &device);
+        let w = Tensor::<Plain, 1>::ones([2], &device);
+        assert!(fused_group_norm(&x, 2, &w, &w, 1e-5).is_none());
+    }
+}
