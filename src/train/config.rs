@@ -362,6 +362,55 @@ mod tests {
     }
 
     #[test]
+    fn the_def_detr_recipe_is_the_papers_and_freezes_five_percent_unless_told() {
+        let recipe = TrainRecipe::named("def_detr").unwrap();
+        let base = recipe.config();
+        assert_eq!(base.lr, 3e-4);
+        let o = &base.optimizer;
+        assert_eq!(o.kind, super::super::optim::OptimizerKind::Adam);
+        assert!(o.amsgrad);
+        assert_eq!(
+            (o.weight_decay, o.grad_clip_norm, o.encoder_lr_factor),
+            (1e-4, Some(0.1), 0.1)
+        );
+        let run = TrainConfig {
+            epochs: 4,
+            iters_per_epoch: 50,
+            ..base
+        };
+        assert_eq!(recipe.complete(run.clone(), false).freeze_encoder_iters, 10);
+        let told = TrainConfig {
+            freeze_encoder_iters: 3,
+            ..run
+        };
+        assert_eq!(recipe.complete(told.clone(), true).freeze_encoder_iters, 3);
+        assert_eq!(
+            TrainRecipe::Nndetection.config(),
+            TrainConfig::default(),
+            "the default recipe is the defaults"
+        );
+        let err = TrainRecipe::named("yolo").unwrap_err().to_string();
+        assert!(
+            err.contains("`recipe`") && err.contains("def_detr"),
+            "{err}"
+        );
+        // Restarts need the online validation.
+        let err = TrainConfig {
+            out: "/tmp/run".into(),
+            val_patches: 0,
+            restart: RestartConfig {
+                patience_iters: 5,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("restart.patience_iters"), "{err}");
+    }
+
+    #[test]
     fn invalid_settings_name_their_field() {
         let base = TrainConfig {
             out: "/tmp/run".into(),

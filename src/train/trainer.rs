@@ -362,7 +362,7 @@ where
     let mut average = WeightAverage::<M::InnerModule>::default();
     // Snapshots averaged into the current weights (set once the SWA phase ends).
     let mut averaged_snapshots = 0;
-    let run_epochs = config.epochs + config.swa_epochs;
+    let mut run_epochs = config.epochs + config.swa_epochs;
     let per_epoch = config.iters_per_epoch;
     let last_dir = config.out.join("last");
     let best_dir = config.out.join("best");
@@ -441,6 +441,7 @@ where
         (a.schedule(), a.phase_start(), a.run_iters())
     };
     let (mut schedule, mut phase_start, mut total) = attempt(&progress.restarts);
+    run_epochs = run_epochs.max(total.div_ceil(per_epoch));
     let at_schedule = |iteration: usize, phase_start: usize| {
         (iteration + config.freeze_encoder_iters).saturating_sub(phase_start)
     };
@@ -600,7 +601,8 @@ where
             run_epochs
         ));
 
-        if (iteration + 1) % per_epoch == 0 {
+        // After a restart the run may end inside an epoch: that part is an epoch too.
+        if (iteration + 1) % per_epoch == 0 || iteration + 1 == total {
             if iteration + 1 == total
                 && let Some(averaged) = average.average.take()
             {
@@ -717,6 +719,7 @@ where
                     progress.restarts.push(record);
                     (schedule, phase_start, total) = attempt(&progress.restarts);
                     stop = stop_at(total);
+                    run_epochs = total.div_ceil(per_epoch);
                     bar.set_length(total as u64);
                 }
             }
@@ -1130,7 +1133,7 @@ mod tests {
         let cfg = TrainConfig {
             epochs: 4,
             iters_per_epoch: 2,
-            freeze_encoder_iters: 2,
+            freeze_encoder_iters: 1,
             val_patches: 1,
             restart: crate::train::RestartConfig {
                 patience_iters: 2,
@@ -1147,17 +1150,14 @@ mod tests {
         let restart = &run.restarts[0];
         assert_eq!(
             restart.iteration, 4,
-            "the first validation past 2 + 2 iterations"
+            "the first validation past 1 + 2 iterations"
         );
         assert_eq!((restart.warmup_iters, restart.lr), (3, 0.004));
-        assert_eq!(
-            restart.baseline, run.epochs[0].metrics[&cfg.best_metric],
-            "the last value before the whole-network phase"
-        );
-        // The run grows by the 2 discarded iterations; the new phase replays the schedule
-        // from its start with the restart's warm-up, then PolyLR.
-        assert_eq!(run.history.len(), 10);
-        assert!(run.finished && run.iterations_done == 10);
+        assert_eq!(restart.baseline, 0.0, "not validated before the phase");
+        // The run grows by the 3 discarded iterations; the new phase replays the schedule
+        // from its start with the restart's warm-up, then PolyLR; the last epoch is partial.
+        assert_eq!(run.history.len(), 11);
+        assert!(run.finished && run.iterations_done == 11);
         let new = LrSchedule {
             lr: 0.004,
             warmup_iters: 3,
@@ -1165,14 +1165,15 @@ mod tests {
         };
         let expected: Vec<f64> = (0..4)
             .map(|k| cfg.schedule().lr_at(k))
-            .chain((4..10).map(|i| new.lr_at(i - 2)))
+            .chain((4..11).map(|i| new.lr_at(i - 3)))
             .collect();
         assert_eq!(run.learning_rates(), expected);
-        assert!(run.history[..2].iter().all(|r| r.encoder_frozen));
-        assert!(run.history[2..].iter().all(|r| !r.encoder_frozen));
-        assert_eq!(run.epochs.len(), 5);
+        assert!(run.history[0].encoder_frozen);
+        assert!(run.history[1..].iter().all(|r| !r.encoder_frozen));
+        assert_eq!(run.epochs.len(), 6);
+        assert!(run.epochs[5].metrics.contains_key(&cfg.best_metric));
         let point = read_checkpoint_state(&cfg.out.join(RESTART_POINT)).unwrap();
-        assert_eq!(point.iteration, 2);
+        assert_eq!(point.iteration, 1);
         let last = read_checkpoint_state(&cfg.out.join("last")).unwrap();
         assert_eq!(last.restarts, run.restarts);
         // Stopped after the restart and resumed: the same run, restart included.
