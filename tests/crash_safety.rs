@@ -152,7 +152,7 @@ fn check_last_is_whole(run: &Path, reference: &[u64], marker: &str) -> Option<us
     if marker == "state.json" {
         // The weights load into the network the checkpoint describes: the file is whole.
         let config: detlab::nn::DetectorConfig =
-            serde_json::from_value(state["model_config"].clone()).unwrap();
+            serde_json::from_value(state["model_config"]["detector"].clone()).unwrap();
         let device = detlab::nn::device("cpu").unwrap();
         #[allow(irrefutable_let_patterns)]
         let detlab::nn::DetectorConfig::RetinaUnet(c) = config else {
@@ -242,7 +242,7 @@ fn kill_pretraining(stalls: &[&str], kills: usize, seed: u64) {
 // times (`cargo test --release --test crash_safety -- --include-ignored`).
 
 #[test]
-#[ignore = "issue 14: written, not yet seen to pass (no build finished in time on the shared machine); run with -- --include-ignored"]
+#[ignore = "open bug found by this test: resuming a script-built Retina U-Net fails with 'the model description differs from the saved run's' (also at 19813ad); run with -- --include-ignored"]
 fn a_killed_training_run_keeps_a_whole_checkpoint_and_resumes_exactly() {
     kill_training(&["weights.mpk:3"], 1, 14);
 }
@@ -260,7 +260,6 @@ fn a_training_run_killed_at_many_points_keeps_a_whole_checkpoint_and_resumes_exa
 // pretrain.json is written for `best` and `last` at each validation: the 2nd optimizer.mpk is
 // the first checkpoint's `last` or the second's `best`.
 #[test]
-#[ignore = "issue 14: written, not yet seen to pass (no build finished in time on the shared machine); run with -- --include-ignored"]
 fn a_killed_pretraining_run_keeps_a_whole_checkpoint_and_resumes_exactly() {
     kill_pretraining(&["optimizer.mpk:2"], 1, 7);
 }
@@ -272,7 +271,6 @@ fn a_pretraining_run_killed_at_many_points_keeps_a_whole_checkpoint_and_resumes_
 }
 
 #[test]
-#[ignore = "issue 14: written, not yet seen to pass (no build finished in time on the shared machine); run with -- --include-ignored"]
 fn a_killed_preprocessing_leaves_nothing_a_later_run_trusts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -303,7 +301,12 @@ fn a_killed_preprocessing_leaves_nothing_a_later_run_trusts() {
         command(dir, &data, "-", false),
         "the preprocessing after the kill",
     );
-    let rebuilt = files(&cache);
+    // A write killed mid-way may leave its hidden temporary file (`.NAME.tmp-PID-N`) behind:
+    // never read as a case, so harmless, and not compared here.
+    let rebuilt: Vec<_> = files(&cache)
+        .into_iter()
+        .filter(|f| !(f.0.starts_with('.') && f.0.contains(".tmp-")))
+        .collect();
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&rebuilt), names(&complete));
     for ((name, a), (_, b)) in rebuilt.iter().zip(&complete) {
@@ -329,7 +332,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "issue 14: written, not yet seen to pass (no build finished in time on the shared machine); run with -- --include-ignored"]
+#[ignore = "open bug found by this test: resuming a script-built Retina U-Net fails with 'the model description differs from the saved run's' (also at 19813ad); run with -- --include-ignored"]
 fn a_full_disk_fails_with_a_clear_error_and_keeps_the_earlier_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -354,7 +357,9 @@ fn a_full_disk_fails_with_a_clear_error_and_keeps_the_earlier_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a full disk must fail the run");
     assert!(
-        stderr.contains("No space left on device") && stderr.contains("full/last"),
+        // The file named is the one being written: inside the checkpoint's temporary folder
+        // (`full/.last.tmp-PID/…`), which is never renamed to `last` once a write failed.
+        stderr.contains("No space left on device") && stderr.contains("full/.last.tmp-"),
         "the error must say the disk is full and name the file:\n{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
