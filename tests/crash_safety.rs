@@ -242,7 +242,6 @@ fn kill_pretraining(stalls: &[&str], kills: usize, seed: u64) {
 // times (`cargo test --release --test crash_safety -- --include-ignored`).
 
 #[test]
-#[ignore = "open bug found by this test: resuming a script-built Retina U-Net fails with 'the model description differs from the saved run's' (also at 19813ad); run with -- --include-ignored"]
 fn a_killed_training_run_keeps_a_whole_checkpoint_and_resumes_exactly() {
     kill_training(&["weights.mpk:3"], 1, 14);
 }
@@ -332,7 +331,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "open bug found by this test: resuming a script-built Retina U-Net fails with 'the model description differs from the saved run's' (also at 19813ad); run with -- --include-ignored"]
 fn a_full_disk_fails_with_a_clear_error_and_keeps_the_earlier_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

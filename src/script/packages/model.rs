@@ -573,7 +573,9 @@ fn train_impl(
         }
     };
     let mut state = lock(ctx, model)?;
-    let fresh = state.spec.patch_size.is_none() && !config.resume;
+    // A freshly built model is planned on resume too: the plan is deterministic in the data
+    // and the split, so it equals the saved run's, whose model description resume checks.
+    let fresh = state.spec.patch_size.is_none();
     // Only Retina U-Net has anchors; Deformable DETR predicts boxes directly.
     if plan.unwrap_or(fresh)
         && let Net::RetinaUNet(net) = &mut state.net
