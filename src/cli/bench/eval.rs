@@ -193,41 +193,31 @@ fn measure(o: &Options, input_path: &std::path::Path) -> i32 {
         }
     };
     let parse_s = t0.elapsed().as_secs_f64();
-    // The same file through the general reader (a JSON tree first): the reader `detlab eval`
-    // had before the typed one-pass read, and still uses to word errors.
-    let general_s = match std::fs::read_to_string(input_path) {
-        Ok(text) => {
-            let mut best = f64::INFINITY;
-            for _ in 0..o.repeat {
-                let t = Instant::now();
-                if let Err(e) = EvalInput::from_json_general(&text) {
-                    eprintln!("error: {e}");
-                    return 1;
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            best
-        }
+    // The same text through both readers: the typed one-pass read `detlab eval` uses, and the
+    // general reader (a JSON tree first) it had before and still uses to word errors.
+    let text = match std::fs::read_to_string(input_path) {
+        Ok(text) => text,
         Err(e) => {
             eprintln!("error: {}: {e}", input_path.display());
             return 1;
         }
     };
-    let typed_s = match std::fs::read_to_string(input_path) {
-        Ok(text) => {
-            let mut best = f64::INFINITY;
-            for _ in 0..o.repeat {
-                let t = Instant::now();
-                if let Err(e) = EvalInput::from_json_str(&text) {
-                    eprintln!("error: {e}");
-                    return 1;
-                }
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            best
+    let best_read = |read: fn(&str) -> Result<EvalInput, metrics::MetricsError>| {
+        let mut best = f64::INFINITY;
+        for _ in 0..o.repeat {
+            let t = Instant::now();
+            read(&text)?;
+            best = best.min(t.elapsed().as_secs_f64());
         }
-        Err(e) => {
-            eprintln!("error: {}: {e}", input_path.display());
+        Ok::<f64, metrics::MetricsError>(best)
+    };
+    let (general_s, typed_s) = match (
+        best_read(EvalInput::from_json_general),
+        best_read(EvalInput::from_json_str),
+    ) {
+        (Ok(general), Ok(typed)) => (general, typed),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
             return 1;
         }
     };
