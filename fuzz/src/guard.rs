@@ -127,8 +127,10 @@ pub fn save_in_flight(kind: &str, message: &str) -> Option<PathBuf> {
 
 fn fail(message: &str) -> ! {
     let saved = save_in_flight("oom", message);
+    // Where the allocation came from, so a CI log alone points at the reader to fix.
+    let trace = std::backtrace::Backtrace::force_capture();
     eprintln!(
-        "\nFAILURE: {message}\ninput saved to {}",
+        "\nFAILURE: {message}\ninput saved to {}\nallocated at:\n{trace}",
         saved.map(|p| p.display().to_string()).unwrap_or_default()
     );
     std::process::abort();

@@ -357,8 +357,36 @@ fn check_shape(
             format!("{} prediction lists for {} GT images", pred.len(), gt.len()),
         ));
     }
-    Ok(infer_num_classes(gt, pred, cfg))
+    let num_classes = infer_num_classes(gt, pred, cfg);
+    if num_classes > MAX_CLASSES {
+        // Name where the class comes from: one stray id would otherwise make a report of a
+        // million empty classes.
+        let (case, field) = gt
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.classes.iter().any(|&c| c >= MAX_CLASSES))
+            .map(|(i, _)| (format!("#{i}"), "gt.classes"))
+            .or_else(|| {
+                pred.iter()
+                    .enumerate()
+                    .find(|(_, p)| p.classes.iter().any(|&c| c >= MAX_CLASSES))
+                    .map(|(i, _)| (format!("#{i}"), "pred.classes"))
+            })
+            .unwrap_or(("(all)".into(), "num_classes"));
+        return Err(MetricsError::input(
+            case,
+            field,
+            format!(
+                "{num_classes} classes, more than the {MAX_CLASSES} detlab evaluates (a \
+                 stray class id?)"
+            ),
+        ));
+    }
+    Ok(num_classes)
 }
+
+/// The most classes one evaluation may have (detection datasets have a handful).
+pub const MAX_CLASSES: usize = 1000;
 
 fn check_inputs(
     gt: &[ImageGt],

@@ -39,9 +39,13 @@ pub fn load_weights<B: Backend, M: Module<B>>(
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))?;
-    let record = WeightsRecorder::default()
-        .load::<M::Record>(bytes, device)
-        .map_err(|e| error(format!("not a weights file of this network: {e}")))?;
+    // burn panics on a malformed parameter id instead of returning its error; a damaged file
+    // must be an error, so the panic is caught here.
+    let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        WeightsRecorder::default().load::<M::Record>(bytes, device)
+    }))
+    .map_err(|panic| error(format!("damaged ({})", panic_text(&*panic))))?
+    .map_err(|e| error(format!("not a weights file of this network: {e}")))?;
     let expected: Vec<(String, Vec<usize>)> = inspect::parameters(&module)
         .into_iter()
         .map(|p| (p.path, p.shape))
@@ -51,17 +55,9 @@ pub fn load_weights<B: Backend, M: Module<B>>(
     let loaded =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)))
             .map_err(|panic| {
-                let detail = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim();
                 error(format!(
-                    "does not fit the network: a list of layers has another length ({detail})"
+                    "does not fit the network: a list of layers has another length ({})",
+                    panic_text(&*panic)
                 ))
             })?;
     let found: Vec<(String, Vec<usize>)> = inspect::parameters(&loaded)
@@ -89,6 +85,19 @@ pub fn load_weights<B: Backend, M: Module<B>>(
         return Err(error(format!("does not fit the network: {first}")));
     }
     Ok(loaded)
+}
+
+/// The first line of a caught panic's message.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
 }
 
 #[cfg(test)]

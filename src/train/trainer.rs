@@ -66,6 +66,20 @@ where
             })
             .collect()
     };
+    // A class the data never has would score -1 in every metric (nnDetection's "no ground
+    // truth" value) and pull mAP below zero; nnDetection takes the count from dataset.json.
+    let labels = &data.manifest.labels;
+    if !labels.is_empty() && labels.len() != model.num_classes() {
+        return Err(TrainError::InvalidData(format!(
+            "the dataset '{}' has {} class(es) ({}) but the model has num_classes = {}; build \
+             the detector with num_classes: {}",
+            data.manifest.task,
+            labels.len(),
+            labels.join(", "),
+            model.num_classes(),
+            labels.len()
+        )));
+    }
     let train_cases = load(train_ids)?;
     let val_cases = load(val_ids)?;
     train_on_cases(model, model_config, train_cases, val_cases, config, device)

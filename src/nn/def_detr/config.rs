@@ -166,6 +166,25 @@ impl DefDetrConfig {
                 return Err(NnError::config(field, "must be at least 1"));
             }
         }
+        // Projections, transformer layers, queries and heads, estimated before allocating (a
+        // model.json's numbers are untrusted).
+        let wide = |v: usize| v as u128;
+        let d = wide(self.d_model);
+        let per_layer = d
+            .saturating_mul(d)
+            .saturating_mul(8)
+            .saturating_add(d.saturating_mul(wide(self.ffn_channels)).saturating_mul(2))
+            .saturating_add(
+                d.saturating_mul(wide(self.heads))
+                    .saturating_mul(wide(self.levels))
+                    .saturating_mul(wide(self.points))
+                    .saturating_mul(4),
+            );
+        let total = per_layer
+            .saturating_mul(wide(self.encoder_layers).saturating_add(wide(self.decoder_layers)))
+            .saturating_add(d.saturating_mul(wide(self.queries)).saturating_mul(2))
+            .saturating_add(d.saturating_mul(wide(self.num_classes).saturating_add(6)));
+        crate::nn::encoder::check_weight_budget("d_model", total)?;
         let stages = self.encoder.widths().len();
         if self.levels > stages {
             return Err(NnError::config(

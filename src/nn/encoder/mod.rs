@@ -259,11 +259,17 @@ pub(crate) fn check_parameter_count(
             );
         previous = w;
     }
+    check_weight_budget(field, total)
+}
+
+/// Refuse a configuration part that declares more than [`MAX_PARAMETERS`] weights (`total`,
+/// computed in saturating u128 arithmetic), before anything is allocated.
+pub(crate) fn check_weight_budget(field: &str, total: u128) -> Result<(), NnError> {
     if total > MAX_PARAMETERS {
         return Err(NnError::config(
             field,
             format!(
-                "declares about {total} convolution weights, more than the {MAX_PARAMETERS} \
+                "declares about {total} weights, more than the {MAX_PARAMETERS} \
                  detlab builds (a corrupt or mistyped configuration?)"
             ),
         ));

@@ -284,6 +284,37 @@ impl RetinaUNetConfig {
                 ),
             ));
         }
+        // The U-FPN and the two heads, estimated before allocating (a model.json's numbers
+        // are untrusted): lateral and output convs per stage, then each head's conv stack.
+        let wide = |v: usize| v as u128;
+        let fpn = wide(self.fpn_channels.max(self.fpn_min_channels));
+        let lateral: u128 = self
+            .encoder
+            .widths()
+            .iter()
+            .map(|&w| {
+                wide(w)
+                    .saturating_mul(fpn)
+                    .saturating_add(fpn.saturating_mul(fpn).saturating_mul(27))
+            })
+            .fold(0, u128::saturating_add);
+        let head = wide(self.head_channels);
+        let outputs = wide(self.num_classes)
+            .saturating_add(6)
+            .saturating_mul(wide(ANCHORS_PER_POSITION));
+        let one_head = fpn
+            .saturating_mul(head)
+            .saturating_add(
+                wide(self.head_convs)
+                    .saturating_mul(head)
+                    .saturating_mul(head),
+            )
+            .saturating_add(head.saturating_mul(outputs))
+            .saturating_mul(27);
+        super::encoder::check_weight_budget(
+            "head_convs",
+            lateral.saturating_add(one_head.saturating_mul(2)),
+        )?;
         self.sampler.validate()?;
         if self.matcher.num_candidates == 0 {
             return Err(NnError::config(

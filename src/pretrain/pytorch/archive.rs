@@ -14,6 +14,8 @@ pub struct TorchFile {
     path: PathBuf,
     zip: zip::ZipArchive<BufReader<File>>,
     prefix: String,
+    /// The archive's size on disk: no entry is pre-allocated larger than this.
+    archive_len: u64,
     /// The pickled object (nnssl: a dict with `network_weights`, `nnssl_adaptation_plan`, ...).
     pub root: Value,
 }
@@ -22,6 +24,26 @@ impl std::fmt::Debug for TorchFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TorchFile({})", self.path.display())
     }
+}
+
+/// The most bytes one tensor may hold once materialised (ResEncL's largest weight is ~11 MB).
+const MAX_TENSOR_BYTES: usize = 1 << 30;
+
+/// Read one archive entry of `declared` bytes. The declaration comes from the file, so it only
+/// bounds what is read: nothing is allocated up front beyond what the archive can hold, and an
+/// entry that inflates past its declared size is an error, not an out-of-memory.
+fn read_entry(entry: &mut impl Read, declared: u64, archive_len: u64) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::with_capacity(declared.min(archive_len) as usize);
+    entry
+        .take(declared.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{e} (truncated or damaged?)"))?;
+    if buf.len() as u64 > declared {
+        return Err(format!(
+            "it holds more than the {declared} bytes it declares"
+        ));
+    }
+    Ok(buf)
 }
 
 impl TorchFile {
@@ -44,6 +66,10 @@ impl TorchFile {
             ));
         }
         let file = File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+        let archive_len = file
+            .metadata()
+            .map_err(|e| err(format!("cannot read: {e}")))?
+            .len();
         let mut zip = zip::ZipArchive::new(BufReader::new(file))
             .map_err(|e| err(format!("damaged or truncated zip archive: {e}")))?;
         let pkl = zip
@@ -63,11 +89,10 @@ impl TorchFile {
                 Err(zip::result::ZipError::FileNotFound) => return Ok(None),
                 Err(e) => return Err(err(format!("cannot read {name}: {e}"))),
             };
-            let mut buf = Vec::with_capacity(entry.size() as usize);
-            entry
-                .read_to_end(&mut buf)
-                .map_err(|e| err(format!("cannot read {name} (truncated?): {e}")))?;
-            Ok(Some(buf))
+            let declared = entry.size();
+            read_entry(&mut entry, declared, archive_len)
+                .map(Some)
+                .map_err(|e| err(format!("cannot read {name}: {e}")))
         };
         if let Some(order) = read(&mut zip, &format!("{prefix}byteorder"))?
             && order.trim_ascii() != b"little"
@@ -89,6 +114,7 @@ impl TorchFile {
             path: path.to_path_buf(),
             zip,
             prefix,
+            archive_len,
             root,
         })
     }
@@ -113,11 +139,13 @@ impl TorchFile {
             .by_name(&name)
             .map_err(|e| err(format!("storage {name}: {e}")))?;
         let size = t.dtype.size();
-        let expected = t.storage_len * size;
-        let mut storage = Vec::with_capacity(expected);
-        entry
-            .read_to_end(&mut storage)
-            .map_err(|e| err(format!("cannot read storage {name} (truncated?): {e}")))?;
+        let expected = t
+            .storage_len
+            .checked_mul(size)
+            .ok_or_else(|| err(format!("storage {name} declares an impossible length")))?;
+        let archive_len = self.archive_len;
+        let storage = read_entry(&mut entry, expected as u64, archive_len)
+            .map_err(|e| err(format!("cannot read storage {name}: {e}")))?;
         if storage.len() < expected {
             return Err(err(format!(
                 "storage {name} has {} bytes, {} expected",
@@ -125,8 +153,20 @@ impl TorchFile {
                 expected
             )));
         }
-        let count: usize = t.shape.iter().product();
-        let mut out = Vec::with_capacity(count * size);
+        // A view with zero strides can declare far more elements than its storage holds.
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(size, |acc, &n| acc.checked_mul(n))
+            .filter(|&b| b <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| {
+                err(format!(
+                    "a tensor of shape {:?} is larger than the {MAX_TENSOR_BYTES} bytes detlab reads for one weight",
+                    t.shape
+                ))
+            })?;
+        let count = bytes / size;
+        let mut out = Vec::with_capacity(bytes);
         let mut index = vec![0usize; t.shape.len()];
         for _ in 0..count {
             let e = t.offset

@@ -273,6 +273,17 @@ impl ModelState {
     /// Load a model folder written by `save` or a training checkpoint folder (`<out>/best`,
     /// `<out>/last`, or `<out>` itself).
     pub fn load(path: &Path, device: DispatchDevice) -> Result<Self, String> {
+        // A run folder (`out`) stands for its `last` checkpoint: the state `train` leaves in
+        // the model object too.
+        let last = path.join("last");
+        let path = if !path.join(MODEL_FILE).is_file()
+            && !train::has_checkpoint(path)
+            && train::has_checkpoint(&last)
+        {
+            last.as_path()
+        } else {
+            path
+        };
         let model_file = path.join(MODEL_FILE);
         let (spec, weights_dir) = if model_file.is_file() {
             let text = std::fs::read_to_string(&model_file)
