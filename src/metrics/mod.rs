@@ -316,15 +316,15 @@ pub fn validate_case(
             ));
         }
     }
-    if let Some(n) = num_classes {
-        for (field, classes) in [("gt.classes", &gt.classes), ("pred.classes", &pred.classes)] {
-            if let Some((i, c)) = classes.iter().enumerate().find(|(_, c)| **c >= n) {
-                return Err(MetricsError::input(
-                    case,
-                    format!("{field}[{i}]"),
-                    format!("class {c} is out of range (there are {n} classes)"),
-                ));
-            }
+    let n = num_classes.unwrap_or(MAX_CLASSES).min(MAX_CLASSES);
+    for (field, classes) in [("gt.classes", &gt.classes), ("pred.classes", &pred.classes)] {
+        if let Some((i, c)) = classes.iter().enumerate().find(|(_, c)| **c >= n) {
+            let reason = if *c >= MAX_CLASSES {
+                format!("class {c}: more than the {MAX_CLASSES} classes detlab evaluates")
+            } else {
+                format!("class {c} is out of range (there are {n} classes)")
+            };
+            return Err(MetricsError::input(case, format!("{field}[{i}]"), reason));
         }
     }
     Ok(())
@@ -336,7 +336,7 @@ pub fn infer_num_classes(gt: &[ImageGt], pred: &[ImagePred], cfg: &EvalConfig) -
         gt.iter()
             .flat_map(|g| g.classes.iter())
             .chain(pred.iter().flat_map(|p| p.classes.iter()))
-            .map(|c| c + 1)
+            .map(|c| c.saturating_add(1))
             .max()
             .unwrap_or(0)
     })
