@@ -91,7 +91,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ),
     (
         "train-step",
-        "one Retina U-Net training step (2 x 1 x 64^3, widths 16-128, SGD); --preset bench|quickstart|nndetection, --encoder retunet|resenc, --device, --threads N, --profile",
+        "one detector training step (Retina U-Net: 2 x 1 x 64^3, widths 16-128, SGD); --detector retina_unet|def_detr, --preset bench|quickstart|nndetection, --encoder retunet|resenc, --device, --threads N, --profile",
     ),
     (
         "infer-memory",
