@@ -154,6 +154,17 @@ const TABLE: &[Row] = &[
         expect: &["imagesTr", "bad.rhai:1"],
     },
     Row {
+        what: "a patch larger than every case (on every axis)",
+        setup: preprocessed,
+        script: concat!(
+            "let pre = preprocess(dataset(ARGS.dir + \"/ds\"), #{spacing: [1.0, 1.0, 1.0]});\n",
+            "let model = detector(\"retina_unet\", backbone(\"retunet_tiny\"), #{num_classes: 1});\n",
+            "train(model, pre, #{epochs: 1, iters_per_epoch: 1, batch: 1, patch: [64, 64, 64], out: ARGS.dir + \"/run2\"});"
+        ),
+        cli: Cli::Script,
+        expect: &["patch", "[64, 64, 64]", "every case", "bad.rhai:3"],
+    },
+    Row {
         what: "`num_classes` that disagrees with the data",
         setup: preprocessed,
         script: concat!(

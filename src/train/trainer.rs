@@ -233,6 +233,31 @@ fn check_inputs<B: AutodiffBackend, M: Detector<B>>(
             model.in_channels()
         )));
     }
+    // nnDetection pads a case smaller than the patch, which is fine on some axes; a patch that
+    // exceeds every case on every axis is mostly padding, almost surely a mistyped patch.
+    let shape = |case: &Arc<dyn SampleSource>| {
+        let s = case.image().shape().to_vec();
+        [s[1], s[2], s[3]]
+    };
+    if !cases.is_empty()
+        && cases
+            .iter()
+            .all(|case| (0..3).all(|a| config.patch[a] > shape(case)[a]))
+    {
+        let largest = cases
+            .iter()
+            .map(shape)
+            .max_by_key(|s| s.iter().product::<usize>())
+            .unwrap_or_default();
+        return Err(TrainError::config(
+            "patch",
+            format!(
+                "{:?} is larger than every case on every axis (the largest case is {largest:?}): \
+                 each patch would be mostly padding; use a patch no larger than the cases",
+                config.patch
+            ),
+        ));
+    }
     let classes = model.num_classes();
     for case in cases {
         if let Some((index, v)) = case.image().indexed_iter().find(|(_, v)| !v.is_finite()) {
