@@ -159,8 +159,13 @@ pub(crate) fn validate_stages(
     kernel_sizes: &[[usize; 3]],
     in_channels: usize,
 ) -> Result<(), NnError> {
-    if in_channels == 0 {
-        return Err(NnError::config("encoder.in_channels", "must be at least 1"));
+    if in_channels == 0 || in_channels > MAX_IN_CHANNELS {
+        return Err(NnError::config(
+            "encoder.in_channels",
+            format!(
+                "{in_channels} is not in 1..={MAX_IN_CHANNELS} (image channels, i.e. modalities)"
+            ),
+        ));
     }
     if widths.is_empty() {
         return Err(NnError::config(
@@ -226,6 +231,9 @@ pub(crate) fn validate_stages(
     }
     Ok(())
 }
+
+/// The most image channels (modalities) an encoder may take; medical detection uses 1-4.
+pub const MAX_IN_CHANNELS: usize = 256;
 
 /// The largest kernel size or stride a configuration may declare.
 pub const MAX_KERNEL_SIZE: usize = 15;
