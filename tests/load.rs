@@ -108,10 +108,10 @@ fn predicting_100_cases_has_flat_memory() {
     let child = run(
         tmp.path(),
         r#"
-let ds = synthetic_dataset("data", #{cases: 2, test_cases: 100, seed: 1, shape: [24, 24, 24]});
+let ds = synthetic_dataset("data", #{cases: 2, test_cases: 100, seed: 1, shape: [24, 24, 24], min_lesions: 0});
 let pre = preprocess(ds, #{spacing: [1.0, 1.0, 1.0], include_test: true});
 let model = detector("retina_unet", backbone("retunet_tiny"), #{num_classes: 1, fpn_channels: 8, head_channels: 8, head_channels_per_group: 8});
-let preds = predict(model, pre, #{split: "test", out: "pred"});
+let preds = predict(model, pre, #{split: "test", out: "pred", patch_size: [16, 16, 16]});
 "#,
     );
     // Generating and preprocessing the data is the first part of the run; the halves compare

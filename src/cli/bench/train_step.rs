@@ -33,7 +33,7 @@ use burn::tensor::{Distribution, Tensor};
 use rand::SeedableRng;
 
 use detlab::nn::blocks::{ConvGroupNormAct, ConvNormAct};
-use detlab::nn::detector::Detector;
+use detlab::nn::detector::{DetectionBatch, Detector};
 use detlab::nn::encoder::{EncoderConfig, ResEncConfig, RetUNetEncoderConfig};
 use detlab::nn::retina_unet::RetinaUNetConfig;
 use detlab::nn::{RetinaUNet, ScriptBackend, device, device_name};
@@ -272,7 +272,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     let cfg = setup.network();
-    let mut model = match cfg.init::<B>(&device) {
+    let model = match cfg.init::<B>(&device) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
@@ -304,23 +304,58 @@ pub fn run(args: &[String]) -> i32 {
         device_name(&device),
         rayon::current_num_threads()
     );
+    let Some((model, total)) = timed_steps(
+        model,
+        &batch,
+        &mut optimizer,
+        0.01,
+        steps,
+        "loss (forward, ATSS, sampling, losses)",
+        |m| {
+            let _ = m.classifier.output.weight.val().into_data();
+        },
+    ) else {
+        return 1;
+    };
+    if profile {
+        op_profile(&model, batch.images.clone(), steps, total);
+    }
+    0
+}
+
+/// Time `steps` training steps of `model` on `batch` after 2 warm-up steps and print the median
+/// split (loss, backward, optimiser step, whole step) and the peak RSS; `sync` waits for the
+/// updated weights (backends may be lazy). Returns the model and the median step in ms, or
+/// `None` after printing the error when a loss is not finite. Both detectors' benches use it,
+/// so their figures are measured the same way.
+pub(crate) fn timed_steps<M>(
+    mut model: M,
+    batch: &DetectionBatch<B>,
+    optimizer: &mut TrainOptimizer<B, M>,
+    lr: f64,
+    steps: usize,
+    loss_label: &str,
+    sync: impl Fn(&M),
+) -> Option<(M, f64)>
+where
+    M: Detector<B> + AutodiffModule<B>,
+{
     let (mut t_loss, mut t_backward, mut t_step, mut t_total) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..steps + 2 {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
         let t0 = Instant::now();
-        let loss = model.loss(&batch, &mut rng).expect("valid batch");
+        let loss = model.loss(batch, &mut rng).expect("valid batch");
         let value = loss.total_value();
         let t1 = Instant::now();
         let grads = loss.total.backward();
         let t2 = Instant::now();
-        model = optimizer.step(0.01, model, grads).0;
-        // Wait for the updated weights (backends may be lazy).
-        let _ = model.classifier.output.weight.val().into_data();
+        model = optimizer.step(lr, model, grads).0;
+        sync(&model);
         let t3 = Instant::now();
         if !value.is_finite() {
             eprintln!("error: non-finite loss {value}");
-            return 1;
+            return None;
         }
         if i >= 2 {
             t_loss.push((t1 - t0).as_secs_f64());
@@ -331,27 +366,15 @@ pub fn run(args: &[String]) -> i32 {
     }
     let ms = |v: &mut Vec<f64>| median(v) * 1e3;
     let total = ms(&mut t_total);
-    println!(
-        "loss (forward, ATSS, sampling, losses) {:>9.1} ms",
-        ms(&mut t_loss)
-    );
-    println!(
-        "backward                               {:>9.1} ms",
-        ms(&mut t_backward)
-    );
-    println!(
-        "optimiser step                         {:>9.1} ms",
-        ms(&mut t_step)
-    );
-    println!("training step                          {total:>9.1} ms");
+    println!("{loss_label:<39}{:>9.1} ms", ms(&mut t_loss));
+    println!("{:<39}{:>9.1} ms", "backward", ms(&mut t_backward));
+    println!("{:<39}{:>9.1} ms", "optimiser step", ms(&mut t_step));
+    println!("{:<39}{total:>9.1} ms", "training step");
     match peak_rss_mib() {
-        Some(m) => println!("peak RSS (VmHWM)                       {m:>9.0} MiB"),
+        Some(m) => println!("{:<39}{m:>9.0} MiB", "peak RSS (VmHWM)"),
         None => println!("peak RSS: /proc/self/status not available"),
     }
-    if profile {
-        op_profile(&model, batch.images.clone(), steps, total);
-    }
-    0
+    Some((model, total))
 }
 
 /// Median forward and backward seconds of `f` on `x` (backward of `sum(f(x) · r)`), and the

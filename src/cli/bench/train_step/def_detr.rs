@@ -23,16 +23,14 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
-use rand::SeedableRng;
 
 use detlab::nn::def_detr::attention::DeformableAttention;
-use detlab::nn::detector::Detector;
 use detlab::nn::{DefDetr, DefDetrConfig, device_name};
 use detlab::train::batch::patches_to_batch;
 use detlab::train::sampler::crop_patch;
 use detlab::train::{CaseData, TrainOptimizer, TrainRecipe};
 
-use super::{B, StepArgs, median, peak_rss_mib};
+use super::{B, StepArgs, median, timed_steps};
 
 /// The transformer of a preset (the encoder comes from the Retina U-Net bench's preset).
 fn network(preset: &str, encoder: detlab::nn::EncoderConfig) -> DefDetrConfig {
@@ -86,7 +84,7 @@ pub(super) fn run(args: &StepArgs) -> i32 {
         }
     };
     let cfg = network(&setup.preset, setup.network().encoder);
-    let mut model = match cfg.init::<B>(&device) {
+    let model = match cfg.init::<B>(&device) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
@@ -136,50 +134,19 @@ pub(super) fn run(args: &StepArgs) -> i32 {
         rayon::current_num_threads(),
         args.steps
     );
-    let (mut t_loss, mut t_backward, mut t_step, mut t_total) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..args.steps + 2 {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i as u64);
-        let t0 = Instant::now();
-        let loss = model.loss(&batch, &mut rng).expect("valid batch");
-        let value = loss.total_value();
-        let t1 = Instant::now();
-        let grads = loss.total.backward();
-        let t2 = Instant::now();
-        model = optimizer.step(recipe.lr, model, grads).0;
-        // Wait for the updated weights (backends may be lazy).
-        let _ = model.level_embedding.val().into_data();
-        let t3 = Instant::now();
-        if !value.is_finite() {
-            eprintln!("error: non-finite loss {value}");
-            return 1;
-        }
-        if i >= 2 {
-            t_loss.push((t1 - t0).as_secs_f64());
-            t_backward.push((t2 - t1).as_secs_f64());
-            t_step.push((t3 - t2).as_secs_f64());
-            t_total.push((t3 - t0).as_secs_f64());
-        }
-    }
-    let ms = |v: &mut Vec<f64>| median(v) * 1e3;
-    let total = ms(&mut t_total);
-    println!(
-        "loss (forward, matching, losses)       {:>9.1} ms",
-        ms(&mut t_loss)
-    );
-    println!(
-        "backward                               {:>9.1} ms",
-        ms(&mut t_backward)
-    );
-    println!(
-        "optimiser step                         {:>9.1} ms",
-        ms(&mut t_step)
-    );
-    println!("training step                          {total:>9.1} ms");
-    match peak_rss_mib() {
-        Some(m) => println!("peak RSS (VmHWM)                       {m:>9.0} MiB"),
-        None => println!("peak RSS: /proc/self/status not available"),
-    }
+    let Some((model, total)) = timed_steps(
+        model,
+        &batch,
+        &mut optimizer,
+        recipe.lr,
+        args.steps,
+        "loss (forward, matching, losses)",
+        |m| {
+            let _ = m.level_embedding.val().into_data();
+        },
+    ) else {
+        return 1;
+    };
     if args.profile {
         attention_profile(&model, n, &shapes, args.steps, total);
     }
