@@ -464,6 +464,26 @@ impl PreprocessedDataset {
         if let Some(c) = self.memory.lock().ok().and_then(|m| m.get(id).cloned()) {
             return Ok(c);
         }
+        let case = self.read_case(id)?;
+        if self.keep_in_memory.load(Ordering::Relaxed)
+            && let Ok(mut m) = self.memory.lock()
+        {
+            m.insert(id.to_string(), case.clone());
+        }
+        Ok(case)
+    }
+
+    /// Load case `id` for one use (from memory if already loaded, otherwise from disk without
+    /// keeping it): prediction reads each case once, so holding them would grow memory with
+    /// the number of cases.
+    pub fn load_case_once(&self, id: &str) -> Result<Arc<PreprocessedCase>, DataError> {
+        if let Some(c) = self.memory.lock().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(c);
+        }
+        self.read_case(id)
+    }
+
+    fn read_case(&self, id: &str) -> Result<Arc<PreprocessedCase>, DataError> {
         let meta = self.case_meta(id)?;
         let image_path = self.dir.join(format!("{id}_image.npy"));
         let (shape, values) = read_npy_f32(&image_path)?;
@@ -509,11 +529,6 @@ impl PreprocessedDataset {
             spacing: meta.spacing,
             restore: meta.restore,
         });
-        if self.keep_in_memory.load(Ordering::Relaxed)
-            && let Ok(mut m) = self.memory.lock()
-        {
-            m.insert(id.to_string(), case.clone());
-        }
         Ok(case)
     }
 

@@ -140,7 +140,7 @@ pub fn predict_dataset<B: Backend, M: Detector<B>>(
     let mut progress = CaseProgress::new(cfg.progress, ids.len());
     for id in &ids {
         progress.start();
-        let case = dataset.load_case(id)?;
+        let case = dataset.load_case_once(id)?;
         let prediction = predict_case(model, &case, patch_size, cfg, device)?;
         if let Some(dir) = out_dir {
             prediction.write(dir).map_err(|e| e.in_case(id))?;
