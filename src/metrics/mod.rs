@@ -359,27 +359,15 @@ fn check_shape(
     }
     let num_classes = infer_num_classes(gt, pred, cfg);
     if num_classes > MAX_CLASSES {
-        // Name where the class comes from: one stray id would otherwise make a report of a
-        // million empty classes.
-        let (case, field) = gt
-            .iter()
-            .enumerate()
-            .find(|(_, g)| g.classes.iter().any(|&c| c >= MAX_CLASSES))
-            .map(|(i, _)| (format!("#{i}"), "gt.classes"))
-            .or_else(|| {
-                pred.iter()
-                    .enumerate()
-                    .find(|(_, p)| p.classes.iter().any(|&c| c >= MAX_CLASSES))
-                    .map(|(i, _)| (format!("#{i}"), "pred.classes"))
-            })
-            .unwrap_or(("(all)".into(), "num_classes"));
+        // validate_case refuses a class id above MAX_CLASSES and names where it is; one stray
+        // id would otherwise make a report of a million empty classes.
+        for (i, (g, p)) in gt.iter().zip(pred).enumerate() {
+            validate_case(&format!("#{i}"), g, p, None)?;
+        }
         return Err(MetricsError::input(
-            case,
-            field,
-            format!(
-                "{num_classes} classes, more than the {MAX_CLASSES} detlab evaluates (a \
-                 stray class id?)"
-            ),
+            "(all)",
+            "num_classes",
+            format!("{num_classes} classes, more than the {MAX_CLASSES} detlab evaluates"),
         ));
     }
     Ok(num_classes)
