@@ -1,4 +1,4 @@
-//! Small shared helpers that do not belong to one domain: atomic file writes.
+//! Small shared helpers that do not belong to one domain: atomic file writes and CPU clocks.
 
 use std::path::{Path, PathBuf};
 
@@ -112,6 +112,37 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 }
 
 static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Which CPU-time clock [`cpu_seconds`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuClock {
+    /// Every thread of this process.
+    Process,
+    /// The calling thread only.
+    Thread,
+}
+
+/// CPU seconds used so far on `clock` (`None` off Linux). Unlike wall time, other processes on
+/// a loaded machine do not inflate it, so a side's CPU time is its work.
+pub fn cpu_seconds(clock: CpuClock) -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn clock_gettime(clock: i32, time: *mut [i64; 2]) -> i32;
+        }
+        let id = match clock {
+            CpuClock::Process => 2, // CLOCK_PROCESS_CPUTIME_ID
+            CpuClock::Thread => 3,  // CLOCK_THREAD_CPUTIME_ID
+        };
+        let mut t = [0i64; 2];
+        // SAFETY: `t` is a valid timespec (two 64-bit fields on x86-64 Linux).
+        if unsafe { clock_gettime(id, &mut t) } == 0 {
+            return Some(t[0] as f64 + t[1] as f64 * 1e-9);
+        }
+    }
+    let _ = clock;
+    None
+}
 
 #[cfg(test)]
 mod tests {

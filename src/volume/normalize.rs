@@ -65,7 +65,7 @@ pub fn intensity_stats(samples: &[f32]) -> Result<IntensityStats, VolumeError> {
             samples[i]
         )));
     }
-    let (mean, std) = mean_std(samples.par_chunks(1 << 16));
+    let Moments { mean, std, .. } = moments(&samples);
     let mut sorted = samples.to_vec();
     let median = percentile(&mut sorted, 50.0);
     let percentile_00_5 = percentile(&mut sorted, 0.5);
@@ -100,20 +100,84 @@ pub fn pooled_intensity_stats(per_case: &[Vec<f32>]) -> Result<IntensityStats, V
     intensity_stats(&pooled)
 }
 
-/// Mean and population std of the values in `chunks`, in f64 (two passes, like numpy).
-fn mean_std<'a>(chunks: impl IndexedParallelIterator<Item = &'a [f32]> + Clone) -> (f64, f64) {
-    let (sum, count) = chunks
-        .clone()
-        .map(|c| (c.iter().map(|&v| v as f64).sum::<f64>(), c.len()))
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+/// Count, mean, population standard deviation, minimum and maximum of some values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    /// How many values.
+    pub count: usize,
+    /// Their mean (NaN when there are none).
+    pub mean: f64,
+    /// Their population standard deviation (NaN when there are none).
+    pub std: f64,
+    /// The smallest value (+∞ when there are none; NaNs are skipped).
+    pub min: f32,
+    /// The largest value (−∞ when there are none; NaNs are skipped).
+    pub max: f32,
+}
+
+/// Values per parallel chunk of [`moments`].
+const MOMENT_CHUNK: usize = 1 << 16;
+
+/// Accumulators per chunk: independent lanes, so the loops vectorise.
+const MOMENT_LANES: usize = 8;
+
+/// [`Moments`] of `values` in f64, in two passes like numpy (the mean first, then the squared
+/// deviations from it), parallel over chunks.
+pub fn moments(values: &[f32]) -> Moments {
+    let (sum, min, max) = sum_min_max(values);
+    let count = values.len();
     if count == 0 {
-        return (f64::NAN, f64::NAN);
+        return Moments { count, mean: f64::NAN, std: f64::NAN, min, max };
     }
     let mean = sum / count as f64;
-    let ss: f64 = chunks
-        .map(|c| c.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+    let squares: f64 = values
+        .par_chunks(MOMENT_CHUNK)
+        .map(|chunk| {
+            let mut lanes = [0.0f64; MOMENT_LANES];
+            let mut blocks = chunk.chunks_exact(MOMENT_LANES);
+            for block in &mut blocks {
+                for (lane, &v) in lanes.iter_mut().zip(block) {
+                    let deviation = f64::from(v) - mean;
+                    *lane += deviation * deviation;
+                }
+            }
+            let tail: f64 = blocks.remainder().iter().map(|&v| (f64::from(v) - mean).powi(2)).sum();
+            lanes.iter().sum::<f64>() + tail
+        })
         .sum();
-    (mean, (ss / count as f64).sqrt())
+    Moments { count, mean, std: (squares / count as f64).sqrt(), min, max }
+}
+
+/// The sum (f64), minimum and maximum of `values` in one pass (NaNs skipped by the extremes).
+pub fn sum_min_max(values: &[f32]) -> (f64, f32, f32) {
+    values
+        .par_chunks(MOMENT_CHUNK)
+        .map(|chunk| {
+            let mut sum = [0.0f64; MOMENT_LANES];
+            let mut low = [f32::INFINITY; MOMENT_LANES];
+            let mut high = [f32::NEG_INFINITY; MOMENT_LANES];
+            let mut blocks = chunk.chunks_exact(MOMENT_LANES);
+            for block in &mut blocks {
+                for l in 0..MOMENT_LANES {
+                    let v = block[l];
+                    sum[l] += f64::from(v);
+                    low[l] = if v < low[l] { v } else { low[l] };
+                    high[l] = if v > high[l] { v } else { high[l] };
+                }
+            }
+            let mut total: f64 = sum.iter().sum();
+            let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
+            for &v in low.iter().chain(&high).chain(blocks.remainder()) {
+                min = if v < min { v } else { min };
+                max = if v > max { v } else { max };
+            }
+            total += blocks.remainder().iter().map(|&v| f64::from(v)).sum::<f64>();
+            (total, min, max)
+        })
+        .reduce(
+            || (0.0, f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0 + b.0, a.1.min(b.1), a.2.max(b.2)),
+        )
 }
 
 /// Every `step`-th voxel of `image` where `mask > 0`, in C order starting with the first.
@@ -384,7 +448,7 @@ pub fn normalize_in_place(
                         .filter(|&v| (v as f64) > lo && (v as f64) < hi)
                 })
                 .collect();
-            let (mean, std) = mean_std(inside.par_chunks(1 << 16));
+            let Moments { mean, std, .. } = moments(&inside);
             if inside.is_empty() || !(std > 0.0) {
                 return Err(VolumeError::InvalidArgument(format!(
                     "{}: CT2 normalisation of channel {c}: no voxels (or no spread) strictly inside ({lo}, {hi})",
@@ -475,8 +539,8 @@ fn map_channel(vol: &mut Volume, c: usize, f: impl Fn(f32) -> f64 + Sync) {
 fn zscore_channel(vol: &mut Volume, c: usize, mask: Option<&Array3<bool>>) {
     make_standard(vol);
     let channel = vol.data.index_axis(Axis(0), c);
-    let (mean, std) = match mask {
-        None => mean_std(channel_slice(vol, c).par_chunks(1 << 16)),
+    let Moments { mean, std, .. } = match mask {
+        None => moments(channel_slice(vol, c)),
         Some(m) => {
             let inside: Vec<f32> = channel
                 .iter()
@@ -484,7 +548,7 @@ fn zscore_channel(vol: &mut Volume, c: usize, mask: Option<&Array3<bool>>) {
                 .filter(|(_, m)| **m)
                 .map(|(v, _)| *v)
                 .collect();
-            mean_std(inside.par_chunks(1 << 16))
+            moments(&inside)
         }
     };
     let (mean, denom) = if mean.is_finite() {

@@ -17,7 +17,8 @@
 //!
 //! Options: `--patch N` (128), `--batch B` (4), `--batches N` (8, detlab), `--python-batches N`
 //! (4), `--threads N` (1, both sides), `--seed S` (0), `--python EXE` (python3; needs numpy,
-//! scipy and batchgenerators), `--script PATH`, `--no-python` (detlab only).
+//! scipy and batchgenerators), `--script PATH`, `--no-python` (detlab only), `--case NAME`
+//! (detlab runs only that case, e.g. for a profiler).
 
 use detlab::train::Patch;
 use detlab::train::augment::{AugmentConfig, augment_batch};
@@ -39,6 +40,7 @@ struct Options {
     seed: u64,
     python: Option<String>,
     script: PathBuf,
+    case: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -54,6 +56,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             env!("CARGO_MANIFEST_DIR"),
             "/benches/augment_reference.py"
         )),
+        case: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -82,6 +85,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--python" => o.python = Some(value()?),
             "--script" => o.script = PathBuf::from(value()?),
             "--no-python" => o.python = None,
+            "--case" => {
+                let v = value()?;
+                if !cases().iter().any(|(name, _)| *name == v) {
+                    let names: Vec<&str> = cases().iter().map(|(name, _)| *name).collect();
+                    return Err(format!("--case: '{v}' is not one of {}", names.join(", ")));
+                }
+                o.case = Some(v)
+            }
             other => return Err(format!("unknown option '{other}'")),
         }
     }
@@ -202,6 +213,9 @@ pub fn run(args: &[String]) -> i32 {
     // Per case: mean wall ms and mean CPU ms per batch.
     let mut detlab: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for (name, config) in cases() {
+        if o.case.as_deref().is_some_and(|c| c != name) {
+            continue;
+        }
         let source = if name == "intensity" { &small } else { &big };
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
         let mut cpu_total = 0.0;

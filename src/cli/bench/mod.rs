@@ -28,42 +28,13 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, String> {
         .map_err(|e| format!("cannot start {threads} threads: {e}"))
 }
 
-/// Which CPU-time clock [`cpu_seconds`] reads.
-#[derive(Clone, Copy, Debug)]
-pub enum CpuClock {
-    /// Every thread of this process.
-    Process,
-    /// The calling thread only.
-    Thread,
-}
-
-/// CPU seconds used so far on `clock` (`None` off Linux). Unlike wall time, other processes on
-/// a loaded machine do not inflate it, so a side's CPU time is its work.
-pub fn cpu_seconds(clock: CpuClock) -> Option<f64> {
-    #[cfg(target_os = "linux")]
-    {
-        unsafe extern "C" {
-            fn clock_gettime(clock: i32, time: *mut [i64; 2]) -> i32;
-        }
-        let id = match clock {
-            CpuClock::Process => 2, // CLOCK_PROCESS_CPUTIME_ID
-            CpuClock::Thread => 3,  // CLOCK_THREAD_CPUTIME_ID
-        };
-        let mut t = [0i64; 2];
-        // SAFETY: `t` is a valid timespec (two 64-bit fields on x86-64 Linux).
-        if unsafe { clock_gettime(id, &mut t) } == 0 {
-            return Some(t[0] as f64 + t[1] as f64 * 1e-9);
-        }
-    }
-    let _ = clock;
-    None
-}
+pub use detlab::util::{CpuClock, cpu_seconds};
 
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
     (
         "augment",
-        "nnDetection's BaseMoreAug on 4 x 128^3 patches vs batchgenerators, one thread each; --patch, --batches",
+        "nnDetection's BaseMoreAug on 4 x 128^3 patches vs batchgenerators, one thread each; --patch, --batches, --case",
     ),
     (
         "backends",

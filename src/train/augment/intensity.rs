@@ -18,6 +18,7 @@ use ndarray::{Array4, ArrayViewMut3, Axis};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use crate::volume::normalize::{Moments, moments, sum_min_max};
 use crate::volume::resample::{Interpolation, resample_array};
 
 /// A uniform draw in `[range[0], range[1])` (`range[0]` when the range is empty).
@@ -50,34 +51,31 @@ pub fn gaussian_noise<R: Rng + ?Sized>(image: &mut Array4<f32>, std: f64, rng: &
     }
 }
 
-/// Mean, standard deviation (population), minimum and maximum of `values`.
-pub(crate) fn mean_std<'a>(values: impl Iterator<Item = &'a f32> + Clone) -> (f64, f64, f32, f32) {
-    let (mut n, mut sum, mut min, mut max) = (0usize, 0.0f64, f32::INFINITY, f32::NEG_INFINITY);
-    for &v in values.clone() {
-        n += 1;
-        sum += f64::from(v);
-        min = min.min(v);
-        max = max.max(v);
+/// Channel `c` of `image` as one mutable slice (the image is made C-ordered first if a view
+/// operation left it otherwise), so the transforms below run as flat, vectorisable loops.
+fn channel_mut(image: &mut Array4<f32>, c: usize) -> &mut [f32] {
+    if !image.is_standard_layout() {
+        *image = image.as_standard_layout().into_owned();
     }
-    let mean = sum / n.max(1) as f64;
-    let var = values.map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
-    (mean, var.sqrt(), min, max)
+    let voxels = image.len() / image.dim().0.max(1);
+    let all = image.as_slice_mut().expect("a standard-layout image is contiguous");
+    &mut all[c * voxels..(c + 1) * voxels]
 }
 
 /// Multiply channel `c` by `factor`.
 pub fn brightness(image: &mut Array4<f32>, c: usize, factor: f64) {
     let factor = factor as f32;
-    image
-        .index_axis_mut(Axis(0), c)
-        .mapv_inplace(|v| v * factor);
+    channel_mut(image, c).iter_mut().for_each(|v| *v *= factor);
 }
 
 /// Contrast of channel `c`: `(x − mean) · factor + mean`, clipped to the former range.
 pub fn contrast(image: &mut Array4<f32>, c: usize, factor: f64) {
-    let mut channel = image.index_axis_mut(Axis(0), c);
-    let (mean, _, min, max) = mean_std(channel.iter());
-    let (mean, factor) = (mean as f32, factor as f32);
-    channel.mapv_inplace(|v| ((v - mean) * factor + mean).clamp(min, max));
+    let channel = channel_mut(image, c);
+    let (sum, min, max) = sum_min_max(channel);
+    let (mean, factor) = ((sum / channel.len().max(1) as f64) as f32, factor as f32);
+    channel
+        .iter_mut()
+        .for_each(|v| *v = ((*v - mean) * factor + mean).clamp(min, max));
 }
 
 /// Gamma of channel `c` with retained mean and standard deviation; `inverted` applies it to
@@ -87,6 +85,9 @@ pub fn gamma(image: &mut Array4<f32>, c: usize, gamma: f64, inverted: bool) {
 }
 
 /// Gamma of channel `c`; `retain_stats` restores the mean and standard deviation afterwards.
+///
+/// The inverted variant works on `−x`; its statistics are those of `x` negated (exactly: the
+/// sums of negated values are the negated sums), so the channel is negated only on the way out.
 pub fn gamma_with(
     image: &mut Array4<f32>,
     c: usize,
@@ -94,23 +95,33 @@ pub fn gamma_with(
     inverted: bool,
     retain_stats: bool,
 ) {
-    let mut channel = image.index_axis_mut(Axis(0), c);
+    let channel = channel_mut(image, c);
     let sign = if inverted { -1.0f32 } else { 1.0 };
-    if inverted {
-        channel.mapv_inplace(|v| -v);
-    }
-    let (mean, std, min, max) = mean_std(channel.iter());
+    let before = if retain_stats {
+        moments(channel)
+    } else {
+        let (sum, min, max) = sum_min_max(channel);
+        Moments { count: channel.len(), mean: sum / channel.len().max(1) as f64, std: f64::NAN, min, max }
+    };
+    let (mean, min, max) = if inverted {
+        (-before.mean, -before.max, -before.min)
+    } else {
+        (before.mean, before.min, before.max)
+    };
     let span = (f64::from(max) - f64::from(min) + 1e-7) as f32;
     let g = gamma as f32;
-    channel.mapv_inplace(|v| ((v - min) / span).max(0.0).powf(g) * span + min);
+    let curve = |v: f32| ((sign * v - min) / span).max(0.0).powf(g) * span + min;
     if retain_stats {
-        let (new_mean, new_std, _, _) = mean_std(channel.iter());
-        let scale = (std / (new_std + 1e-8)) as f32;
-        let (new_mean, mean) = (new_mean as f32, mean as f32);
+        channel.iter_mut().for_each(|v| *v = curve(*v));
+        let after = moments(channel);
+        let scale = (before.std / (after.std + 1e-8)) as f32;
+        let (new_mean, mean) = (after.mean as f32, mean as f32);
         // The sign folds the negation back in.
-        channel.mapv_inplace(|v| sign * ((v - new_mean) * scale + mean));
-    } else if inverted {
-        channel.mapv_inplace(|v| -v);
+        channel
+            .iter_mut()
+            .for_each(|v| *v = sign * ((*v - new_mean) * scale + mean));
+    } else {
+        channel.iter_mut().for_each(|v| *v = sign * curve(*v));
     }
 }
 
@@ -208,12 +219,13 @@ fn blur_contiguous(data: &mut [f32], (d, h, w): (usize, usize, usize), kernel: &
         for (j, p) in padded.iter_mut().enumerate() {
             *p = row[reflect(j as i64 - radius as i64, w as i64)];
         }
-        for (i, out) in row.iter_mut().enumerate() {
-            *out = padded[i..i + kernel.len()]
-                .iter()
-                .zip(kernel)
-                .map(|(x, k)| x * k)
-                .sum();
+        // Tap by tap over the whole row (the same sum in the same order per voxel), so the
+        // inner loop runs along contiguous voxels and vectorises.
+        row.fill(0.0);
+        for (k, &weight) in kernel.iter().enumerate() {
+            for (out, &x) in row.iter_mut().zip(&padded[k..k + w]) {
+                *out += weight * x;
+            }
         }
     }
 }
@@ -222,6 +234,12 @@ fn blur_contiguous(data: &mut [f32], (d, h, w): (usize, usize, usize), kernel: &
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    /// Mean, std, min and max of a whole image (every channel).
+    fn mean_std(image: &Array4<f32>) -> (f64, f64, f32, f32) {
+        let m = moments(image.as_slice().expect("a standard-layout test image"));
+        (m.mean, m.std, m.min, m.max)
+    }
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -237,12 +255,12 @@ mod tests {
     #[test]
     fn gamma_with_retained_stats_keeps_mean_and_std() {
         let x = image();
-        let (m0, s0, _, _) = mean_std(x.iter());
+        let (m0, s0, _, _) = mean_std(&x);
         for inverted in [false, true] {
             for g in [0.6, 1.4] {
                 let mut y = x.clone();
                 gamma(&mut y, 0, g, inverted);
-                let (m1, s1, _, _) = mean_std(y.iter());
+                let (m1, s1, _, _) = mean_std(&y);
                 assert!(
                     (m1 - m0).abs() < 1e-5 && (s1 - s0).abs() < 1e-5,
                     "γ {g} inverted {inverted}: {m0} {s0} → {m1} {s1}"
@@ -253,8 +271,8 @@ mod tests {
         // Without retain_stats the minimum and maximum stay and the mean moves.
         let mut y = x.clone();
         gamma_with(&mut y, 0, 2.0, false, false);
-        let (m1, _, lo, hi) = mean_std(y.iter());
-        let (_, _, lo0, hi0) = mean_std(x.iter());
+        let (m1, _, lo, hi) = mean_std(&y);
+        let (_, _, lo0, hi0) = mean_std(&x);
         assert!(
             (lo - lo0).abs() < 1e-6 && (hi - hi0).abs() < 1e-5,
             "{lo} {hi}"
@@ -268,10 +286,10 @@ mod tests {
     #[test]
     fn contrast_brightness_and_noise_do_what_they_say() {
         let x = image();
-        let (m0, s0, lo, hi) = mean_std(x.iter());
+        let (m0, s0, lo, hi) = mean_std(&x);
         let mut c = x.clone();
         contrast(&mut c, 0, 0.5);
-        let (m1, s1, _, _) = mean_std(c.iter());
+        let (m1, s1, _, _) = mean_std(&c);
         assert!(
             (m1 - m0).abs() < 1e-5 && (s1 - 0.5 * s0).abs() < 1e-5,
             "{m1} {s1}"
@@ -287,7 +305,7 @@ mod tests {
         assert!(b.iter().zip(&x).all(|(a, v)| (a - 1.25 * v).abs() < 1e-6));
         let mut z = Array4::<f32>::zeros((1, 16, 16, 16));
         gaussian_noise(&mut z, 0.1, &mut ChaCha8Rng::seed_from_u64(3));
-        let (m, s, _, _) = mean_std(z.iter());
+        let (m, s, _, _) = mean_std(&z);
         assert!(m.abs() < 0.01 && (s - 0.1).abs() < 0.005, "{m} {s}");
     }
 

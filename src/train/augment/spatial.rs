@@ -34,7 +34,7 @@ use super::intensity::{below_or_above_one, uniform};
 use crate::train::sampler::Patch;
 use crate::volume::boxes::{Box3, BoxConvention, mask_to_boxes};
 use crate::volume::resample::Interpolation;
-use crate::volume::spline::{Boundary, SplineVolume};
+use crate::volume::spline::{Boundary, SplineVolume, map_affine_nearest};
 
 /// Voxels kept around the sampled region when only part of the generator patch is prefiltered:
 /// the cubic prefilter's influence decays as `|√3 − 2|^k` (`≈ 7e-10` at 16), so coefficients
@@ -170,15 +170,7 @@ pub fn spatial_transform(
             }
             patch.image = image;
             if let Some(mask) = patch.instances.as_mut() {
-                let labels = mask.slice(cut).mapv(f32::from);
-                let moved = SplineVolume::new(
-                    labels.view(),
-                    Interpolation::Nearest,
-                    Boundary::Constant(0.0),
-                )
-                .expect("the sampled region is not empty")
-                .map_affine(size, matrix, offset);
-                *mask = moved.mapv(|v| v as u16);
+                *mask = map_affine_nearest(mask.slice(cut), size, matrix, offset, 0);
             }
         }
         None => {
