@@ -127,7 +127,13 @@ pub fn moments(values: &[f32]) -> Moments {
     let (sum, min, max) = sum_min_max(values);
     let count = values.len();
     if count == 0 {
-        return Moments { count, mean: f64::NAN, std: f64::NAN, min, max };
+        return Moments {
+            count,
+            mean: f64::NAN,
+            std: f64::NAN,
+            min,
+            max,
+        };
     }
     let mean = sum / count as f64;
     let squares: f64 = values
@@ -141,11 +147,21 @@ pub fn moments(values: &[f32]) -> Moments {
                     *lane += deviation * deviation;
                 }
             }
-            let tail: f64 = blocks.remainder().iter().map(|&v| (f64::from(v) - mean).powi(2)).sum();
+            let tail: f64 = blocks
+                .remainder()
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum();
             lanes.iter().sum::<f64>() + tail
         })
         .sum();
-    Moments { count, mean, std: (squares / count as f64).sqrt(), min, max }
+    Moments {
+        count,
+        mean,
+        std: (squares / count as f64).sqrt(),
+        min,
+        max,
+    }
 }
 
 /// The sum (f64), minimum and maximum of `values` in one pass (NaNs skipped by the extremes).
@@ -171,7 +187,11 @@ pub fn sum_min_max(values: &[f32]) -> (f64, f32, f32) {
                 min = if v < min { v } else { min };
                 max = if v > max { v } else { max };
             }
-            total += blocks.remainder().iter().map(|&v| f64::from(v)).sum::<f64>();
+            total += blocks
+                .remainder()
+                .iter()
+                .map(|&v| f64::from(v))
+                .sum::<f64>();
             (total, min, max)
         })
         .reduce(

@@ -589,7 +589,10 @@ fn lane_blocks(
                             match source {
                                 Some(data) => gather(&data[(o * n + k) * inner + x0..][..width]),
                                 None => gather(
-                                    block.row(k).as_slice().expect("rows of a chunk are contiguous"),
+                                    block
+                                        .row(k)
+                                        .as_slice()
+                                        .expect("rows of a chunk are contiguous"),
                                 ),
                             }
                         }
@@ -830,9 +833,12 @@ mod tests {
         let data = ramp([9, 8, 7]);
         let matrix = [[0.9, 0.3, -0.1], [-0.2, 1.1, 0.25], [0.15, -0.3, 0.8]];
         let offset = [-1.3, 0.7, 2.2];
-        let spline =
-            SplineVolume::new(data.view(), Interpolation::Nearest, Boundary::Constant(-7.0))
-                .unwrap();
+        let spline = SplineVolume::new(
+            data.view(),
+            Interpolation::Nearest,
+            Boundary::Constant(-7.0),
+        )
+        .unwrap();
         let expected = spline.map_affine([10, 6, 9], matrix, offset);
         let got = map_affine_nearest(data.view(), [10, 6, 9], matrix, offset, -7.0);
         assert_eq!(got, expected);

@@ -401,7 +401,11 @@ where
 /// Not `ndarray-npy`'s reader: it allocates the size a header declares before reading, so a
 /// damaged cache file could exhaust memory; this one reads the file, then checks the declared
 /// size against the bytes that are there.
-pub(super) fn read_npy(path: &Path, descr: &str, item: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+pub(super) fn read_npy(
+    path: &Path,
+    descr: &str,
+    item: usize,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let bad = |m: &str| DataError::cache(path, m.to_string());
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {

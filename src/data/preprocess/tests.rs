@@ -3,9 +3,9 @@
 use super::cache::{read_npy_f32, read_npy_u16};
 use super::*;
 use crate::data::dataset::{Case, Subset, save_dataset, tests::tiny_case};
-use std::sync::Arc;
 use crate::data::meta::DatasetMeta;
 use crate::data::synthetic::{SyntheticConfig, synthetic_dataset};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn synthetic(dir: &Path) -> Dataset {
@@ -49,8 +49,8 @@ fn median_rule_with_anisotropy_exception() {
     let t = median_target_spacing(&spacings([0.3, 0.3, 5.0, 5.0, 5.0]), &shapes).unwrap();
     assert!((t[0] - (0.7 + 1e-5)).abs() < 1e-12, "{t:?}");
     // Enough slices: plain median.
-    let t = median_target_spacing(&spacings([5.0, 1.0, 5.0, 2.5, 5.0]), &[[300, 512, 512]; 5])
-        .unwrap();
+    let t =
+        median_target_spacing(&spacings([5.0, 1.0, 5.0, 2.5, 5.0]), &[[300, 512, 512]; 5]).unwrap();
     assert_eq!(t, [5.0, 0.8, 0.7]);
     assert!(median_target_spacing(&[], &[]).is_err());
 }

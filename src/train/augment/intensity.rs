@@ -58,7 +58,9 @@ fn channel_mut(image: &mut Array4<f32>, c: usize) -> &mut [f32] {
         *image = image.as_standard_layout().into_owned();
     }
     let voxels = image.len() / image.dim().0.max(1);
-    let all = image.as_slice_mut().expect("a standard-layout image is contiguous");
+    let all = image
+        .as_slice_mut()
+        .expect("a standard-layout image is contiguous");
     &mut all[c * voxels..(c + 1) * voxels]
 }
 
@@ -101,7 +103,13 @@ pub fn gamma_with(
         moments(channel)
     } else {
         let (sum, min, max) = sum_min_max(channel);
-        Moments { count: channel.len(), mean: sum / channel.len().max(1) as f64, std: f64::NAN, min, max }
+        Moments {
+            count: channel.len(),
+            mean: sum / channel.len().max(1) as f64,
+            std: f64::NAN,
+            min,
+            max,
+        }
     };
     let (mean, min, max) = if inverted {
         (-before.mean, -before.max, -before.min)
