@@ -21,8 +21,6 @@ pub mod retina_unet;
 pub mod unet_decoder;
 
 #[cfg(test)]
-mod conv_tests;
-#[cfg(test)]
 pub(crate) mod testing;
 
 pub use backend::{DispatchDevice, InferenceBackend, ScriptBackend, device, device_name};

@@ -32,3 +32,14 @@ pub fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64) {
         );
     }
 }
+
+/// Largest absolute difference relative to the largest magnitude of `expected`.
+pub fn relative_error(actual: &[f64], expected: &[f64]) -> f64 {
+    assert_eq!(actual.len(), expected.len(), "lengths differ");
+    let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+    diff / scale
+}

@@ -514,7 +514,7 @@ pub fn boxes_from_world(boxes: &[Box3], affine: &Affine) -> Result<Vec<Box3>, Vo
 
 /// Inverse of an affine's 3×3 part plus translation, or `None` when singular / non-finite.
 pub fn invert_affine(a: &Affine) -> Option<Affine> {
-    let det = super::nifti::det3(a);
+    let det = super::det3(a);
     if det == 0.0 || !det.is_finite() {
         return None;
     }

@@ -64,6 +64,25 @@ use std::path::PathBuf;
 /// A 4×4 voxel-to-world (RAS, mm) affine, row-major, acting on `(i, j, k, 1)` = `(w, h, d, 1)`.
 pub type Affine = [[f64; 4]; 4];
 
+/// Check that an affine is finite with an invertible 3×3 part; returns a message otherwise.
+pub(crate) fn check_affine(a: &Affine) -> Result<(), String> {
+    if a.iter().flatten().any(|v| !v.is_finite()) {
+        return Err("the affine holds a non-finite value".into());
+    }
+    let det = det3(a);
+    if det == 0.0 || !det.is_finite() {
+        return Err("the affine's 3×3 part is singular (determinant 0)".into());
+    }
+    Ok(())
+}
+
+/// Determinant of the upper-left 3×3 block.
+pub(crate) fn det3(a: &Affine) -> f64 {
+    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
+}
+
 /// A multi-channel 3D image: data `[C, D, H, W]`, spacing `[sd, sh, sw]` mm, affine and source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {

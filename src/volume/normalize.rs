@@ -136,6 +136,18 @@ pub fn moments(values: &[f32]) -> Moments {
         };
     }
     let mean = sum / count as f64;
+    Moments {
+        count,
+        mean,
+        std: std_about(values, mean),
+        min,
+        max,
+    }
+}
+
+/// The population standard deviation of `values` about a known `mean` (the second pass of
+/// [`moments`]), in f64, parallel over chunks.
+pub fn std_about(values: &[f32], mean: f64) -> f64 {
     let squares: f64 = values
         .par_chunks(MOMENT_CHUNK)
         .map(|chunk| {
@@ -155,13 +167,7 @@ pub fn moments(values: &[f32]) -> Moments {
             lanes.iter().sum::<f64>() + tail
         })
         .sum();
-    Moments {
-        count,
-        mean,
-        std: (squares / count as f64).sqrt(),
-        min,
-        max,
-    }
+    (squares / values.len() as f64).sqrt()
 }
 
 /// The sum (f64), minimum and maximum of `values` in one pass (NaNs skipped by the extremes).

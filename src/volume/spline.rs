@@ -2,9 +2,9 @@
 //!
 //! # Use
 //! Prefilter a `[D, H, W]` array once with [`SplineVolume::new`], then sample it anywhere:
-//! [`SplineVolume::sample`] at one position, [`SplineVolume::map`] on an output grid whose voxels
-//! each name an input position (parallel over output slices), or [`SplineVolume::map_affine`]
-//! for `position = matrix · voxel + offset` (rotation, scaling; scipy's `affine_transform`).
+//! [`SplineVolume::sample`] at one position, or [`SplineVolume::map_affine`] for
+//! `position = matrix · voxel + offset` (rotation, scaling; scipy's `affine_transform`, parallel
+//! over output slices). [`map_affine_nearest`] is the order-0 map for any voxel type (masks).
 //! Positions are continuous voxel indices `[d, h, w]`: integer positions are voxel centres.
 //! [`zoom_cubic`] is the separable special case on a regular grid (skimage's `resize`).
 //!
@@ -394,25 +394,6 @@ impl SplineVolume {
             }
         };
         Some(value as f32)
-    }
-
-    /// An array of `shape` whose voxel `[d, h, w]` is the value at `position_of([d, h, w])`
-    /// (scipy's `geometric_transform`); parallel over output slices.
-    pub fn map(
-        &self,
-        shape: [usize; 3],
-        position_of: impl Fn([usize; 3]) -> [f64; 3] + Sync,
-    ) -> Array3<f32> {
-        let mut out = Array3::<f32>::zeros(shape);
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(d, mut slice)| {
-                for ((h, w), v) in slice.indexed_iter_mut() {
-                    *v = self.sample(position_of([d, h, w]));
-                }
-            });
-        out
     }
 
     /// An array of `shape` sampled at `matrix · [d, h, w] + offset` (scipy's `affine_transform`

@@ -581,4 +581,6 @@ impl<B: FastConvBackend, C: CheckpointStrategy> FastConvBackend for Autodiff<B, 
 pub(crate) mod kernels;
 
 #[cfg(test)]
+mod geometry_tests;
+#[cfg(test)]
 mod tests;

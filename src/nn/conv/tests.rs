@@ -1,20 +1,9 @@
 //! Tests of the fast conv3d.
 
 use super::*;
-use crate::nn::testing::{TestBackend, assert_close, tensor_values, test_device};
+use crate::nn::testing::{TestBackend, assert_close, relative_error, tensor_values, test_device};
 
 type B = TestBackend;
-
-/// Largest absolute difference relative to the largest magnitude of `expected`.
-fn relative_error(actual: &[f64], expected: &[f64]) -> f64 {
-    assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-    diff / scale
-}
 
 struct Case {
     batch: usize,

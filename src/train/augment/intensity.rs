@@ -18,7 +18,7 @@ use ndarray::{Array4, ArrayViewMut3, Axis};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-use crate::volume::normalize::{Moments, moments, sum_min_max};
+use crate::volume::normalize::{moments, std_about, sum_min_max};
 use crate::volume::resample::{Interpolation, resample_array};
 
 /// A uniform draw in `[range[0], range[1])` (`range[0]` when the range is empty).
@@ -99,30 +99,22 @@ pub fn gamma_with(
 ) {
     let channel = channel_mut(image, c);
     let sign = if inverted { -1.0f32 } else { 1.0 };
-    let before = if retain_stats {
-        moments(channel)
-    } else {
-        let (sum, min, max) = sum_min_max(channel);
-        Moments {
-            count: channel.len(),
-            mean: sum / channel.len().max(1) as f64,
-            std: f64::NAN,
-            min,
-            max,
-        }
-    };
+    let (sum, low, high) = sum_min_max(channel);
+    let mean = sum / channel.len().max(1) as f64;
+    // Only the restoring step needs the spread of the input.
+    let std = retain_stats.then(|| std_about(channel, mean));
     let (mean, min, max) = if inverted {
-        (-before.mean, -before.max, -before.min)
+        (-mean, -high, -low)
     } else {
-        (before.mean, before.min, before.max)
+        (mean, low, high)
     };
     let span = (f64::from(max) - f64::from(min) + 1e-7) as f32;
     let g = gamma as f32;
     let curve = |v: f32| ((sign * v - min) / span).max(0.0).powf(g) * span + min;
-    if retain_stats {
+    if let Some(std) = std {
         channel.iter_mut().for_each(|v| *v = curve(*v));
         let after = moments(channel);
-        let scale = (before.std / (after.std + 1e-8)) as f32;
+        let scale = (std / (after.std + 1e-8)) as f32;
         let (new_mean, mean) = (after.mean as f32, mean as f32);
         // The sign folds the negation back in.
         channel

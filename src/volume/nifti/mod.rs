@@ -42,7 +42,6 @@ mod read;
 mod write;
 
 pub use read::{AffineSource, NiftiInfo, StoredType, read_channels, read_nifti, read_nifti_header};
-pub(crate) use read::{check_affine, det3};
 pub use write::{NiftiDtype, WriteOptions, write_nifti, write_nifti_with};
 
 /// Size of a NIfTI-1 header in bytes.

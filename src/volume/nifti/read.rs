@@ -1,7 +1,7 @@
 //! Reading NIfTI-1 headers and voxel data (see the parent module for the rules).
 
 use super::{CHUNK_BYTES, HEADER_SIZE, NIFTI2_HEADER_SIZE};
-use crate::volume::{Affine, Volume, VolumeError};
+use crate::volume::{Affine, Volume, VolumeError, check_affine};
 use ndarray::{Array4, Axis};
 use nifti::NiftiHeader;
 use rayon::prelude::*;
@@ -391,25 +391,6 @@ fn identity() -> Affine {
         row[k] = 1.0;
     }
     a
-}
-
-/// Check that an affine is finite with an invertible 3×3 part; returns a message otherwise.
-pub(crate) fn check_affine(a: &Affine) -> Result<(), String> {
-    if a.iter().flatten().any(|v| !v.is_finite()) {
-        return Err("the affine holds a non-finite value".into());
-    }
-    let det = det3(a);
-    if det == 0.0 || !det.is_finite() {
-        return Err("the affine's 3×3 part is singular (determinant 0)".into());
-    }
-    Ok(())
-}
-
-/// Determinant of the upper-left 3×3 block.
-pub(crate) fn det3(a: &Affine) -> f64 {
-    a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-        - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-        + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
 }
 
 /// The largest expansion of deflate (a 258-byte match per 2 bits, rounded up).

@@ -1,7 +1,7 @@
 //! Writing NIfTI-1 files atomically (see the parent module for the header it writes).
 
-use super::{CHUNK_BYTES, HEADER_SIZE, check_affine};
-use crate::volume::{Volume, VolumeError, find_voxels};
+use super::{CHUNK_BYTES, HEADER_SIZE};
+use crate::volume::{Volume, VolumeError, check_affine, find_voxels};
 use flate2::Compression;
 use nifti::{NiftiHeader, XForm};
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 use crate::nn::conv::{conv3d, with_fast_conv3d};
-use crate::nn::testing::{TestBackend as B, tensor_values, test_device};
+use crate::nn::testing::{TestBackend as B, relative_error, tensor_values, test_device};
 
 struct Geometry {
     batch: usize,
@@ -48,17 +48,6 @@ fn run(g: &Geometry, fast: bool) -> [Vec<f64>; 4] {
         bias.map(|b| tensor_values(b.grad(&grads).expect("bias gradient")))
             .unwrap_or_default(),
     ]
-}
-
-/// Largest absolute difference relative to the largest magnitude of `expected`.
-fn relative_error(actual: &[f64], expected: &[f64]) -> f64 {
-    assert_eq!(actual.len(), expected.len(), "lengths differ");
-    let scale = expected.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-    diff / scale
 }
 
 /// Compare both paths; returns whether any value differed bitwise (the paths sum in different
