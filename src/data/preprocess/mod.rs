@@ -228,37 +228,28 @@ impl RestoreInfo {
 
     /// Map boxes from the preprocessed grid to voxel coordinates of the original image.
     pub fn boxes_to_original(&self, boxes: &[Box3]) -> Vec<Box3> {
-        let z = self.scale();
-        let s = self.crop_start.map(|v| v as f64);
-        let convention = self.box_convention;
-        boxes
-            .iter()
-            .map(|b| {
-                let h = convention.to_half_open(b);
-                let mut o = h;
-                for a in 0..3 {
-                    o[a] = h[a] * z[a] + s[a];
-                    o[a + 3] = h[a + 3] * z[a] + s[a];
-                }
-                convention.from_half_open(&o)
-            })
-            .collect()
+        let (z, s) = (self.scale(), self.crop_start.map(|v| v as f64));
+        self.map_edges(boxes, |x, a| x * z[a] + s[a])
     }
 
     /// Map boxes from original voxel coordinates into the preprocessed grid (inverse of
     /// [`RestoreInfo::boxes_to_original`]).
     pub fn boxes_to_preprocessed(&self, boxes: &[Box3]) -> Vec<Box3> {
-        let z = self.scale();
-        let s = self.crop_start.map(|v| v as f64);
+        let (z, s) = (self.scale(), self.crop_start.map(|v| v as f64));
+        self.map_edges(boxes, |x, a| (x - s[a]) / z[a])
+    }
+
+    /// Apply `f(edge, axis)` to both half-open edges of every box on every axis, in the box
+    /// convention of this grid (the edges of voxels, not their centres, scale and shift).
+    fn map_edges(&self, boxes: &[Box3], f: impl Fn(f64, usize) -> f64) -> Vec<Box3> {
         let convention = self.box_convention;
         boxes
             .iter()
             .map(|b| {
-                let h = convention.to_half_open(b);
-                let mut o = h;
+                let mut o = convention.to_half_open(b);
                 for a in 0..3 {
-                    o[a] = (h[a] - s[a]) / z[a];
-                    o[a + 3] = (h[a + 3] - s[a]) / z[a];
+                    o[a] = f(o[a], a);
+                    o[a + 3] = f(o[a + 3], a);
                 }
                 convention.from_half_open(&o)
             })
