@@ -143,7 +143,7 @@ pub struct Scratch {
     pub dir: PathBuf,
     pub dataset: PathBuf,
     pub device: DispatchDevice,
-    /// The network `weights` loads into: a Retina U-Net of widths 2-4 (2,330 weights).
+    /// The network `weights` loads into: a Retina U-Net of widths 2-4.
     pub weights_model: detlab::nn::RetinaUNet<InferenceBackend>,
     pub case_ids: Vec<String>,
 }
