@@ -252,12 +252,12 @@ fn fast<B: FastConvBackend>(
     )))
 }
 
-fn same_type<A: 'static, T: 'static>() -> bool {
+pub(crate) fn same_type<A: 'static, T: 'static>() -> bool {
     TypeId::of::<A>() == TypeId::of::<T>()
 }
 
 /// Move a value between two names of the same type (checked with [`same_type`] first).
-fn cast<A: 'static, T: 'static>(value: A) -> T {
+pub(crate) fn cast<A: 'static, T: 'static>(value: A) -> T {
     let mut slot = Some(value);
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<T>>()

@@ -137,11 +137,13 @@ pub trait FusedNormBackend: Backend {
     ) -> [FloatTensor<Self>; 3];
 }
 
-fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
+/// A Dispatch float tensor's data on the host.
+pub(crate) fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
     Tensor::<Dispatch, D>::from_primitive(TensorPrimitive::Float(tensor)).into_data()
 }
 
-fn f32s(data: &TensorData) -> &[f32] {
+/// The f32 values of host data whose dtype was checked to be f32.
+pub(crate) fn f32s(data: &TensorData) -> &[f32] {
     data.as_slice::<f32>()
         .expect("f32 tensor data (dtype checked before)")
 }

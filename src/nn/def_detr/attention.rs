@@ -180,6 +180,18 @@ pub fn deformable_core<B: Backend>(
     locations: Tensor<B, 6>,
     weights: Tensor<B, 5>,
 ) -> Tensor<B, 3> {
+    super::fused::deformable_core(&value, shapes, &locations, &weights)
+        .unwrap_or_else(|| composed_deformable_core(value, shapes, locations, weights))
+}
+
+/// [`deformable_core`] composed from tensor ops (trilinear samples from 8 corner gathers, per
+/// level): any backend and device, and the reference the fused kernels are tested against.
+pub fn composed_deformable_core<B: Backend>(
+    value: Tensor<B, 4>,
+    shapes: &[[usize; 3]],
+    locations: Tensor<B, 6>,
+    weights: Tensor<B, 5>,
+) -> Tensor<B, 3> {
     let [n, _, h, dh] = value.dims();
     let [_, lq, _, l, p, _] = locations.dims();
     let mut start = 0;

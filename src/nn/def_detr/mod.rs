@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod fused;
 pub mod losses;
 pub mod matcher;
 pub mod sampling;
