@@ -20,6 +20,7 @@
 //! scipy and batchgenerators), `--script PATH`, `--no-python` (detlab only), `--case NAME`
 //! (detlab runs only that case, e.g. for a profiler).
 
+use super::median;
 use detlab::train::Patch;
 use detlab::train::augment::{AugmentConfig, augment_batch};
 use detlab::volume::boxes::{BoxConvention, mask_to_boxes};
@@ -167,16 +168,6 @@ fn cases() -> Vec<(&'static str, AugmentConfig)> {
     ]
 }
 
-fn median(times: &mut [f64]) -> f64 {
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        0.5 * (times[n / 2 - 1] + times[n / 2])
-    }
-}
-
 /// Run the benchmark; returns the process exit code.
 pub fn run(args: &[String]) -> i32 {
     let o = match parse(args) {
@@ -219,7 +210,7 @@ pub fn run(args: &[String]) -> i32 {
         let source = if name == "intensity" { &small } else { &big };
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
         let mut cpu_total = 0.0;
-        let mut times: Vec<f64> = (0..o.batches)
+        let times: Vec<f64> = (0..o.batches)
             .map(|_| {
                 let mut batch = source.clone();
                 let (start, cpu_start) = (Instant::now(), cpu());
@@ -234,7 +225,7 @@ pub fn run(args: &[String]) -> i32 {
             .collect();
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         let cpu_mean = cpu_total / times.len() as f64;
-        let med = median(&mut times);
+        let med = median(&times);
         println!("{name:<12} {mean:>12.1} {med:>12.1} {cpu_mean:>12.1}");
         detlab.insert(name, (mean, cpu_mean));
     }

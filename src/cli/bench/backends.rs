@@ -7,6 +7,7 @@
 //! and, when built with `--features bench-ndarray`, `ndarray`. The per-op profile of a whole
 //! Retina U-Net step is `detlab bench train-step --profile`.
 
+use super::median;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -68,12 +69,7 @@ fn time_backend<B: AutodiffBackend>(device: &B::Device, iters: usize) -> (f64, f
             total.push((t2 - t0).as_secs_f64());
         }
     }
-    (median(&mut forward), median(&mut total))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (median(&forward), median(&total))
 }
 
 /// Run the benchmark; returns the exit code.

@@ -13,8 +13,10 @@
 //! reference case with two fresh patch-sized arrays per sample ([`corrupt`]), like numpy.
 //!
 //! Options: `--size D,H,W` (160,160,160), `--samples N` (30, detlab), `--python-samples N` (10),
+//! `--threads N` (1, both sides: numpy's transforms run on one core),
 //! `--seed S` (0), `--python EXE` (python3), `--script PATH`, `--no-python` (detlab only).
 
+use super::median;
 use detlab::pretrain::genesis::{GenesisConfig, GenesisSample, corrupt, corrupt_into};
 use ndarray::Array4;
 use rand::SeedableRng;
@@ -29,6 +31,7 @@ struct Options {
     samples: usize,
     python_samples: usize,
     seed: u64,
+    threads: usize,
     python: Option<String>,
     script: PathBuf,
 }
@@ -39,6 +42,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         samples: 30,
         python_samples: 10,
         seed: 0,
+        threads: 1,
         python: Some("python3".into()),
         script: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -80,6 +84,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .parse()
                     .map_err(|_| format!("--seed: '{v}' is not a whole number"))?
             }
+            "--threads" => o.threads = count(value()?)?,
             "--python" => o.python = Some(value()?),
             "--script" => o.script = PathBuf::from(value()?),
             "--no-python" => o.python = None,
@@ -152,16 +157,6 @@ fn cases() -> Vec<(&'static str, GenesisConfig, &'static str)> {
     ]
 }
 
-fn median(times: &mut [f64]) -> f64 {
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        0.5 * (times[n / 2 - 1] + times[n / 2])
-    }
-}
-
 /// Run the benchmark; returns the process exit code.
 pub fn run(args: &[String]) -> i32 {
     let o = match parse(args) {
@@ -171,13 +166,20 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
+    let pool = match super::thread_pool(o.threads) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: bench genesis: {e}");
+            return 1;
+        }
+    };
     let image = patch(o.size);
     println!(
-        "Models Genesis corruption of a 1 x {} x {} x {} patch; {} rayon threads on {} cores",
+        "Models Genesis corruption of a 1 x {} x {} x {} patch; {} thread(s) each side, {} cores",
         o.size[0],
         o.size[1],
         o.size[2],
-        rayon::current_num_threads(),
+        o.threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut detlab: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
@@ -193,7 +195,7 @@ pub fn run(args: &[String]) -> i32 {
             eprintln!("error: bench genesis: {e}");
             return None;
         }
-        let mut times: Vec<f64> = (0..o.samples)
+        let times: Vec<f64> = (0..o.samples)
             .map(|_| {
                 let start = Instant::now();
                 if reuse {
@@ -206,28 +208,31 @@ pub fn run(args: &[String]) -> i32 {
             })
             .collect();
         let mean = times.iter().sum::<f64>() / times.len() as f64;
-        let med = median(&mut times);
+        let med = median(&times);
         println!("{name:<16} {med:>10.2} {mean:>10.2}");
         detlab.insert(name, (med, mean));
         Some(())
     };
-    for (name, config, _) in cases() {
-        if measure(name, &config, true).is_none() {
-            return 1;
-        }
-    }
-    if measure("reference-fresh", &GenesisConfig::default(), false).is_none() {
+    let measured = pool.install(|| {
+        cases()
+            .into_iter()
+            .all(|(name, config, _)| measure(name, &config, true).is_some())
+            && measure("reference-fresh", &GenesisConfig::default(), false).is_some()
+    });
+    if !measured {
         return 1;
     }
     let Some(python) = &o.python else {
         return 0;
     };
     let [d, h, w] = o.size;
+    let threads = o.threads.to_string();
     let output = match Command::new(python)
         .arg(&o.script)
         .args(["--size", &format!("{d},{h},{w}")])
         .args(["--samples", &o.python_samples.to_string()])
         .args(["--seed", &o.seed.to_string()])
+        .envs(super::PYTHON_THREAD_VARIABLES.map(|k| (k, threads.as_str())))
         .output()
     {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -190,7 +190,7 @@ fn worker(o: &Options) -> Result<String, String> {
         progress: false,
         ..Default::default()
     };
-    let rss_before = memory_mb("VmRSS:");
+    let rss_before = super::process_memory_mib("VmRSS:");
     let start = Instant::now();
     let raw = collect_predictions(&model, volume.view(), [o.patch; 3], &cfg, &dev)
         .map_err(|e| e.to_string())?;
@@ -203,22 +203,8 @@ fn worker(o: &Options) -> Result<String, String> {
         "seconds": seconds,
         "volume_mb": (n * n * n * 4) as f64 / 1_048_576.0,
         "rss_before_mb": rss_before,
-        "peak_mb": memory_mb("VmHWM:"),
+        "peak_mb": super::process_memory_mib("VmHWM:"),
         "boxes": merged.boxes.len(),
     })
     .to_string())
-}
-
-/// A `/proc/self/status` memory line in MiB (Linux), NaN elsewhere.
-fn memory_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }

@@ -30,6 +30,25 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool, String> {
 
 pub use detlab::util::{CpuClock, cpu_seconds};
 
+/// A memory figure of this process in MiB from /proc/self/status (`key` such as "VmHWM:", the
+/// peak resident set), `None` where it cannot be read (not Linux).
+pub fn process_memory_mib(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    process_memory_mib("VmHWM:")
+}
+
+/// The median of timings (numpy's, via the one percentile of detlab).
+pub fn median(times: &[f64]) -> f64 {
+    detlab::util::percentile(times, 50.0)
+}
+
 /// The registered benchmarks: (name, one-line description).
 pub const BENCHMARKS: &[(&str, &str)] = &[
     (
@@ -46,7 +65,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ),
     (
         "genesis",
-        "Models Genesis corruption of a 160^3 patch vs a numpy reimplementation of the original loops",
+        "Models Genesis corruption of a 160^3 patch vs a numpy reimplementation of the original loops; --size, --threads (1, both sides), --samples",
     ),
     (
         "preprocess",

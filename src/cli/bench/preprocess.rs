@@ -303,24 +303,10 @@ fn pipeline(path: &Path, repeat: usize) -> Result<String, String> {
         "input_shape": input_shape,
         "output_shape": out.spatial_shape(),
         "seconds": {"load": best[0], "resample": best[1], "normalize": best[2], "total": best.iter().sum::<f64>()},
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": super::peak_rss_mib().unwrap_or(f64::NAN),
         "checksum": {"mean": stats.mean, "std": stats.std},
     })
     .to_string())
-}
-
-/// Peak resident memory of this process in MB (Linux `VmHWM`), NaN elsewhere.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 /// A small deterministic hash → noise in [-1, 1), so the file compresses like a real scan.

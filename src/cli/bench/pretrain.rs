@@ -10,6 +10,7 @@
 //! time after one warm-up step, steps/s and the peak resident memory (`VmHWM`, cumulative
 //! over the configurations in the order run).
 
+use super::{median, peak_rss_mib};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,18 +52,6 @@ impl PretrainSource for Noise {
             rng.random::<f32>() * 2.0 - 1.0
         })
     }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 fn encoder(widths: &str) -> EncoderConfig {
@@ -186,8 +175,8 @@ pub fn run(args: &[String]) -> i32 {
         for &p in &patches {
             for &m in &methods {
                 match step_times(m, w, p, steps) {
-                    Ok(mut t) => {
-                        let s = median(&mut t);
+                    Ok(t) => {
+                        let s = median(&t);
                         println!(
                             "{:<6} widths {:<4} patch {p:>3}^3   step {:>9.1} ms   {:>7.3} steps/s   peak RSS {:>6.0} MiB",
                             m.name(),

@@ -25,6 +25,7 @@
 //! real shapes (forward, and backward of `sum(y · r)`), summed per op type, and every conv
 //! layer's achieved GFLOP/s beside one core's measured peak.
 
+use super::{median, peak_rss_mib};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -231,19 +232,6 @@ fn cube_case(id: &str, n: usize, start: [usize; 3], size: [usize; 3]) -> CaseDat
     }
 }
 
-pub(crate) fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Peak resident set size in MiB (`VmHWM` of /proc/self/status).
-pub(crate) fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Run the benchmark; returns the exit code.
 pub fn run(args: &[String]) -> i32 {
     let parsed = match StepArgs::parse(args) {
@@ -400,8 +388,8 @@ pub(crate) fn time_op<BA: AutodiffBackend>(
         bwd.push((t2 - t1).as_secs_f64());
     }
     Timed {
-        forward: median(&mut fwd[1..]),
-        backward: median(&mut bwd[1..]),
+        forward: median(&fwd[1..]),
+        backward: median(&bwd[1..]),
         input: x.dims(),
         output: weights.dims(),
     }

@@ -189,7 +189,7 @@ fn time_attention(
         fwd.push((t1 - t0).as_secs_f64());
         bwd.push((t2 - t1).as_secs_f64());
     }
-    (median(&mut fwd[1..]), median(&mut bwd[1..]))
+    (median(&fwd[1..]), median(&bwd[1..]))
 }
 
 /// The deformable attention of every layer, timed in isolation at its real shapes.
