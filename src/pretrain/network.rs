@@ -83,6 +83,36 @@ impl PretrainNetworkConfig {
         if let Some(h) = self.heads.iter().find(|h| h.classes.len() > MOST) {
             return bad("heads.classes", h.classes.len());
         }
+        // Within those bounds the parts can still declare billions of weights (a projector
+        // of width 65536 has 2 · 65536² of them); count them against the encoder's budget.
+        let widths = self.encoder.widths();
+        let first = widths.first().copied().unwrap_or(0) as u128;
+        let stem_kernel: u128 = 27;
+        if let Some(w) = self.projector_width {
+            let (input, w) = (widths.iter().sum::<usize>() as u128, w as u128);
+            crate::nn::encoder::check_weight_budget(
+                "projector_width",
+                input
+                    .saturating_mul(w)
+                    .saturating_add(w.saturating_mul(w).saturating_mul(2)),
+            )?;
+        }
+        let stems: u128 = self
+            .stems
+            .iter()
+            .map(|s| {
+                (s.channels as u128)
+                    .saturating_mul(first)
+                    .saturating_mul(stem_kernel)
+            })
+            .fold(0, u128::saturating_add);
+        crate::nn::encoder::check_weight_budget("stems.channels", stems)?;
+        let heads: u128 = self
+            .heads
+            .iter()
+            .map(|h| (h.classes.len() as u128 + 1).saturating_mul(first))
+            .fold(0, u128::saturating_add);
+        crate::nn::encoder::check_weight_budget("heads.classes", heads)?;
         Ok(())
     }
 
@@ -334,6 +364,27 @@ mod tests {
         let mut c = config(1);
         c.projector_width = Some(1 << 40);
         assert!(c.init::<TestBackend>(&device).is_err());
+        // At the width bound itself the projector declares 8.6 G weights (fuzz find
+        // oom-bfc75562c3998e42, a 17 GB allocation).
+        c.projector_width = Some(1 << 16);
+        let err = c.init::<TestBackend>(&device).err().unwrap().to_string();
+        assert!(
+            err.contains("projector_width") && err.contains("weights"),
+            "{err}"
+        );
+        let mut c = config(1);
+        c.stems = (0..3)
+            .map(|i| StemSpec {
+                dataset: format!("d{i}"),
+                channels: 1 << 16,
+            })
+            .collect();
+        c.stems.extend((0..300).map(|i| StemSpec {
+            dataset: format!("e{i}"),
+            channels: 1 << 16,
+        }));
+        let err = c.init::<TestBackend>(&device).err().unwrap().to_string();
+        assert!(err.contains("stems.channels"), "{err}");
     }
 
     #[test]
