@@ -89,7 +89,8 @@ impl PretrainNetworkConfig {
         let first = widths.first().copied().unwrap_or(0) as u128;
         let stem_kernel: u128 = 27;
         if let Some(w) = self.projector_width {
-            let (input, w) = (widths.iter().sum::<usize>() as u128, w as u128);
+            let input: u128 = widths.iter().map(|&w| w as u128).sum();
+            let w = w as u128;
             crate::nn::encoder::check_weight_budget(
                 "projector_width",
                 input
@@ -361,6 +362,9 @@ mod tests {
         assert!(many_blocks.contains("blocks_per_stage"), "{many_blocks}");
         let wide = corrupt(&|e| e.widths[1] = 1 << 40).unwrap();
         assert!(wide.contains("weights"), "{wide}");
+        // Widths whose sum overflows (the projector's input; fuzz find crash-af41fa4e0f72e2a7).
+        let overflowing = corrupt(&|e| e.widths = vec![usize::MAX; 4]).unwrap();
+        assert!(overflowing.contains("weights"), "{overflowing}");
         let mut c = config(1);
         c.projector_width = Some(1 << 40);
         assert!(c.init::<TestBackend>(&device).is_err());
