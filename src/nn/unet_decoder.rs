@@ -90,6 +90,7 @@ impl UNetDecoderConfig {
                 "convs_per_level and out_channels must be at least 1",
             ));
         }
+        crate::nn::encoder::check_repeats("decoder.convs_per_level", self.convs_per_level)?;
         // A stride is also the transposed convolution's kernel size (fuzz find: a stride of
         // 65536 ran past the 20 s watchdog).
         let most = crate::nn::encoder::MAX_KERNEL_SIZE;

@@ -362,6 +362,17 @@ mod tests {
         assert!(many_blocks.contains("blocks_per_stage"), "{many_blocks}");
         let wide = corrupt(&|e| e.widths[1] = 1 << 40).unwrap();
         assert!(wide.contains("weights"), "{wide}");
+        // A million thin blocks: 216 M weights, within the budget, but a module each (fuzz
+        // find oom-5e8ad99acdf6496e, 4.7 GB).
+        let thin = corrupt(&|e| {
+            e.widths[0] = 2;
+            e.blocks_per_stage[0] = 1_000_000;
+        })
+        .unwrap();
+        assert!(
+            thin.contains("blocks_per_stage") && thin.contains("more than 64"),
+            "{thin}"
+        );
         // Widths whose sum overflows (the projector's input; fuzz find crash-af41fa4e0f72e2a7).
         let overflowing = corrupt(&|e| e.widths = vec![usize::MAX; 4]).unwrap();
         assert!(overflowing.contains("weights"), "{overflowing}");

@@ -166,6 +166,8 @@ impl DefDetrConfig {
                 return Err(NnError::config(field, "must be at least 1"));
             }
         }
+        crate::nn::encoder::check_repeats("encoder_layers", self.encoder_layers)?;
+        crate::nn::encoder::check_repeats("decoder_layers", self.decoder_layers)?;
         // Projections, transformer layers, queries and heads, estimated before allocating (a
         // model.json's numbers are untrusted).
         let wide = |v: usize| v as u128;

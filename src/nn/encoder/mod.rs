@@ -270,6 +270,24 @@ pub(crate) fn check_parameter_count(
     check_weight_budget(field, total)
 }
 
+/// The most times a configuration may repeat a layer in one place (blocks per stage,
+/// convolutions per level or head, transformer layers): ResEnc-L repeats at most 6 blocks,
+/// nnDetection 2 convolutions, the paper's DefDETR 6 layers. Every repeat is a module of its
+/// own, kilobytes before any weight, so millions of thin layers exhaust memory within the
+/// weight budget (a fuzz find: a million 2-channel blocks asked for 4.7 GB).
+pub const MAX_REPEATS: usize = 64;
+
+/// Refuse a repeat count above [`MAX_REPEATS`].
+pub(crate) fn check_repeats(field: &str, count: usize) -> Result<(), NnError> {
+    if count > MAX_REPEATS {
+        return Err(NnError::config(
+            field,
+            format!("{count} is more than {MAX_REPEATS} (a corrupt or mistyped configuration?)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuse a configuration part that declares more than [`MAX_PARAMETERS`] weights (`total`,
 /// computed in saturating u128 arithmetic), before anything is allocated.
 pub(crate) fn check_weight_budget(field: &str, total: u128) -> Result<(), NnError> {

@@ -104,6 +104,9 @@ impl ResEncConfig {
                 "every stage needs at least one block",
             ));
         }
+        for &blocks in &self.blocks_per_stage {
+            super::check_repeats("encoder.blocks_per_stage", blocks)?;
+        }
         // Two convolutions per residual block.
         let convs: Vec<usize> = self
             .blocks_per_stage

@@ -311,6 +311,7 @@ impl RetinaUNetConfig {
             )
             .saturating_add(head.saturating_mul(outputs))
             .saturating_mul(27);
+        super::encoder::check_repeats("head_convs", self.head_convs)?;
         super::encoder::check_weight_budget(
             "head_convs",
             lateral.saturating_add(one_head.saturating_mul(2)),
