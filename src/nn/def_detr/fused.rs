@@ -313,7 +313,8 @@ pub(crate) mod kernels {
             let mut signs = [0f32; 3];
             for a in 0..3 {
                 let upper = (corner >> (2 - a)) & 1 == 1;
-                let index = low[a] + i64::from(upper);
+                // Saturating: an infinite location (a diverging run) floors to i64::MAX.
+                let index = low[a].saturating_add(i64::from(upper));
                 if index < 0 || index >= size[a] as i64 {
                     inside = false;
                     break;
@@ -575,8 +576,12 @@ mod tests {
         let total: f32 = out[..count].iter().map(|c| c.weight).sum();
         assert!((total - 1.0).abs() < 1e-6, "weights sum to {total}");
         assert!(out[..count].iter().all(|c| c.token < 8));
-        // Entirely outside: no corner.
+        // Entirely outside: no corner; infinite or huge locations (a diverging run) too,
+        // without an overflow.
         assert_eq!(kernels::corners([-0.5, 0.5, 0.5], [2, 2, 2], &mut out), 0);
+        for far in [f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30] {
+            assert_eq!(kernels::corners([0.5, far, 0.5], [2, 2, 2], &mut out), 0);
+        }
         // Half a voxel past the border: the border voxel at half weight.
         let count = kernels::corners([1.0, 0.25, 0.25], [2, 2, 2], &mut out);
         let total: f32 = out[..count].iter().map(|c| c.weight).sum();
