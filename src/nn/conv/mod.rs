@@ -41,9 +41,6 @@ use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
 pub mod norm;
-pub mod transpose;
-
-pub use transpose::conv_transpose3d;
 
 /// Target size of the im2col buffer of one chunk (bytes); bounds the extra memory of a conv.
 pub const COLUMN_BUFFER_BYTES: usize = 8 << 20;
