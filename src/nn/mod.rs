@@ -9,6 +9,7 @@ pub mod backend;
 pub mod blocks;
 pub mod checkpoint;
 pub mod conv;
+pub(crate) mod custom_op;
 pub mod def_detr;
 pub mod detector;
 pub mod encoder;

@@ -87,7 +87,11 @@ impl PretrainNetworkConfig {
         // of width 65536 has 2 · 65536² of them); count them against the encoder's budget.
         let widths = self.encoder.widths();
         let first = widths.first().copied().unwrap_or(0) as u128;
-        let stem_kernel: u128 = 27;
+        // Every stem is a copy of the encoder's first convolution for other input channels.
+        let stem_kernel: u128 = self.encoder.kernel_sizes().first().map_or(0, |k| {
+            k.iter()
+                .fold(1u128, |volume, &x| volume.saturating_mul(x as u128))
+        });
         if let Some(w) = self.projector_width {
             let input: u128 = widths.iter().map(|&w| w as u128).sum();
             let w = w as u128;

@@ -22,7 +22,6 @@
 //! backend `Autodiff<Dispatch>` or the inference backend `Dispatch`, and to burn's `conv3d`
 //! otherwise. `DETLAB_FAST_CONV3D=0` (or [`set_fast_conv3d`]) switches the fast path off.
 
-use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -39,6 +38,8 @@ use burn::tensor::ops::{ConvOptions, FloatTensor, FloatTensorOps, ModuleOps};
 use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
+
+use super::custom_op::{cast, register_gradients, same_type};
 
 pub mod norm;
 
@@ -250,19 +251,6 @@ fn fast<B: FastConvBackend>(
         bias.map(|b| b.into_primitive().tensor()),
         options,
     )))
-}
-
-pub(crate) fn same_type<A: 'static, T: 'static>() -> bool {
-    TypeId::of::<A>() == TypeId::of::<T>()
-}
-
-/// Move a value between two names of the same type (checked with [`same_type`] first).
-pub(crate) fn cast<A: 'static, T: 'static>(value: A) -> T {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<T>>()
-        .and_then(Option::take)
-        .expect("cast between identical types")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,14 +475,11 @@ fn conv_backward<B: FastConvBackend, const N: usize>(
         bias: parent(2).is_some(),
     };
     let computed = B::fast_conv3d_backward(x, weight, output_grad, options, request);
-    for (i, grad) in [computed.x, computed.weight, computed.bias]
-        .into_iter()
-        .enumerate()
-    {
-        if let (Some(node), Some(grad)) = (parent(i), grad) {
-            grads.register::<B>(node.id, grad);
-        }
-    }
+    register_gradients::<B>(
+        (0..3).map(|i| parent(i).map(|node| node.id)),
+        [computed.x, computed.weight, computed.bias],
+        grads,
+    );
 }
 
 impl<B: FastConvBackend> Backward<B, 3> for FastConv3dWithBias {

@@ -22,7 +22,8 @@ use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
-use super::{cast, fast_conv3d_enabled, same_type};
+use super::fast_conv3d_enabled;
+use crate::nn::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
 /// Group norm of `x` `[N, C, D, H, W]` with per-channel `weight` and `bias` `[C]` by the fused
 /// kernels, or `None` where they do not apply (another backend or device, another dtype, the
@@ -137,17 +138,6 @@ pub trait FusedNormBackend: Backend {
     ) -> [FloatTensor<Self>; 3];
 }
 
-/// A Dispatch float tensor's data on the host.
-pub(crate) fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
-    Tensor::<Dispatch, D>::from_primitive(TensorPrimitive::Float(tensor)).into_data()
-}
-
-/// The f32 values of host data whose dtype was checked to be f32.
-pub(crate) fn f32s(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>()
-        .expect("f32 tensor data (dtype checked before)")
-}
-
 impl FusedNormBackend for Dispatch {
     fn fused_group_norm(
         x: FloatTensor<Self>,
@@ -216,11 +206,11 @@ impl<B: FusedNormBackend> Backward<B, 3> for FusedGroupNorm {
         let output_grad = grads.consume::<B>(&ops.node);
         let (x, weight, options) = ops.state;
         let computed = B::fused_group_norm_backward(x, weight, output_grad, options);
-        for (parent, grad) in ops.parents.iter().zip(computed) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_gradients::<B>(
+            ops.parents.iter().map(|p| p.as_ref().map(|node| node.id)),
+            computed.map(Some),
+            grads,
+        );
     }
 }
 

@@ -21,8 +21,8 @@ use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
-use crate::nn::conv::norm::{f32s, read_f32};
-use crate::nn::conv::{cast, fast_conv3d_enabled, same_type};
+use crate::nn::conv::fast_conv3d_enabled;
+use crate::nn::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
 /// The fused sampling step, or `None` where it does not apply (another backend or device,
 /// another dtype, the switch off, shapes that do not fit): the caller then composes it.
@@ -54,7 +54,7 @@ pub fn deformable_core<B: Backend>(
     }
     let layout = Layout {
         dims: Dims {
-            n,
+            batch: n,
             tokens: lv,
             heads: h,
             channels: dh,
@@ -109,7 +109,7 @@ fn run<B: DeformableBackend>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
     /// Samples N.
-    pub n: usize,
+    pub batch: usize,
     /// Value tokens of all levels.
     pub tokens: usize,
     /// Attention heads.
@@ -171,7 +171,7 @@ impl DeformableBackend for Dispatch {
         let out = kernels::forward(f32s(&value), f32s(&locations), f32s(&weights), &layout);
         let d = layout.dims;
         Self::float_from_data(
-            TensorData::new(out, [d.n, d.queries, d.heads * d.channels]),
+            TensorData::new(out, [d.batch, d.queries, d.heads * d.channels]),
             &device,
         )
     }
@@ -222,11 +222,11 @@ impl<B: DeformableBackend> Backward<B, 3> for FusedDeformableCore {
         let output_grad = grads.consume::<B>(&ops.node);
         let (value, locations, weights, layout) = ops.state;
         let computed = B::deformable_core_backward(value, locations, weights, output_grad, layout);
-        for (parent, grad) in ops.parents.iter().zip(computed) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register_gradients::<B>(
+            ops.parents.iter().map(|p| p.as_ref().map(|node| node.id)),
+            computed.map(Some),
+            grads,
+        );
     }
 }
 
@@ -381,7 +381,7 @@ pub(crate) mod kernels {
         let d = layout.dims;
         let starts = level_starts(&layout.shapes);
         let row_len = d.heads * d.channels;
-        let mut out = vec![0.0f32; d.n * d.queries * row_len];
+        let mut out = vec![0.0f32; d.batch * d.queries * row_len];
         out.par_chunks_mut(row_len)
             .enumerate()
             .for_each(|(row, out_row)| {
