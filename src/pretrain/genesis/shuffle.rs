@@ -105,6 +105,7 @@ fn shuffle_in_slabs<R: Rng + ?Sized>(
             let z_end = z_start + part.dim().1;
             let mut generator = ChaCha8Rng::from_seed(seed);
             let mut values = vec![0.0f32; channels * largest];
+            let mut draws = vec![0u32; largest];
             for (i, b) in boxes.iter().enumerate() {
                 if b[0] >= z_end || b[3] <= z_start {
                     continue;
@@ -114,7 +115,7 @@ fn shuffle_in_slabs<R: Rng + ?Sized>(
                 gather_box(source, dim, b, values);
                 generator.set_stream(i as u64);
                 generator.set_word_pos(0);
-                permute_channels(values, channels, n, &mut generator);
+                permute_channels(values, channels, n, &mut draws, &mut generator);
                 scatter_box(&mut part, z_start, b, values);
             }
         });
@@ -161,19 +162,33 @@ fn scatter_box(slab: &mut ArrayViewMut4<'_, f32>, z_start: usize, b: &VoxelBox, 
 }
 
 /// Fisher–Yates permutation of `n` voxels, the same in each of the `channels` blocks of `values`.
-fn permute_channels<R: Rng + ?Sized>(values: &mut [f32], channels: usize, n: usize, rng: &mut R) {
+///
+/// The random numbers come in one bulk draw (`draws`, at least `n` long, reused across boxes)
+/// and map to `0..=i` by a multiply-shift instead of a rejection loop: drawing one u32 at a time
+/// through a range sampler took half of the shuffle's time. The multiply-shift is biased by at
+/// most `n / 2³²` (below 10⁻⁶ for the largest box of a 160³ patch), far below anything a random
+/// corruption could show.
+fn permute_channels<R: Rng + ?Sized>(
+    values: &mut [f32],
+    channels: usize,
+    n: usize,
+    draws: &mut [u32],
+    rng: &mut R,
+) {
     if n < 2 {
         return;
     }
+    let draws = &mut draws[..n];
+    rng.fill(draws);
+    let pick = |i: usize, r: u32| ((r as u64 * (i as u64 + 1)) >> 32) as usize;
     if channels == 1 {
         for i in (1..n).rev() {
-            let j = rng.random_range(0..=i as u32) as usize;
-            values.swap(i, j);
+            values.swap(i, pick(i, draws[i]));
         }
         return;
     }
     for i in (1..n).rev() {
-        let j = rng.random_range(0..=i as u32) as usize;
+        let j = pick(i, draws[i]);
         for c in 0..channels {
             values.swap(c * n + i, c * n + j);
         }
@@ -283,7 +298,7 @@ mod tests {
             let n = values.len() / channels;
             generator.set_stream(i as u64);
             generator.set_word_pos(0);
-            permute_channels(&mut values, channels, n, &mut generator);
+            permute_channels(&mut values, channels, n, &mut vec![0; n], &mut generator);
             let mut target = working.slice_mut(region(b));
             for (t, v) in target.iter_mut().zip(values) {
                 *t = v;

@@ -437,3 +437,20 @@ fn corrupt_into_equals_corrupt_and_reuses_the_arrays() {
     );
     assert_ne!(sample.input, fresh.input);
 }
+
+#[test]
+fn bulk_noise_equals_one_draw_at_a_time() {
+    // The noise fills draw in bulk; the values must be rand's own `random::<f32>()` sequence.
+    for width in [1, 7, 160, 1000] {
+        let mut expected_rng = ChaCha8Rng::seed_from_u64(width as u64);
+        let expected: Vec<f32> = (0..width).map(|_| expected_rng.random::<f32>()).collect();
+        let mut out = ndarray::Array1::<f32>::zeros(width);
+        let mut draws = vec![0u32; width];
+        uniform_into(
+            out.view_mut(),
+            &mut draws,
+            &mut ChaCha8Rng::seed_from_u64(width as u64),
+        );
+        assert_eq!(out.to_vec(), expected, "width {width}");
+    }
+}
