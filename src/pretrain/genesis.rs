@@ -552,8 +552,9 @@ fn fill_uniform(mut region: ArrayViewMut4<'_, f32>, keep: &[VoxelBox], seed: u64
 }
 
 /// Fill `out` with U[0, 1) draws, the values of `rng.random::<f32>()` one after the other (24
-/// high bits of each u32, scaled by 2⁻²⁴), from one bulk draw into `draws` (as long as `out`):
-/// a u32 at a time through the generator took most of out-painting's time.
+/// high bits of each u32, scaled by 2⁻²⁴), from one bulk draw into `draws` (as long as `out`).
+/// Measured against drawing one value at a time (`detlab bench genesis`, alternating binaries):
+/// out-painting 11.9 → 11.6 ms per 160³ patch, a small gain.
 fn uniform_into<R: Rng + ?Sized>(
     mut out: ndarray::ArrayViewMut1<'_, f32>,
     draws: &mut [u32],
