@@ -191,7 +191,7 @@ impl<B: Backend> UNetDecoder<B> {
         let mut x = skips[levels].clone();
         for level in 0..levels {
             let skip = skips[levels - level - 1].clone();
-            x = self.transpconvs[level].forward(x);
+            x = crate::nn::conv::conv_transpose3d(&self.transpconvs[level], x);
             x = Tensor::cat(vec![x, skip], 1);
             for unit in &self.stages[level].convs {
                 x = unit.forward(x);

@@ -2,6 +2,7 @@
 
 pub mod augment;
 pub mod backends;
+pub mod conv;
 pub mod eval;
 pub mod genesis;
 pub mod infer;
@@ -60,6 +61,10 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
         "CPU backends (flex with detlab's or burn's conv3d, ndarray) on a small 3D conv net",
     ),
     (
+        "conv",
+        "every CPU conv3d kernel (direct AVX-512 / AVX2, im2col + gemm) on the quickstart's conv shapes, in GFLOP/s; --threads N, --repeat N",
+    ),
+    (
         "eval",
         "detlab eval vs a numpy reimplementation of nnDetection's evaluator (1,000 cases)",
     ),
@@ -95,6 +100,7 @@ pub fn run(name: &str, args: &[String]) -> i32 {
     match name {
         "augment" => augment::run(args),
         "backends" => backends::run(args),
+        "conv" => conv::run(args),
         "eval" => eval::run(args),
         "genesis" => genesis::run(args),
         "preprocess" => preprocess::run(args),

@@ -4,7 +4,38 @@
 //! matrix `[C_out, C_in·k³]` as stored; columns are output voxels of a chunk of whole depth
 //! slices of one sample.
 
+use super::direct::{self, Isa, Pass};
 use super::*;
+
+/// The direct kernels' instruction set for this pass of a convolution, or `None` for
+/// im2col + gemm.
+fn direct_isa(g: &Geometry, pass: Pass) -> Option<Isa> {
+    Isa::best().filter(|&isa| direct::preferred(isa, g, pass))
+}
+
+/// Forward `[N, C_out, D', H', W']`: the direct kernels where they apply, else im2col + gemm.
+pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+    match direct_isa(g, Pass::Forward) {
+        Some(isa) => direct::forward(isa, x, weight, bias, g),
+        None => im2col_forward(x, weight, bias, g),
+    }
+}
+
+/// Weight gradient `[C_out, C_in, kd, kh, kw]`.
+pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    match direct_isa(g, Pass::WeightGrad) {
+        Some(isa) => direct::weight_grad(isa, x, dy, g),
+        None => im2col_weight_grad(x, dy, g),
+    }
+}
+
+/// Input gradient `[N, C_in, D, H, W]`.
+pub fn input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    match direct_isa(g, Pass::InputGrad) {
+        Some(isa) => direct::input_grad(isa, weight, dy, g),
+        None => im2col_input_grad(weight, dy, g),
+    }
+}
 
 /// Shapes and options of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +200,7 @@ fn sequential_gemm<R>(f: impl FnOnce() -> R) -> R {
 /// single-threaded, as a gemm with C_out = 16–64 rows does not split well over threads.
 /// `gather` then sees every chunk with its slot, sequentially and in chunk order, so the
 /// result does not depend on the number of threads.
-fn in_chunk_waves<S: Send>(
+pub(crate) fn in_chunk_waves<S: Send>(
     chunks: &[(usize, usize, usize)],
     slot: impl Fn() -> S,
     work: impl Fn(&(usize, usize, usize), &mut S) + Sync,
@@ -360,7 +391,7 @@ fn im2col(col: &mut [f32], x_sample: &[f32], g: &Geometry, d0: usize) {
 }
 
 /// Forward: `Y[n, :, chunk] = W [C_out, rows] · im2col(X)[rows, chunk] (+ bias)`.
-pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
+pub fn im2col_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) -> Vec<f32> {
     let (co, rows) = (g.channels_out, g.rows());
     let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
     let plane = g.output[1] * g.output[2];
@@ -426,7 +457,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Geometry) ->
 }
 
 /// Weight gradient `[C_out, rows] = Σ_chunks dY[n, :, chunk] · im2col(X)[rows, chunk]ᵀ`.
-pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+pub fn im2col_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (co, rows) = (g.channels_out, g.rows());
     let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
     let plane = g.output[1] * g.output[2];
@@ -464,7 +495,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 /// Input gradient: col2im of `Wᵀ [rows, C_out] · dY[n, :, chunk]`.
-pub fn input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+pub fn im2col_input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (co, ci, rows) = (g.channels_out, g.channels_in, g.rows());
     let (in_volume, out_volume) = (g.input_volume(), g.output_volume());
     let plane = g.output[1] * g.output[2];

@@ -42,6 +42,9 @@ use rayon::prelude::*;
 use super::custom_op::{cast, register_gradients, same_type};
 
 pub mod norm;
+mod transpose;
+
+pub use transpose::conv_transpose3d;
 
 /// Target size of the im2col buffer of one chunk (bytes); bounds the extra memory of a conv.
 pub const COLUMN_BUFFER_BYTES: usize = 8 << 20;
@@ -565,7 +568,71 @@ impl<B: FastConvBackend, C: CheckpointStrategy> FastConvBackend for Autodiff<B, 
 /// The im2col / col2im + gemm kernels on contiguous f32 buffers.
 pub(crate) mod kernels;
 
+/// Direct AVX-512 / AVX2 kernels for stride-1 convolutions.
+pub(crate) mod direct;
+
 #[cfg(test)]
 mod geometry_tests;
 #[cfg(test)]
 mod tests;
+
+/// Time of each conv3d kernel of one convolution (milliseconds, the best of the repeats).
+#[derive(Clone, Debug)]
+pub struct KernelTiming {
+    /// `direct (AVX-512)`, `direct (AVX2)` or `im2col + gemm`.
+    pub kernel: String,
+    /// Forward pass.
+    pub forward_ms: f64,
+    /// Input gradient.
+    pub input_grad_ms: f64,
+    /// Weight gradient.
+    pub weight_grad_ms: f64,
+}
+
+/// Time every CPU conv3d kernel that can compute `x` `[N, C_in, D, H, W]` convolved with a
+/// kernel `[C_out, C_in, kd, kh, kw]` at `stride` and `padding` (`detlab bench conv`), on
+/// random data; `None` when the shapes do not fit.
+pub fn kernel_timings(
+    x: [usize; 5],
+    weight: [usize; 5],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    repeats: usize,
+) -> Option<Vec<KernelTiming>> {
+    let g = kernels::Geometry::new(x, weight, stride, padding, [1; 3])?;
+    let values = |len: usize, seed: u64| -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    };
+    let xs = values(x.iter().product(), 1);
+    let ws = values(weight.iter().product(), 2);
+    let dy = values(g.output_shape().iter().product(), 3);
+    let best = |f: &dyn Fn() -> Vec<f32>| {
+        (0..repeats.max(1))
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(f());
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut timings = Vec::new();
+    if direct::applies(&g) {
+        for isa in direct::Isa::available() {
+            timings.push(KernelTiming {
+                kernel: format!("direct ({isa:?})"),
+                forward_ms: best(&|| direct::forward(isa, &xs, &ws, None, &g)),
+                input_grad_ms: best(&|| direct::input_grad(isa, &ws, &dy, &g)),
+                weight_grad_ms: best(&|| direct::weight_grad(isa, &xs, &dy, &g)),
+            });
+        }
+    }
+    timings.push(KernelTiming {
+        kernel: "im2col + gemm".into(),
+        forward_ms: best(&|| kernels::im2col_forward(&xs, &ws, None, &g)),
+        input_grad_ms: best(&|| kernels::im2col_input_grad(&ws, &dy, &g)),
+        weight_grad_ms: best(&|| kernels::im2col_weight_grad(&xs, &dy, &g)),
+    });
+    Some(timings)
+}

@@ -102,6 +102,42 @@ fn kernel_3_stride_1_matches_burn_with_and_without_bias() {
 }
 
 #[test]
+fn rows_the_direct_kernels_take_match_burn() {
+    // Widths of 16 and 32 fill AVX-512 vectors (8 fills AVX2's), so the layer routes to the
+    // direct kernels where the CPU has them (`direct::preferred`).
+    for (size, channels) in [([3, 5, 16], [3, 5]), ([2, 3, 32], [2, 9])] {
+        let g = kernels::Geometry::new(
+            [2, channels[0], size[0], size[1], size[2]],
+            [channels[1], channels[0], 3, 3, 3],
+            [1; 3],
+            [1; 3],
+            [1; 3],
+        )
+        .expect("valid geometry");
+        for isa in direct::Isa::available() {
+            for pass in [
+                direct::Pass::Forward,
+                direct::Pass::InputGrad,
+                direct::Pass::WeightGrad,
+            ] {
+                assert!(
+                    direct::preferred(isa, &g, pass),
+                    "{isa:?} {pass:?} {size:?}"
+                );
+            }
+        }
+        check(Case {
+            batch: 2,
+            channels,
+            size,
+            kernel: 3,
+            stride: 1,
+            bias: true,
+        });
+    }
+}
+
+#[test]
 fn kernel_3_stride_2_matches_burn_on_odd_and_even_sizes() {
     for size in [[7, 6, 5], [8, 8, 8]] {
         check(Case {
@@ -231,4 +267,57 @@ fn frozen_weights_and_plain_inputs_get_no_gradient() {
         w.grad(&grads).expect("weight gradient").dims(),
         [3, 2, 3, 3, 3]
     );
+}
+
+/// Output and gradients (input, weight, bias) of `sum(y · r)` for a transposed convolution.
+fn transposed_run(
+    layer: &burn::nn::conv::ConvTranspose3d<B>,
+    x: &Tensor<B, 5>,
+    fast: bool,
+) -> [Vec<f64>; 4] {
+    let x = x.clone().require_grad();
+    let y = with_fast_conv3d(fast, || conv_transpose3d(layer, x.clone()));
+    let r = seeded::<B, 5>(y.dims(), 14, &test_device());
+    let grads = (y.clone() * r).sum().backward();
+    [
+        tensor_values(y),
+        tensor_values(x.grad(&grads).expect("input gradient")),
+        tensor_values(layer.weight.val().grad(&grads).expect("weight gradient")),
+        layer
+            .bias
+            .as_ref()
+            .map(|b| tensor_values(b.val().grad(&grads).expect("bias gradient")))
+            .unwrap_or_default(),
+    ]
+}
+
+#[test]
+fn blocked_transposed_convolution_matches_burn_with_gradients() {
+    let device = test_device();
+    for (stride, bias, size) in [
+        ([2, 2, 2], true, [3, 4, 5]),
+        ([1, 2, 2], false, [4, 3, 3]),
+        ([2, 1, 3], true, [2, 5, 2]),
+    ] {
+        let layer = burn::nn::conv::ConvTranspose3dConfig::new([3, 5], stride)
+            .with_stride(stride)
+            .with_bias(bias)
+            .init::<B>(&device);
+        crate::nn::inspect::materialize(&layer);
+        let [d, h, w] = size;
+        let x = seeded::<B, 5>([2, 3, d, h, w], 13, &device);
+        let fast = transposed_run(&layer, &x, true);
+        let reference = transposed_run(&layer, &x, false);
+        for (name, (a, e)) in ["output", "input grad", "weight grad", "bias grad"]
+            .iter()
+            .zip(fast.iter().zip(&reference))
+        {
+            assert_eq!(a.len(), e.len(), "{name} size, stride {stride:?}");
+            let err = relative_error(a, e);
+            assert!(
+                err <= 1e-5,
+                "{name}: relative error {err} for stride {stride:?}"
+            );
+        }
+    }
 }

@@ -137,7 +137,13 @@ impl<B: Backend> UFpn<B> {
             let lateral = self.laterals[l - self.first_level]
                 .forward(skips[l].take().expect("each skip used once"));
             let p = match above.take() {
-                Some(coarser) => lateral + self.upsamplings[l - self.first_level].forward(coarser),
+                Some(coarser) => {
+                    lateral
+                        + crate::nn::conv::conv_transpose3d(
+                            &self.upsamplings[l - self.first_level],
+                            coarser,
+                        )
+                }
                 None => lateral,
             };
             merged[l] = Some(p.clone());

@@ -1,0 +1,84 @@
+//! `detlab bench conv [--threads N] [--repeat N]`: every CPU conv3d kernel (the direct
+//! AVX-512 / AVX2 kernels and im2col + gemm) on the convolutions of the quickstart's
+//! Retina U-Net step, forward, input gradient and weight gradient, in GFLOP/s; this is the
+//! table that decides which kernel each layer shape uses.
+
+/// `(x [N, C_in, D, H, W], kernel [C_out, C_in, k, k, k] as (C_out, k), stride, padding)`.
+const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
+    ([4, 8, 32, 32, 32], 8, 3, 1, 1),
+    ([4, 16, 32, 32, 32], 16, 3, 1, 1),
+    ([4, 16, 16, 16, 16], 16, 3, 1, 1),
+    ([4, 32, 16, 16, 16], 32, 3, 1, 1),
+    ([4, 32, 16, 16, 16], 162, 3, 1, 1),
+    ([4, 32, 8, 8, 8], 32, 3, 1, 1),
+    ([4, 32, 8, 8, 8], 162, 3, 1, 1),
+    ([4, 32, 4, 4, 4], 32, 3, 1, 1),
+    ([4, 64, 4, 4, 4], 64, 3, 1, 1),
+    ([4, 8, 32, 32, 32], 16, 1, 1, 0),
+    ([4, 16, 16, 16, 16], 32, 1, 1, 0),
+    ([4, 16, 32, 32, 32], 2, 1, 1, 0),
+    ([4, 8, 32, 32, 32], 16, 3, 2, 1),
+];
+
+pub fn run(args: &[String]) -> i32 {
+    let mut threads = 1;
+    let mut repeats = 5;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value = it.next().and_then(|v| v.parse::<usize>().ok());
+        match (arg.as_str(), value) {
+            ("--threads", Some(v)) if v > 0 => threads = v,
+            ("--repeat", Some(v)) if v > 0 => repeats = v,
+            _ => {
+                eprintln!(
+                    "detlab bench conv: unknown or invalid argument '{arg}' (--threads N, --repeat N)"
+                );
+                return 2;
+            }
+        }
+    }
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("detlab bench conv: {e}");
+            return 1;
+        }
+    };
+    println!(
+        "conv3d kernels, {threads} thread(s), best of {repeats}; GFLOP/s (forward: 2·N·C_out·voxels·C_in·k³ FLOPs; each gradient the same)"
+    );
+    println!(
+        "{:<44} {:<18} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "convolution", "kernel", "fwd ms", "dX ms", "dW ms", "fwd GF/s", "dX GF/s", "dW GF/s"
+    );
+    pool.install(|| {
+        for &(x, c_out, k, stride, padding) in SHAPES {
+            let weight = [c_out, x[1], k, k, k];
+            let Some(timings) =
+                detlab::nn::conv::kernel_timings(x, weight, [stride; 3], [padding; 3], repeats)
+            else {
+                continue;
+            };
+            let [_, _, d, h, w] = x;
+            let out: usize = [d, h, w]
+                .iter()
+                .map(|s| (s + 2 * padding - k) / stride + 1)
+                .product();
+            let gflop = 2.0 * (x[0] * c_out * out * x[1] * k * k * k) as f64 / 1e9;
+            let name = format!("{:?} * {c_out}x{k}³ /{stride}", x);
+            for t in timings {
+                println!(
+                    "{name:<44} {:<18} {:>9.2} {:>9.2} {:>9.2} {:>8.1} {:>8.1} {:>8.1}",
+                    t.kernel,
+                    t.forward_ms,
+                    t.input_grad_ms,
+                    t.weight_grad_ms,
+                    gflop / t.forward_ms * 1e3,
+                    gflop / t.input_grad_ms * 1e3,
+                    gflop / t.weight_grad_ms * 1e3,
+                );
+            }
+        }
+    });
+    0
+}
