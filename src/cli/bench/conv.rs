@@ -1,6 +1,7 @@
 //! `detlab bench conv [--threads N] [--repeat N]`: every CPU conv3d kernel (the direct
 //! AVX-512 / AVX2 kernels and im2col + gemm) on the convolutions of the quickstart's
-//! Retina U-Net step, forward, input gradient and weight gradient, in GFLOP/s; this is the
+//! Retina U-Net step and the largest of the default bench network's, forward, input gradient
+//! and weight gradient, in GFLOP/s; this is the
 //! table that decides which kernel each layer shape uses.
 
 /// `(x [N, C_in, D, H, W], kernel [C_out, C_in, k, k, k] as (C_out, k), stride, padding)`.
@@ -18,6 +19,10 @@ const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
     ([4, 16, 16, 16, 16], 32, 1, 1, 0),
     ([4, 16, 32, 32, 32], 2, 1, 1, 0),
     ([4, 8, 32, 32, 32], 16, 3, 2, 1),
+    // The default `detlab bench train-step` network (2 × 1 × 64³, widths 16-128).
+    ([2, 32, 64, 64, 64], 32, 3, 1, 1),
+    ([2, 64, 32, 32, 32], 64, 3, 1, 1),
+    ([2, 64, 32, 32, 32], 162, 3, 1, 1),
 ];
 
 pub fn run(args: &[String]) -> i32 {

@@ -340,6 +340,10 @@ macro_rules! direct_kernels {
             let sample_in = ci * job.padded.channel_len();
             let out = SharedOut(y.as_mut_ptr());
             let (padded, offsets) = (&job.padded, job.rows);
+            // Input rows (channel, kd, kh) a row of tiles reads: about 24 KB of them per chunk.
+            let [kd, kh, _] = g.kernel;
+            let line = kd * kh * padded.dims[2] * size_of::<f32>();
+            let rows_per_chunk = (24 * 1024 / line.max(1)).clamp(1, ci) * taps;
             (0..g.batch * blocks * od).into_par_iter().for_each(|task| {
                 let out = out;
                 let (n, block, d) = (task / (blocks * od), task / od % blocks, task % od);
@@ -365,6 +369,7 @@ macro_rules! direct_kernels {
                         d,
                         [oh, ow],
                         padded.dims,
+                        rows_per_chunk,
                     );
                 }
             });
@@ -384,34 +389,55 @@ macro_rules! direct_kernels {
             d: usize,
             [oh, ow]: [usize; 2],
             [_, hp, wp]: [usize; 3],
+            rows_per_chunk: usize,
         ) {
             let vectors = ow.div_ceil(LANES);
             let positions = oh * vectors;
-            let mut p = 0;
-            while p < positions {
-                let count = (positions - p).min(T);
-                let mut bases = [0usize; T];
-                let mut outs = [y; T];
-                let mut lanes = [0usize; T];
-                for t in 0..T {
-                    // A short last tile repeats its last vector and stores it once.
-                    let q = p + t.min(count - 1);
-                    let (h, v) = (q / vectors, q % vectors);
-                    bases[t] = (d * hp + h) * wp + v * LANES;
-                    outs[t] = unsafe { y.add(h * ow + v * LANES) };
-                    lanes[t] = (ow - v * LANES).min(LANES);
-                }
-                let acc = unsafe { forward_tile(x, &bases, offsets, weight, bias) };
-                for r in 0..channels {
-                    for t in 0..count {
-                        unsafe { store_first(outs[t].add(r * out_volume), lanes[t], acc[r][t]) };
+            // Input channels in chunks whose rows stay in the L1 cache while a row of tiles
+            // passes over them; later chunks add to what the earlier ones stored.
+            for row0 in (0..offsets.len()).step_by(rows_per_chunk) {
+                let chunk = &offsets[row0..(row0 + rows_per_chunk).min(offsets.len())];
+                let chunk_weight = unsafe { weight.add(row0 * R) };
+                let mut p = 0;
+                while p < positions {
+                    let count = (positions - p).min(T);
+                    let mut bases = [0usize; T];
+                    let mut outs = [y; T];
+                    let mut lanes = [0usize; T];
+                    for t in 0..T {
+                        // A short last tile repeats its last vector and stores it once.
+                        let q = p + t.min(count - 1);
+                        let (h, v) = (q / vectors, q % vectors);
+                        bases[t] = (d * hp + h) * wp + v * LANES;
+                        outs[t] = unsafe { y.add(h * ow + v * LANES) };
+                        lanes[t] = (ow - v * LANES).min(LANES);
                     }
+                    let mut init = [[zero(); T]; R];
+                    for r in 0..R {
+                        for t in 0..T {
+                            init[r][t] = if row0 == 0 {
+                                set1(bias[r])
+                            } else if r < channels {
+                                unsafe { load_first(outs[t].add(r * out_volume), lanes[t]) }
+                            } else {
+                                zero()
+                            };
+                        }
+                    }
+                    let acc = unsafe { forward_tile(x, &bases, chunk, chunk_weight, init) };
+                    for r in 0..channels {
+                        for t in 0..count {
+                            unsafe {
+                                store_first(outs[t].add(r * out_volume), lanes[t], acc[r][t])
+                            };
+                        }
+                    }
+                    p += count;
                 }
-                p += count;
             }
         }
 
-        /// The accumulators of one tile: bias + Σ over im2col rows of input × weight.
+        /// The accumulators of one tile: `init` + Σ over im2col rows of input × weight.
         #[target_feature(enable = $feature)]
         #[inline]
         unsafe fn forward_tile(
@@ -419,15 +445,9 @@ macro_rules! direct_kernels {
             bases: &[usize; T],
             offsets: &[usize],
             weight: *const f32,
-            bias: &[f32; R],
+            init: [[V; T]; R],
         ) -> [[V; T]; R] {
-            let mut acc = [[zero(); T]; R];
-            for r in 0..R {
-                let b = set1(bias[r]);
-                for t in 0..T {
-                    acc[r][t] = b;
-                }
-            }
+            let mut acc = init;
             let starts: [*const f32; T] = std::array::from_fn(|t| unsafe { x.add(bases[t]) });
             let mut w = weight;
             for &offset in offsets {
@@ -759,5 +779,8 @@ mod tests {
         check([1, 2, 5, 5, 5], [3, 2, 5, 5, 5], [2; 3]);
         // Many channels: several output-channel blocks and a row count no tile divides.
         check([1, 13, 4, 4, 20], [19, 13, 3, 3, 3], [1; 3]);
+        // Rows this wide put one input channel in each L1 chunk of the forward kernel,
+        // so later chunks add to the stored partial sums.
+        check([1, 3, 3, 3, 350], [2, 3, 3, 3, 3], [1; 3]);
     }
 }
