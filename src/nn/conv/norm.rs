@@ -35,8 +35,24 @@ pub fn fused_group_norm<B: Backend>(
     bias: &Tensor<B, 1>,
     epsilon: f64,
 ) -> Option<Tensor<B, 5>> {
+    fused_masked_group_norm(x, None, num_groups, weight, bias, epsilon)
+}
+
+/// [`fused_group_norm`] under a mask `[N, 1, D, H, W]` of 0 and 1 (S3D's masked instance
+/// norm): statistics over the voxels where the mask is 1, output 0 where it is 0, and no
+/// gradient through the mask; `None` where the fused kernels do not apply.
+pub fn fused_masked_group_norm<B: Backend>(
+    x: &Tensor<B, 5>,
+    mask: Option<&Tensor<B, 5>>,
+    num_groups: usize,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, 5>> {
     let [n, c, d, h, w] = x.dims();
-    let fits = num_groups > 0
+    let mask_fits = mask.is_none_or(|m| m.dims() == [n, 1, d, h, w] && m.dtype() == DType::F32);
+    let fits = mask_fits
+        && num_groups > 0
         && c.is_multiple_of(num_groups)
         && n * c * d * h * w > 0
         && weight.dims() == [c]
@@ -47,9 +63,15 @@ pub fn fused_group_norm<B: Backend>(
     if !fits || !fast_conv3d_enabled() || !fused_norm_enabled() {
         return None;
     }
+    // The mask is a constant of the graph: its values go with the options.
+    let mask = match mask {
+        Some(m) => Some(std::sync::Arc::from(m.to_data().to_vec::<f32>().ok()?)),
+        None => None,
+    };
     let options = NormOptions {
         num_groups,
         epsilon,
+        mask,
     };
     if same_type::<B, Autodiff<Dispatch>>() {
         let x: Tensor<Autodiff<Dispatch>, 5> = cast(x.clone());
@@ -109,12 +131,14 @@ fn run<B: FusedNormBackend>(
 }
 
 /// Settings of a group norm.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NormOptions {
     /// Channel groups (C for instance norm).
     pub num_groups: usize,
     /// Added to the variance.
     pub epsilon: f64,
+    /// `[N, D·H·W]` values of 0 and 1: statistics over the 1s, output 0 at the 0s.
+    pub mask: Option<std::sync::Arc<[f32]>>,
 }
 
 /// A backend with fused group-norm kernels (burn's backend-extension pattern): `Dispatch` on
@@ -156,6 +180,7 @@ impl FusedNormBackend for Dispatch {
             [n, c],
             options.num_groups,
             options.epsilon,
+            options.mask.as_deref(),
         );
         Self::float_from_data(TensorData::new(y, shape), &device)
     }
@@ -181,6 +206,7 @@ impl FusedNormBackend for Dispatch {
             [n, c],
             options.num_groups,
             options.epsilon,
+            options.mask.as_deref(),
         );
         [
             Self::float_from_data(TensorData::new(dx, shape), &device),
@@ -227,7 +253,7 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish(
-                (x.primitive.clone(), weight.primitive.clone(), options),
+                (x.primitive.clone(), weight.primitive.clone(), options.clone()),
                 B::fused_group_norm(x.primitive, weight.primitive, bias.primitive, options),
             ),
             OpsKind::UnTracked(prep) => prep.finish(B::fused_group_norm(
@@ -253,22 +279,39 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
 pub(crate) mod kernels {
     use super::*;
 
-    /// Mean and 1 / sqrt(variance + ε) of one (sample, group) block, accumulated in f64.
-    fn statistics(block: &[f32], epsilon: f64) -> (f32, f32) {
-        let len = block.len() as f64;
-        let mean = block.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
-        let variance = block
-            .iter()
-            .map(|&v| {
-                let d = f64::from(v) - mean;
+    /// Mean and 1 / sqrt(variance + ε) of one (sample, group) block, accumulated in f64;
+    /// with a mask (one value per voxel of a channel), over the voxels where it is 1 (at
+    /// least one voxel counts, as in the composed version).
+    fn statistics(block: &[f32], mask: Option<&[f32]>, epsilon: f64) -> (f32, f32) {
+        let Some(mask) = mask else {
+            let len = block.len() as f64;
+            let mean = block.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
+            let variance = block
+                .iter()
+                .map(|&v| {
+                    let d = f64::from(v) - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / len;
+            return (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32);
+        };
+        let weighted = || block.chunks_exact(mask.len()).flat_map(|c| c.iter().zip(mask));
+        let count = (mask.iter().map(|&m| f64::from(m)).sum::<f64>()
+            * (block.len() / mask.len()) as f64)
+            .max(1.0);
+        let mean = weighted().map(|(&v, &m)| f64::from(v * m)).sum::<f64>() / count;
+        let variance = weighted()
+            .map(|(&v, &m)| {
+                let d = (f64::from(v) - mean) * f64::from(m);
                 d * d
             })
             .sum::<f64>()
-            / len;
+            / count;
         (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32)
     }
 
-    /// `y = (x − mean) · rstd · γ_c + β_c` per (sample, group).
+    /// `y = (x − mean) · rstd · γ_c + β_c` per (sample, group), times the mask if any.
     pub fn forward(
         x: &[f32],
         weight: &[f32],
@@ -276,6 +319,7 @@ pub(crate) mod kernels {
         [n, c]: [usize; 2],
         groups: usize,
         epsilon: f64,
+        mask: Option<&[f32]>,
     ) -> Vec<f32> {
         let group_len = x.len() / (n * groups);
         let channel_len = group_len * groups / c;
@@ -285,7 +329,8 @@ pub(crate) mod kernels {
             .zip(x.par_chunks(group_len))
             .enumerate()
             .for_each(|(i, (out, block))| {
-                let (mean, rstd) = statistics(block, epsilon);
+                let sample_mask = mask.map(|m| &m[(i / groups) * channel_len..][..channel_len]);
+                let (mean, rstd) = statistics(block, sample_mask, epsilon);
                 let first = (i % groups) * per_group;
                 for (k, (o, v)) in out
                     .chunks_exact_mut(channel_len)
@@ -297,6 +342,9 @@ pub(crate) mod kernels {
                     for (o, &v) in o.iter_mut().zip(v) {
                         *o = v * scale + shift;
                     }
+                    if let Some(m) = sample_mask {
+                        o.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
+                    }
                 }
             });
         y
@@ -304,7 +352,9 @@ pub(crate) mod kernels {
 
     /// Input, weight and bias gradients. With x̂ = (x − mean) · rstd and g = dy · γ_c, per
     /// (sample, group): dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)); dγ_c = Σ dy · x̂,
-    /// dβ_c = Σ dy over samples and voxels.
+    /// dβ_c = Σ dy over samples and voxels. Under a mask m, dy is m · dy, the means run over
+    /// the voxels where m = 1, and dx is 0 where m = 0 (those voxels reach neither the
+    /// statistics nor the output).
     pub fn backward(
         x: &[f32],
         weight: &[f32],
@@ -312,7 +362,24 @@ pub(crate) mod kernels {
         [n, c]: [usize; 2],
         groups: usize,
         epsilon: f64,
+        mask: Option<&[f32]>,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let masked_dy: Vec<f32>;
+        let dy = match mask {
+            Some(m) => {
+                let channel_len = x.len() / (n * c);
+                masked_dy = dy
+                    .par_chunks(channel_len)
+                    .enumerate()
+                    .flat_map_iter(|(i, d)| {
+                        let m = &m[(i / c) * channel_len..][..channel_len];
+                        d.iter().zip(m).map(|(&d, &m)| d * m)
+                    })
+                    .collect();
+                &masked_dy[..]
+            }
+            None => dy,
+        };
         let group_len = x.len() / (n * groups);
         let channel_len = group_len * groups / c;
         let per_group = c / groups;
@@ -323,7 +390,8 @@ pub(crate) mod kernels {
             .zip(x.par_chunks(group_len).zip(dy.par_chunks(group_len)))
             .enumerate()
             .map(|(i, (dx, (block, dy)))| {
-                let (mean, rstd) = statistics(block, epsilon);
+                let sample_mask = mask.map(|m| &m[(i / groups) * channel_len..][..channel_len]);
+                let (mean, rstd) = statistics(block, sample_mask, epsilon);
                 let first = (i % groups) * per_group;
                 let mut sums = Vec::with_capacity(per_group);
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
@@ -343,7 +411,11 @@ pub(crate) mod kernels {
                     sum_g += dys * gamma;
                     sum_gx += dyx * gamma;
                 }
-                let len = group_len as f64;
+                let len = match sample_mask {
+                    Some(m) => (m.iter().map(|&v| f64::from(v)).sum::<f64>() * per_group as f64)
+                        .max(1.0),
+                    None => group_len as f64,
+                };
                 let (mean_g, mean_gx) = ((sum_g / len) as f32, (sum_gx / len) as f32);
                 for (k, (out, (v, d))) in dx
                     .chunks_exact_mut(channel_len)
@@ -358,6 +430,9 @@ pub(crate) mod kernels {
                     for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
                         let xhat = (v - mean) * rstd;
                         *o = rstd * (d * gamma - mean_g - xhat * mean_gx);
+                    }
+                    if let Some(m) = sample_mask {
+                        out.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
                     }
                 }
                 sums
