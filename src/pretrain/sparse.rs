@@ -102,7 +102,10 @@ pub fn masked_instance_norm<B: Backend>(
     }
 }
 
-/// A conv unit under the mask: conv → ×mask → masked IN → activation.
+/// A conv unit under the mask: conv → ×mask → masked IN → activation. The masked instance
+/// norm reads only visible voxels, writes 0 at the others and passes them no gradient, so
+/// the product with the mask before it changes nothing and is left out (each is a
+/// broadcasting op over every channel).
 pub fn sparse_unit<B: Backend>(
     unit: &ConvNormAct<B>,
     x: Tensor<B, 5>,
@@ -110,10 +113,6 @@ pub fn sparse_unit<B: Backend>(
 ) -> Tensor<B, 5> {
     let y = unit.conv.forward(x);
     let mask = masks.at(spatial(&y));
-    let y = match &mask {
-        Some(m) => y * m.clone(),
-        None => y,
-    };
     let y = masked_instance_norm(
         y,
         mask.as_ref(),
@@ -246,8 +245,15 @@ mod tests {
         {
             assert_eq!(a.len(), e.len());
             let scale = e.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-            let err = a.iter().zip(e).fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
-            assert!(err / scale <= 1e-4, "{name}: relative error {}", err / scale);
+            let err = a
+                .iter()
+                .zip(e)
+                .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            assert!(
+                err / scale <= 1e-4,
+                "{name}: relative error {}",
+                err / scale
+            );
         }
     }
 

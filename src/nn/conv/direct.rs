@@ -710,11 +710,7 @@ mod tests {
     use super::*;
     use crate::nn::conv::kernels;
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-    }
+    use crate::nn::conv::uniform_values as values;
 
     fn max_relative(a: &[f32], e: &[f32]) -> f32 {
         assert_eq!(a.len(), e.len());

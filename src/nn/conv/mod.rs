@@ -576,6 +576,14 @@ mod geometry_tests;
 #[cfg(test)]
 mod tests;
 
+/// `len` values drawn uniformly from [-1, 1) by a generator of their own seed (benchmarks and
+/// kernel tests; the backend's generator is shared by tests running in parallel).
+pub(crate) fn uniform_values(len: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
 /// Time of each conv3d kernel of one convolution (milliseconds, the best of the repeats).
 #[derive(Clone, Debug)]
 pub struct KernelTiming {
@@ -600,14 +608,9 @@ pub fn kernel_timings(
     repeats: usize,
 ) -> Option<Vec<KernelTiming>> {
     let g = kernels::Geometry::new(x, weight, stride, padding, [1; 3])?;
-    let values = |len: usize, seed: u64| -> Vec<f32> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-    };
-    let xs = values(x.iter().product(), 1);
-    let ws = values(weight.iter().product(), 2);
-    let dy = values(g.output_shape().iter().product(), 3);
+    let xs = uniform_values(x.iter().product(), 1);
+    let ws = uniform_values(weight.iter().product(), 2);
+    let dy = uniform_values(g.output_shape().iter().product(), 3);
     let best = |f: &dyn Fn() -> Vec<f32>| {
         (0..repeats.max(1))
             .map(|_| {

@@ -253,7 +253,11 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish(
-                (x.primitive.clone(), weight.primitive.clone(), options.clone()),
+                (
+                    x.primitive.clone(),
+                    weight.primitive.clone(),
+                    options.clone(),
+                ),
                 B::fused_group_norm(x.primitive, weight.primitive, bias.primitive, options),
             ),
             OpsKind::UnTracked(prep) => prep.finish(B::fused_group_norm(
@@ -296,7 +300,11 @@ pub(crate) mod kernels {
                 / len;
             return (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32);
         };
-        let weighted = || block.chunks_exact(mask.len()).flat_map(|c| c.iter().zip(mask));
+        let weighted = || {
+            block
+                .chunks_exact(mask.len())
+                .flat_map(|c| c.iter().zip(mask))
+        };
         let count = (mask.iter().map(|&m| f64::from(m)).sum::<f64>()
             * (block.len() / mask.len()) as f64)
             .max(1.0);
@@ -412,8 +420,9 @@ pub(crate) mod kernels {
                     sum_gx += dyx * gamma;
                 }
                 let len = match sample_mask {
-                    Some(m) => (m.iter().map(|&v| f64::from(v)).sum::<f64>() * per_group as f64)
-                        .max(1.0),
+                    Some(m) => {
+                        (m.iter().map(|&v| f64::from(v)).sum::<f64>() * per_group as f64).max(1.0)
+                    }
                     None => group_len as f64,
                 };
                 let (mean_g, mean_gx) = ((sum_g / len) as f32, (sum_gx / len) as f32);

@@ -21,11 +21,7 @@ fn seeded<Bk: Backend, const D: usize>(
     seed: u64,
     device: &Bk::Device,
 ) -> Tensor<Bk, D> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f32> = (0..shape.iter().product::<usize>())
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
+    let values = uniform_values(shape.iter().product(), seed);
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
