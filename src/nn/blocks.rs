@@ -6,9 +6,9 @@
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::PaddingConfig3d;
-use burn::nn::conv::{Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
 
-use crate::nn::conv::Conv3d;
+use crate::nn::conv::{Conv3d, ConvTranspose3d};
 use burn::tensor::Tensor;
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
@@ -122,7 +122,7 @@ pub fn transposed_upsampling<B: Backend>(
     if bias && init.zero_bias() {
         conv.bias = Some(Initializer::Zeros.init([channels[1]], device));
     }
-    conv
+    ConvTranspose3d::from(conv)
 }
 
 /// Group normalisation of a `[N, C, ...]` tensor with per-channel affine `weight`, `bias`.

@@ -7,8 +7,8 @@
 //! Parameter paths mirror PyTorch's: `transpconvs.i.weight`, `stages.i.convs.j.conv.weight`,
 //! `output.weight` (PyTorch: `seg_layers.L.weight`).
 
+use crate::nn::conv::ConvTranspose3d;
 use burn::module::Module;
-use burn::nn::conv::ConvTranspose3d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -191,7 +191,7 @@ impl<B: Backend> UNetDecoder<B> {
         let mut x = skips[levels].clone();
         for level in 0..levels {
             let skip = skips[levels - level - 1].clone();
-            x = crate::nn::conv::conv_transpose3d(&self.transpconvs[level], x);
+            x = self.transpconvs[level].forward(x);
             x = Tensor::cat(vec![x, skip], 1);
             for unit in &self.stages[level].convs {
                 x = unit.forward(x);

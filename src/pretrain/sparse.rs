@@ -196,10 +196,9 @@ mod tests {
         let device = test_device();
         // Seeded values (the backend's generator is shared by tests running in parallel).
         let seeded = |shape: [usize; 5], seed: u64| {
-            use rand::{Rng, SeedableRng};
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let values: Vec<f32> = (0..shape.iter().product::<usize>())
-                .map(|_| rng.random_range(-1.0..1.0) * 2.0 + 0.3)
+            let values: Vec<f32> = crate::nn::conv::uniform_values(shape.iter().product(), seed)
+                .into_iter()
+                .map(|v| v * 2.0 + 0.3)
                 .collect();
             Tensor::<TestBackend, 5>::from_data(TensorData::new(values, shape), &device)
         };

@@ -493,14 +493,10 @@ fn op_profile(model: &RetinaUNet<B>, images: Tensor<B, 5>, iters: usize, step_ms
         let mut p = conv(1, lateral, &skips[l], &mut add);
         if let Some(coarser) = above.take() {
             let up = &fpn.upsamplings[l - fpn.first_level];
-            let t = time_op(
-                &coarser,
-                &|t| detlab::nn::conv::conv_transpose3d(up, t),
-                iters,
-            );
+            let t = time_op(&coarser, &|t| up.forward(t), iters);
             let flops = conv_flops(up.weight.dims(), &t, true);
             add(2, t, flops);
-            p = p + detlab::nn::conv::conv_transpose3d(up, coarser);
+            p = p + up.forward(coarser);
         }
         merged[l] = Some(p.clone());
         above = Some(p);

@@ -44,7 +44,7 @@ use super::custom_op::{cast, register_gradients, same_type};
 pub mod norm;
 mod transpose;
 
-pub use transpose::conv_transpose3d;
+pub use transpose::ConvTranspose3d;
 
 /// Target size of the im2col buffer of one chunk (bytes); bounds the extra memory of a conv.
 pub const COLUMN_BUFFER_BYTES: usize = 8 << 20;

@@ -471,10 +471,9 @@ mod tests {
     use crate::nn::testing::{TestBackend, tensor_values, test_device};
 
     fn seeded<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<TestBackend, D> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| rng.random_range(-1.0..1.0) * 3.0 + 0.5)
+        let values: Vec<f32> = crate::nn::conv::uniform_values(shape.iter().product(), seed)
+            .into_iter()
+            .map(|v| v * 3.0 + 0.5)
             .collect();
         Tensor::from_data(TensorData::new(values, shape), &test_device())
     }

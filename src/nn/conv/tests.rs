@@ -266,13 +266,9 @@ fn frozen_weights_and_plain_inputs_get_no_gradient() {
 }
 
 /// Output and gradients (input, weight, bias) of `sum(y · r)` for a transposed convolution.
-fn transposed_run(
-    layer: &burn::nn::conv::ConvTranspose3d<B>,
-    x: &Tensor<B, 5>,
-    fast: bool,
-) -> [Vec<f64>; 4] {
+fn transposed_run(layer: &ConvTranspose3d<B>, x: &Tensor<B, 5>, fast: bool) -> [Vec<f64>; 4] {
     let x = x.clone().require_grad();
-    let y = with_fast_conv3d(fast, || conv_transpose3d(layer, x.clone()));
+    let y = with_fast_conv3d(fast, || layer.forward(x.clone()));
     let r = seeded::<B, 5>(y.dims(), 14, &test_device());
     let grads = (y.clone() * r).sum().backward();
     [
@@ -300,6 +296,7 @@ fn blocked_transposed_convolution_matches_burn_with_gradients() {
             .with_bias(bias)
             .init::<B>(&device);
         crate::nn::inspect::materialize(&layer);
+        let layer = ConvTranspose3d::from(layer);
         let [d, h, w] = size;
         let x = seeded::<B, 5>([2, 3, d, h, w], 13, &device);
         let fast = transposed_run(&layer, &x, true);

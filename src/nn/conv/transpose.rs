@@ -15,6 +15,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -24,13 +25,70 @@ use rayon::prelude::*;
 use super::fast_conv3d_enabled;
 use crate::nn::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
-/// A transposed convolution layer applied to `x` `[N, C_in, D, H, W]`: by one matrix product
-/// and an interleaving when its kernel equals its stride (no padding, dilation or groups),
-/// by burn's own kernel otherwise.
-pub fn conv_transpose3d<B: Backend>(
-    layer: &burn::nn::conv::ConvTranspose3d<B>,
-    x: Tensor<B, 5>,
-) -> Tensor<B, 5> {
+/// A transposed 3D convolution layer: burn's `ConvTranspose3d` (same fields, so parameter
+/// paths and saved weights are unchanged) whose forward, when the kernel equals the stride
+/// (no padding, dilation or groups), is one matrix product and an interleaving, and burn's own
+/// kernel otherwise.
+#[derive(Module, Debug)]
+pub struct ConvTranspose3d<B: Backend> {
+    /// Kernel `[channels_in, channels_out / groups, kd, kh, kw]`.
+    pub weight: Param<Tensor<B, 5>>,
+    /// Per-output-channel bias `[channels_out]`, if any.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Stride `[sd, sh, sw]`.
+    pub stride: [usize; 3],
+    /// Kernel size `[kd, kh, kw]`.
+    pub kernel_size: [usize; 3],
+    /// Dilation `[dd, dh, dw]`.
+    pub dilation: [usize; 3],
+    /// Number of channel groups.
+    pub groups: usize,
+    /// Padding `[pd, ph, pw]`.
+    pub padding: [usize; 3],
+    /// Extra output size `[od, oh, ow]`.
+    pub padding_out: [usize; 3],
+    /// `[channels_in, channels_out]`.
+    pub channels: [usize; 2],
+}
+
+impl<B: Backend> From<burn::nn::conv::ConvTranspose3d<B>> for ConvTranspose3d<B> {
+    fn from(conv: burn::nn::conv::ConvTranspose3d<B>) -> Self {
+        Self {
+            weight: conv.weight,
+            bias: conv.bias,
+            stride: conv.stride,
+            kernel_size: conv.kernel_size,
+            dilation: conv.dilation,
+            groups: conv.groups,
+            padding: conv.padding,
+            padding_out: conv.padding_out,
+            channels: conv.channels,
+        }
+    }
+}
+
+impl<B: Backend> ConvTranspose3d<B> {
+    /// Apply the layer to `[N, C_in, D, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        conv_transpose3d(self, x)
+    }
+
+    fn as_burn(&self) -> burn::nn::conv::ConvTranspose3d<B> {
+        burn::nn::conv::ConvTranspose3d {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            stride: self.stride,
+            kernel_size: self.kernel_size,
+            dilation: self.dilation,
+            groups: self.groups,
+            padding: self.padding,
+            padding_out: self.padding_out,
+            channels: self.channels,
+        }
+    }
+}
+
+fn conv_transpose3d<B: Backend>(layer: &ConvTranspose3d<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [channels_in, channels_out, kd, kh, kw] = layer.weight.dims();
     let [n, c, d, h, w] = x.dims();
     let blocked = layer.kernel_size == layer.stride
@@ -41,7 +99,7 @@ pub fn conv_transpose3d<B: Backend>(
         && c == channels_in
         && [kd, kh, kw] == layer.kernel_size;
     if !blocked || !fast_conv3d_enabled() {
-        return layer.forward(x);
+        return layer.as_burn().forward(x);
     }
     let block = kd * kh * kw;
     // [C_in, C_out·k³] → [1, C_out·k³, C_in]

@@ -1,8 +1,8 @@
 //! The U-FPN decoder (nnDetection `UFPNModular`): 1³ laterals, transposed-conv top-down
 //! upsampling with additive merges, and one 3³ output conv per returned level.
 
+use crate::nn::conv::ConvTranspose3d;
 use burn::module::Module;
-use burn::nn::conv::ConvTranspose3d;
 
 use crate::nn::conv::Conv3d;
 use burn::tensor::Tensor;
@@ -137,13 +137,7 @@ impl<B: Backend> UFpn<B> {
             let lateral = self.laterals[l - self.first_level]
                 .forward(skips[l].take().expect("each skip used once"));
             let p = match above.take() {
-                Some(coarser) => {
-                    lateral
-                        + crate::nn::conv::conv_transpose3d(
-                            &self.upsamplings[l - self.first_level],
-                            coarser,
-                        )
-                }
+                Some(coarser) => lateral + self.upsamplings[l - self.first_level].forward(coarser),
                 None => lateral,
             };
             merged[l] = Some(p.clone());
