@@ -1,4 +1,7 @@
-//! Small shared helpers that do not belong to one domain: atomic file writes and CPU clocks.
+//! Small shared helpers that do not belong to one domain: atomic file writes, CPU clocks,
+//! percentiles and the vector instruction set.
+
+pub mod isa;
 
 use std::path::{Path, PathBuf};
 

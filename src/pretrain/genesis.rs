@@ -40,7 +40,7 @@
 //!   knots (see [`IntensityMap`]); noise is drawn per depth plane from seeded streams. Results
 //!   depend only on the caller's generator, never on the thread count.
 
-use ndarray::{Array4, ArrayViewMut3, ArrayViewMut4, Axis, Slice};
+use ndarray::{Array4, ArrayView4, ArrayViewMut3, ArrayViewMut4, Axis, Slice, Zip, s};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -373,7 +373,6 @@ pub fn corrupt_into<R: Rng + ?Sized>(
         ));
     }
     config.validate(patch)?;
-    check_finite(image)?;
     let mut applied = AppliedTransforms::default();
 
     let mut repeats = config.flip_max_repeats;
@@ -394,14 +393,34 @@ pub fn corrupt_into<R: Rng + ?Sized>(
             *array = Array4::zeros(image.dim());
         }
     }
-    target.assign(&view);
-    if config.rescale_to_unit {
-        applied.rescale_windows = target
-            .outer_iter_mut()
-            .map(|channel| rescale_to_unit(channel, config.rescale_percentiles))
-            .collect();
+    // One pass copies, checks and samples the window's rows; a second windows the target and
+    // writes the input (three passes over the patch fewer than doing each on its own).
+    let row_stride = window_row_stride(d * h, w);
+    let mut samples = vec![Vec::new(); if config.rescale_to_unit { channels } else { 0 }];
+    if !copy_rows_checked(view, target, &mut samples, row_stride) {
+        // Name the first bad voxel in the caller's (unflipped) coordinates.
+        check_finite(image)?;
     }
-    input.assign(target);
+    if config.rescale_to_unit {
+        let volume = d * h * w;
+        let target = target
+            .as_slice_mut()
+            .expect("the target is in standard layout");
+        let input = input
+            .as_slice_mut()
+            .expect("the working copy is in standard layout");
+        for (c, samples) in samples.iter_mut().enumerate() {
+            let window = UnitWindow::of(samples, config.rescale_percentiles);
+            let range = c * volume..(c + 1) * volume;
+            target[range.clone()]
+                .par_chunks_mut(1 << 15)
+                .zip(input[range].par_chunks_mut(1 << 15))
+                .for_each(|(target, input)| window.apply_and_copy(target, input));
+            applied.rescale_windows.push([window.low, window.high]);
+        }
+    } else {
+        input.assign(target);
+    }
 
     if rng.random::<f64>() < config.local_shuffle_probability {
         let count = config.local_shuffle_count(patch);
@@ -462,30 +481,133 @@ pub const RESCALE_SAMPLES: usize = 1 << 18;
 /// is clipped; returns the window `[low, high]`. A window of zero width (a nearly constant
 /// channel) maps voxels above it to 1 and the others to 0.
 ///
-/// Channels of more than [`RESCALE_SAMPLES`] voxels take the percentiles of every k-th voxel
-/// (k odd, so the sample does not line up with image columns), as nnDetection estimates its
+/// Channels of more than [`RESCALE_SAMPLES`] voxels take the percentiles of every k-th image
+/// row (k odd, so the sample does not line up with the planes), as nnDetection estimates its
 /// intensity percentiles from every 10th foreground voxel: a window, not an exact statistic.
+/// Whole rows, because reading every k-th voxel touches every cache line of the patch.
 pub fn rescale_to_unit(mut channel: ArrayViewMut3<'_, f32>, percentiles: [f64; 2]) -> [f32; 2] {
-    let n = channel.len();
-    if n == 0 {
+    if channel.is_empty() {
         return [0.0, 0.0];
     }
-    let stride = if n <= RESCALE_SAMPLES {
+    let (d, h, w) = channel.dim();
+    let mut samples: Vec<f32> = channel
+        .rows()
+        .into_iter()
+        .step_by(window_row_stride(d * h, w))
+        .flatten()
+        .copied()
+        .collect();
+    let window = UnitWindow::of(&mut samples, percentiles);
+    drop(samples);
+    channel.par_map_inplace(|v| *v = window.apply(*v));
+    [window.low, window.high]
+}
+
+/// Every how many rows (of `rows`, each `row_length` voxels) the window samples one: 1 up to
+/// [`RESCALE_SAMPLES`] voxels, otherwise an odd stride that keeps the sample below it.
+fn window_row_stride(rows: usize, row_length: usize) -> usize {
+    let n = rows * row_length;
+    if n <= RESCALE_SAMPLES {
         1
     } else {
         n.div_ceil(RESCALE_SAMPLES) | 1
-    };
-    let mut values: Vec<f32> = channel.iter().step_by(stride).copied().collect();
-    let low = percentile(&mut values, percentiles[0]) as f32;
-    let high = percentile(&mut values, percentiles[1]) as f32;
-    drop(values);
-    if high > low {
-        let scale = 1.0 / (high - low);
-        channel.par_map_inplace(|v| *v = ((*v - low) * scale).clamp(0.0, 1.0));
-    } else {
-        channel.par_map_inplace(|v| *v = if *v > low { 1.0 } else { 0.0 });
     }
-    [low, high]
+}
+
+/// The intensity window of [`rescale_to_unit`].
+#[derive(Clone, Copy, Debug)]
+struct UnitWindow {
+    low: f32,
+    high: f32,
+    scale: f32,
+}
+
+impl UnitWindow {
+    /// The window between two percentiles of `samples` (reordered; empty: `[0, 0]`).
+    fn of(samples: &mut [f32], percentiles: [f64; 2]) -> Self {
+        if samples.is_empty() {
+            return UnitWindow {
+                low: 0.0,
+                high: 0.0,
+                scale: 0.0,
+            };
+        }
+        let low = percentile(samples, percentiles[0]) as f32;
+        let high = percentile(samples, percentiles[1]) as f32;
+        let scale = if high > low { 1.0 / (high - low) } else { 0.0 };
+        UnitWindow { low, high, scale }
+    }
+
+    /// `v` mapped to [0, 1].
+    #[inline]
+    fn apply(&self, v: f32) -> f32 {
+        if self.high > self.low {
+            ((v - self.low) * self.scale).clamp(0.0, 1.0)
+        } else if v > self.low {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// [`Self::apply`] to `target` in place, copying the result into `input` (same length).
+    fn apply_and_copy(&self, target: &mut [f32], input: &mut [f32]) {
+        // The branch outside and the constants in locals, so that the loops vectorise.
+        let (low, scale) = (self.low, self.scale);
+        let pairs = target.iter_mut().zip(input);
+        if self.high > low {
+            for (t, i) in pairs {
+                *t = ((*t - low) * scale).clamp(0.0, 1.0);
+                *i = *t;
+            }
+        } else {
+            for (t, i) in pairs {
+                *t = if *t > low { 1.0 } else { 0.0 };
+                *i = *t;
+            }
+        }
+    }
+}
+
+/// Copy `view` (the image, maybe flipped) into `target` (same shape, standard layout) row by
+/// row, appending every `row_stride`-th row of channel c to `samples[c]` where `samples` has
+/// that channel; false if any voxel is NaN or infinite.
+fn copy_rows_checked(
+    view: ArrayView4<'_, f32>,
+    target: &mut Array4<f32>,
+    samples: &mut [Vec<f32>],
+    row_stride: usize,
+) -> bool {
+    let (_, _, h, _) = view.dim();
+    let reversed = view.strides()[3] < 0;
+    // All exponent bits set: infinite or NaN. The maximum over a row vectorises; an early exit
+    // would not.
+    const EXPONENT: u32 = 0x7f80_0000;
+    let mut worst = 0u32;
+    Zip::indexed(target.rows_mut())
+        .and(view.rows())
+        .for_each(|(c, z, y), mut row, source| {
+            let row = row.as_slice_mut().expect("target rows are contiguous");
+            if reversed {
+                let source = source.slice(s![..;-1]);
+                let source = source.as_slice().expect("a reversed row is contiguous");
+                for (t, v) in row.iter_mut().zip(source.iter().rev()) {
+                    *t = *v;
+                }
+            } else {
+                match source.as_slice() {
+                    Some(source) => row.copy_from_slice(source),
+                    None => row.iter_mut().zip(source).for_each(|(t, v)| *t = *v),
+                }
+            }
+            worst = row.iter().fold(worst, |m, v| m.max(v.to_bits() & EXPONENT));
+            if let Some(samples) = samples.get_mut(c)
+                && (z * h + y) % row_stride == 0
+            {
+                samples.extend_from_slice(row);
+            }
+        });
+    worst != EXPONENT
 }
 
 /// A painting box: sides drawn per axis by `side`, a position that keeps `margin` voxels to

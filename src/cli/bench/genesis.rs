@@ -14,7 +14,8 @@
 //!
 //! Options: `--size D,H,W` (160,160,160), `--samples N` (30, detlab), `--python-samples N` (10),
 //! `--threads N` (1, both sides: numpy's transforms run on one core),
-//! `--seed S` (0), `--python EXE` (python3), `--script PATH`, `--no-python` (detlab only).
+//! `--seed S` (0), `--python EXE` (python3), `--script PATH`, `--no-python` (detlab only),
+//! `--cases A,B` (only these detlab cases, e.g. to profile one; implies `--no-python`).
 
 use super::median;
 use detlab::pretrain::genesis::{GenesisConfig, GenesisSample, corrupt, corrupt_into};
@@ -34,6 +35,8 @@ struct Options {
     threads: usize,
     python: Option<String>,
     script: PathBuf,
+    /// Only these detlab cases (empty: all).
+    cases: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -48,6 +51,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             env!("CARGO_MANIFEST_DIR"),
             "/benches/genesis_reference.py"
         )),
+        cases: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -88,6 +92,20 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--python" => o.python = Some(value()?),
             "--script" => o.script = PathBuf::from(value()?),
             "--no-python" => o.python = None,
+            "--cases" => {
+                let known: Vec<&str> = cases()
+                    .iter()
+                    .map(|c| c.0)
+                    .chain(["reference-fresh"])
+                    .collect();
+                o.cases = value()?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = o.cases.iter().find(|c| !known.contains(&c.as_str())) {
+                    return Err(format!(
+                        "--cases: unknown case '{bad}' (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
             other => return Err(format!("unknown option '{other}'")),
         }
     }
@@ -213,16 +231,19 @@ pub fn run(args: &[String]) -> i32 {
         detlab.insert(name, (med, mean));
         Some(())
     };
+    let wanted = |name: &str| o.cases.is_empty() || o.cases.iter().any(|c| c == name);
     let measured = pool.install(|| {
         cases()
             .into_iter()
+            .filter(|(name, ..)| wanted(name))
             .all(|(name, config, _)| measure(name, &config, true).is_some())
-            && measure("reference-fresh", &GenesisConfig::default(), false).is_some()
+            && (!wanted("reference-fresh")
+                || measure("reference-fresh", &GenesisConfig::default(), false).is_some())
     });
     if !measured {
         return 1;
     }
-    let Some(python) = &o.python else {
+    let Some(python) = o.python.as_ref().filter(|_| o.cases.is_empty()) else {
         return 0;
     };
     let [d, h, w] = o.size;

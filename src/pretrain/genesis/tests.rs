@@ -454,3 +454,50 @@ fn bulk_noise_equals_one_draw_at_a_time() {
         assert_eq!(out.to_vec(), expected, "width {width}");
     }
 }
+
+#[test]
+fn the_target_is_the_flipped_patch_windowed_per_channel() {
+    // 2 × 66³: more than RESCALE_SAMPLES voxels per channel, so the window samples every k-th
+    // row; flips every time, so rows are read backwards too.
+    let image = textured((2, 66, 66, 66));
+    let config = only(|c| {
+        c.flip_probability = 1.0;
+        c.rescale_to_unit = true;
+    });
+    for seed in 0..3 {
+        let sample = corrupt(&image, &config, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+        let mut expected = image.view();
+        for axis in 0..3 {
+            let flips = sample.applied.flips.iter().filter(|&&a| a == axis).count();
+            if flips % 2 == 1 {
+                expected.invert_axis(Axis(axis + 1));
+            }
+        }
+        let mut expected = expected.to_owned();
+        let windows: Vec<[f32; 2]> = expected
+            .outer_iter_mut()
+            .map(|channel| rescale_to_unit(channel, [0.5, 99.5]))
+            .collect();
+        assert_eq!(sample.applied.rescale_windows, windows);
+        assert_eq!(sample.target, expected);
+        assert_eq!(sample.input, expected, "no transform but the window");
+    }
+}
+
+#[test]
+fn a_non_finite_voxel_is_named_in_unflipped_coordinates() {
+    let mut image = textured((1, 12, 12, 12));
+    image[[0, 1, 2, 3]] = f32::INFINITY;
+    let config = only(|c| c.flip_probability = 1.0);
+    let err = corrupt(&image, &config, &mut ChaCha8Rng::seed_from_u64(2)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PretrainDataError::NonFinite {
+                index: [0, 1, 2, 3],
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
