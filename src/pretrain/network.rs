@@ -233,9 +233,13 @@ impl<B: Backend> Densify<B> {
                 let mask = masks[level].as_ref();
                 let mut f = masked_instance_norm(f, mask, None, 1e-5);
                 if let Some(m) = mask {
-                    let c = f.dims()[1];
-                    let token = self.tokens[level].val().reshape([1, c, 1, 1, 1]);
-                    f = f + token * m.clone().neg().add_scalar(1.0);
+                    // token_c · (1 − m) as a batched outer product [1, C, 1] × [N, 1, V]: burn's
+                    // broadcasting product walks every voxel of every channel with strided
+                    // indices, and its gradient for the token is a reduction of the same kind.
+                    let [n, c, d, h, w] = f.dims();
+                    let token = self.tokens[level].val().reshape([1, c, 1]);
+                    let hidden = m.clone().neg().add_scalar(1.0).reshape([n, 1, d * h * w]);
+                    f = f + token.matmul(hidden).reshape([n, c, d, h, w]);
                 }
                 match level {
                     0 => f,
@@ -333,6 +337,7 @@ mod tests {
     use super::*;
     use crate::nn::ResEncConfig;
     use crate::nn::testing::{TestBackend, tensor_values, test_device};
+    use burn::tensor::Distribution;
 
     fn config(in_channels: usize) -> PretrainNetworkConfig {
         let encoder = EncoderConfig::Resenc(ResEncConfig::tiny(in_channels));
@@ -437,6 +442,39 @@ mod tests {
             }
         }
         assert!(token.iter().all(|t| t.abs() <= 0.02));
+    }
+
+    #[test]
+    fn the_token_gradient_sums_the_output_gradient_over_masked_voxels_per_channel() {
+        let device = test_device();
+        let net = config(1).init::<TestBackend>(&device).unwrap();
+        let densify = net.densify.unwrap();
+        // Two samples with different masks, so that the batched product must not mix them.
+        let m = super::super::mask::BlockMask {
+            grid: [1, 2, 2],
+            cells: vec![vec![1.0, 0.0, 0.0, 1.0], vec![0.0, 0.0, 1.0, 0.0]],
+        };
+        let mut pyramid = super::super::sparse::MaskPyramid::<TestBackend>::new(&m, &device);
+        let mask = pyramid.at([2, 4, 4]).unwrap();
+        let f = Tensor::<TestBackend, 5>::random([2, 8, 2, 4, 4], Distribution::Default, &device);
+        let weights =
+            Tensor::<TestBackend, 5>::random([2, 8, 2, 4, 4], Distribution::Default, &device);
+        let out = densify.forward(vec![f], &[Some(mask.clone())]);
+        let grads = (out[0].clone() * weights.clone()).sum().backward();
+        let got = tensor_values(densify.tokens[0].grad(&grads).unwrap());
+        let (w, mv) = (tensor_values(weights), tensor_values(mask));
+        for c in 0..8 {
+            let expected: f64 = (0..2)
+                .flat_map(|n| (0..32).map(move |v| (n, v)))
+                .filter(|&(n, v)| mv[n * 32 + v] == 0.0)
+                .map(|(n, v)| w[(n * 8 + c) * 32 + v] as f64)
+                .sum();
+            assert!(
+                (got[c] as f64 - expected).abs() < 1e-5,
+                "channel {c}: {} vs {expected}",
+                got[c]
+            );
+        }
     }
 
     #[test]

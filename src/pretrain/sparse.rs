@@ -64,14 +64,20 @@ pub fn masked_instance_norm<B: Backend>(
     affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     epsilon: f64,
 ) -> Tensor<B, 5> {
-    if let Some((gamma, beta)) = &affine {
-        // One fused op (burn's broadcasting ops made this norm S3D's largest cost).
-        let [_, c, ..] = x.dims();
-        if let Some(y) =
-            crate::nn::conv::norm::fused_masked_group_norm(&x, mask, c, gamma, beta, epsilon)
-        {
-            return y;
-        }
+    // One fused op (burn's broadcasting ops made this norm S3D's largest cost); without affine
+    // parameters it runs with γ = 1 and β = 0, constants of the graph.
+    let [_, c, ..] = x.dims();
+    let (gamma, beta) = match &affine {
+        Some((gamma, beta)) => (gamma.clone(), beta.clone()),
+        None => (
+            Tensor::ones([c], &x.device()),
+            Tensor::zeros([c], &x.device()),
+        ),
+    };
+    if let Some(y) =
+        crate::nn::conv::norm::fused_masked_group_norm(&x, mask, c, &gamma, &beta, epsilon)
+    {
+        return y;
     }
     let shape = x.shape();
     let [n, c, d, h, w] = x.dims();

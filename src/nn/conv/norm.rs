@@ -283,40 +283,67 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
 pub(crate) mod kernels {
     use super::*;
 
+    /// `Σ f(a_i, b_i)` of `K` quantities at once over two slices of the same length, in f64:
+    /// 8 interleaved partial sums per quantity, so that the loop vectorises instead of waiting
+    /// on one f64 add per value (a serial f64 sum made the statistics a tenth of S3D's step).
+    /// The order of the additions is fixed, so results do not depend on the thread count.
+    #[inline(always)]
+    fn sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64; K]) -> [f64; K] {
+        const LANES: usize = 8;
+        let mut partial = [[0.0f64; LANES]; K];
+        let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+        for (a, b) in a_chunks.zip(b_chunks) {
+            for lane in 0..LANES {
+                let values = f(a[lane], b[lane]);
+                for k in 0..K {
+                    partial[k][lane] += values[k];
+                }
+            }
+        }
+        let mut total = partial.map(|lanes| lanes.iter().sum::<f64>());
+        for (&a, &b) in a_rest.iter().zip(b_rest) {
+            let values = f(a, b);
+            for k in 0..K {
+                total[k] += values[k];
+            }
+        }
+        total
+    }
+
     /// Mean and 1 / sqrt(variance + ε) of one (sample, group) block, accumulated in f64;
     /// with a mask (one value per voxel of a channel), over the voxels where it is 1 (at
     /// least one voxel counts, as in the composed version).
     fn statistics(block: &[f32], mask: Option<&[f32]>, epsilon: f64) -> (f32, f32) {
         let Some(mask) = mask else {
             let len = block.len() as f64;
-            let mean = block.iter().map(|&v| f64::from(v)).sum::<f64>() / len;
-            let variance = block
-                .iter()
-                .map(|&v| {
-                    let d = f64::from(v) - mean;
-                    d * d
-                })
-                .sum::<f64>()
-                / len;
-            return (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32);
+            let [sum] = sums(block, block, |v, _| [f64::from(v)]);
+            let mean = sum / len;
+            let [squares] = sums(block, block, |v, _| {
+                let d = f64::from(v) - mean;
+                [d * d]
+            });
+            return (mean as f32, (1.0 / (squares / len + epsilon).sqrt()) as f32);
         };
-        let weighted = || {
-            block
-                .chunks_exact(mask.len())
-                .flat_map(|c| c.iter().zip(mask))
-        };
-        let count = (mask.iter().map(|&m| f64::from(m)).sum::<f64>()
-            * (block.len() / mask.len()) as f64)
-            .max(1.0);
-        let mean = weighted().map(|(&v, &m)| f64::from(v * m)).sum::<f64>() / count;
-        let variance = weighted()
-            .map(|(&v, &m)| {
-                let d = (f64::from(v) - mean) * f64::from(m);
-                d * d
+        let channels = || block.chunks_exact(mask.len());
+        let [visible] = sums(mask, mask, |m, _| [f64::from(m)]);
+        let count = (visible * (block.len() / mask.len()) as f64).max(1.0);
+        let sum: f64 = channels()
+            .map(|c| sums(c, mask, |v, m| [f64::from(v * m)])[0])
+            .sum();
+        let mean = sum / count;
+        let squares: f64 = channels()
+            .map(|c| {
+                sums(c, mask, |v, m| {
+                    let d = (f64::from(v) - mean) * f64::from(m);
+                    [d * d]
+                })[0]
             })
-            .sum::<f64>()
-            / count;
-        (mean as f32, (1.0 / (variance + epsilon).sqrt()) as f32)
+            .sum();
+        (
+            mean as f32,
+            (1.0 / (squares / count + epsilon).sqrt()) as f32,
+        )
     }
 
     /// `y = (x − mean) · rstd · γ_c + β_c` per (sample, group), times the mask if any.
@@ -401,27 +428,26 @@ pub(crate) mod kernels {
                 let sample_mask = mask.map(|m| &m[(i / groups) * channel_len..][..channel_len]);
                 let (mean, rstd) = statistics(block, sample_mask, epsilon);
                 let first = (i % groups) * per_group;
-                let mut sums = Vec::with_capacity(per_group);
+                let mut channel_sums = Vec::with_capacity(per_group);
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for (k, (v, d)) in block
                     .chunks_exact(channel_len)
                     .zip(dy.chunks_exact(channel_len))
                     .enumerate()
                 {
-                    let (mut dyx, mut dys) = (0.0f64, 0.0f64);
-                    for (&v, &d) in v.iter().zip(d) {
+                    let [dyx, dys] = sums(v, d, |v, d| {
                         let xhat = (v - mean) * rstd;
-                        dyx += f64::from(d * xhat);
-                        dys += f64::from(d);
-                    }
-                    sums.push((dyx, dys));
+                        [f64::from(d * xhat), f64::from(d)]
+                    });
+                    channel_sums.push((dyx, dys));
                     let gamma = f64::from(weight[first + k]);
                     sum_g += dys * gamma;
                     sum_gx += dyx * gamma;
                 }
                 let len = match sample_mask {
                     Some(m) => {
-                        (m.iter().map(|&v| f64::from(v)).sum::<f64>() * per_group as f64).max(1.0)
+                        let [visible] = sums(m, m, |v, _| [f64::from(v)]);
+                        (visible * per_group as f64).max(1.0)
                     }
                     None => group_len as f64,
                 };
@@ -444,7 +470,7 @@ pub(crate) mod kernels {
                         out.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
                     }
                 }
-                sums
+                channel_sums
             })
             .collect();
         let (mut dweight, mut dbias) = (vec![0.0f64; c], vec![0.0f64; c]);
