@@ -377,6 +377,9 @@ pub fn avg_pool3d<B: Backend>(x: Tensor<B, 5>, kernel: [usize; 3]) -> Tensor<B, 
     if kernel == [1, 1, 1] {
         return x;
     }
+    if let Some(y) = crate::nn::conv::pool::avg_pool3d(&x, kernel) {
+        return y;
+    }
     let [n, c, d, h, w] = x.dims();
     let (od, oh, ow) = (d / kernel[0], h / kernel[1], w / kernel[2]);
     let x = if od * kernel[0] != d || oh * kernel[1] != h || ow * kernel[2] != w {

@@ -42,6 +42,7 @@ use rayon::prelude::*;
 use super::custom_op::{cast, register_gradients, same_type};
 
 pub mod norm;
+pub(crate) mod pool;
 mod transpose;
 
 pub use transpose::ConvTranspose3d;
