@@ -38,6 +38,44 @@ impl Activation {
             Activation::Identity => x,
         }
     }
+
+    /// The activation of one value (what [`Self::apply`] computes per element).
+    #[inline(always)]
+    pub fn scalar(self, x: f32) -> f32 {
+        match self {
+            Activation::LeakyRelu => {
+                if x < 0.0 {
+                    x * 0.01
+                } else {
+                    x
+                }
+            }
+            Activation::Relu => x.max(0.0),
+            Activation::Identity => x,
+        }
+    }
+
+    /// The derivative at input `x`, with burn's conventions at 0 (LeakyReLU 1, ReLU 0).
+    #[inline(always)]
+    pub fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::LeakyRelu => {
+                if x < 0.0 {
+                    0.01
+                } else {
+                    1.0
+                }
+            }
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Identity => 1.0,
+        }
+    }
 }
 
 /// How convolution weights are initialised.
@@ -125,6 +163,24 @@ pub fn transposed_upsampling<B: Backend>(
     ConvTranspose3d::from(conv)
 }
 
+/// [`group_norm`] of a `[N, C, D, H, W]` map followed by `activation`: one fused op (forward
+/// and backward) on the CPU kernels, the two composed otherwise.
+pub fn group_norm_activation<B: Backend>(
+    x: Tensor<B, 5>,
+    num_groups: usize,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    epsilon: f64,
+    activation: Activation,
+) -> Tensor<B, 5> {
+    if let Some(y) = crate::nn::conv::norm::fused_group_norm_activation(
+        &x, None, num_groups, &weight, &bias, epsilon, activation,
+    ) {
+        return y;
+    }
+    activation.apply(group_norm(x, num_groups, weight, bias, epsilon))
+}
+
 /// Group normalisation of a `[N, C, ...]` tensor with per-channel affine `weight`, `bias`.
 ///
 /// Statistics per (sample, group) over all channels of the group and all voxels, biased
@@ -191,13 +247,19 @@ impl<B: Backend> InstanceNorm3d<B> {
     /// # Shapes
     /// - input and output: `[N, C, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_activated(x, Activation::Identity)
+    }
+
+    /// [`Self::forward`] followed by `activation`, fused into one op where the CPU kernels apply.
+    pub fn forward_activated(&self, x: Tensor<B, 5>, activation: Activation) -> Tensor<B, 5> {
         let channels = x.dims()[1];
-        group_norm(
+        group_norm_activation(
             x,
             channels,
             self.weight.val(),
             self.bias.val(),
             self.epsilon,
+            activation,
         )
     }
 }
@@ -242,12 +304,18 @@ impl<B: Backend> GroupNorm3d<B> {
     /// # Shapes
     /// - input and output: `[N, C, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        group_norm(
+        self.forward_activated(x, Activation::Identity)
+    }
+
+    /// [`Self::forward`] followed by `activation`, fused into one op where the CPU kernels apply.
+    pub fn forward_activated(&self, x: Tensor<B, 5>, activation: Activation) -> Tensor<B, 5> {
+        group_norm_activation(
             x,
             self.num_groups,
             self.weight.val(),
             self.bias.val(),
             self.epsilon,
+            activation,
         )
     }
 }
@@ -326,8 +394,8 @@ impl<B: Backend> ConvNormAct<B> {
     /// - input: `[N, C_in, D, H, W]`
     /// - output: `[N, C_out, ⌈D/s⌉, ⌈H/s⌉, ⌈W/s⌉]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.activation
-            .apply(self.norm.forward(self.conv.forward(x)))
+        self.norm
+            .forward_activated(self.conv.forward(x), self.activation)
     }
 }
 
@@ -361,8 +429,8 @@ impl<B: Backend> ConvGroupNormAct<B> {
     /// # Shapes
     /// - input: `[N, C_in, D, H, W]`; output: `[N, C_out, D, H, W]`
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.activation
-            .apply(self.norm.forward(self.conv.forward(x)))
+        self.norm
+            .forward_activated(self.conv.forward(x), self.activation)
     }
 }
 

@@ -119,12 +119,21 @@ pub fn sparse_unit<B: Backend>(
 ) -> Tensor<B, 5> {
     let y = unit.conv.forward(x);
     let mask = masks.at(spatial(&y));
-    let y = masked_instance_norm(
-        y,
+    let (gamma, beta) = (unit.norm.weight.val(), unit.norm.bias.val());
+    let c = y.dims()[1];
+    // Norm and activation in one op where the CPU kernels apply.
+    if let Some(y) = crate::nn::conv::norm::fused_group_norm_activation(
+        &y,
         mask.as_ref(),
-        Some((unit.norm.weight.val(), unit.norm.bias.val())),
+        c,
+        &gamma,
+        &beta,
         unit.norm.epsilon,
-    );
+        unit.activation,
+    ) {
+        return y;
+    }
+    let y = masked_instance_norm(y, mask.as_ref(), Some((gamma, beta)), unit.norm.epsilon);
     unit.activation.apply(y)
 }
 
@@ -185,6 +194,7 @@ pub fn sparse_encoder_forward<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::blocks::Activation;
     use crate::nn::testing::{TestBackend, tensor_values, test_device};
     use crate::nn::{EncoderConfig, ResEncConfig};
     use burn::tensor::Distribution;
@@ -198,7 +208,8 @@ mod tests {
 
     /// Output and gradients (input, γ, β) of `sum(y · r)` for the masked instance norm with
     /// an affine, by the fused op or by the composed tensor ops.
-    fn masked_norm_run(fused: bool) -> [Vec<f64>; 4] {
+    /// Masked instance norm then `activation`: the fused op (both in one) or the composed ops.
+    fn masked_norm_run(fused: bool, activation: Activation) -> [Vec<f64>; 4] {
         let device = test_device();
         // Seeded values (the backend's generator is shared by tests running in parallel).
         let seeded = |shape: [usize; 5], seed: u64| {
@@ -224,12 +235,25 @@ mod tests {
         });
         assert_eq!(applies, fused, "the fused kernel ran");
         let y = crate::nn::conv::with_fast_conv3d(fused, || {
-            masked_instance_norm(
-                x.clone(),
-                Some(&mask),
-                Some((gamma.clone(), beta.clone())),
-                1e-5,
-            )
+            if fused {
+                crate::nn::conv::norm::fused_group_norm_activation(
+                    &x,
+                    Some(&mask),
+                    3,
+                    &gamma,
+                    &beta,
+                    1e-5,
+                    activation,
+                )
+                .unwrap()
+            } else {
+                activation.apply(masked_instance_norm(
+                    x.clone(),
+                    Some(&mask),
+                    Some((gamma.clone(), beta.clone())),
+                    1e-5,
+                ))
+            }
         });
         let grads = (y.clone() * seeded(y.dims(), 2)).sum().backward();
         [
@@ -242,8 +266,14 @@ mod tests {
 
     #[test]
     fn fused_masked_instance_norm_matches_the_composed_ops_with_gradients() {
-        let fused = masked_norm_run(true);
-        let composed = masked_norm_run(false);
+        for activation in [Activation::Identity, Activation::LeakyRelu] {
+            masked_norm_matches(activation);
+        }
+    }
+
+    fn masked_norm_matches(activation: Activation) {
+        let fused = masked_norm_run(true, activation);
+        let composed = masked_norm_run(false, activation);
         for (name, (a, e)) in ["output", "input grad", "gamma grad", "beta grad"]
             .iter()
             .zip(fused.iter().zip(&composed))
@@ -256,7 +286,7 @@ mod tests {
                 .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
             assert!(
                 err / scale <= 1e-4,
-                "{name}: relative error {}",
+                "{name}: relative error {} with {activation:?}",
                 err / scale
             );
         }

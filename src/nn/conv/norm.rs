@@ -23,6 +23,7 @@ use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
 use super::fast_conv3d_enabled;
+use crate::nn::blocks::Activation;
 use crate::nn::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
 /// Group norm of `x` `[N, C, D, H, W]` with per-channel `weight` and `bias` `[C]` by the fused
@@ -38,6 +39,21 @@ pub fn fused_group_norm<B: Backend>(
     fused_masked_group_norm(x, None, num_groups, weight, bias, epsilon)
 }
 
+/// [`fused_group_norm`] followed by `activation` in the same op (one pass forward, and the
+/// activation's derivative folded into the norm's backward): burn's LeakyReLU is a comparison
+/// and a select each way, a full tensor each. `None` where the fused kernels do not apply.
+pub fn fused_group_norm_activation<B: Backend>(
+    x: &Tensor<B, 5>,
+    mask: Option<&Tensor<B, 5>>,
+    num_groups: usize,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    epsilon: f64,
+    activation: Activation,
+) -> Option<Tensor<B, 5>> {
+    fused_norm(x, mask, num_groups, weight, bias, epsilon, activation)
+}
+
 /// [`fused_group_norm`] under a mask `[N, 1, D, H, W]` of 0 and 1 (S3D's masked instance
 /// norm): statistics over the voxels where the mask is 1, output 0 where it is 0, and no
 /// gradient through the mask; `None` where the fused kernels do not apply.
@@ -48,6 +64,26 @@ pub fn fused_masked_group_norm<B: Backend>(
     weight: &Tensor<B, 1>,
     bias: &Tensor<B, 1>,
     epsilon: f64,
+) -> Option<Tensor<B, 5>> {
+    fused_norm(
+        x,
+        mask,
+        num_groups,
+        weight,
+        bias,
+        epsilon,
+        Activation::Identity,
+    )
+}
+
+fn fused_norm<B: Backend>(
+    x: &Tensor<B, 5>,
+    mask: Option<&Tensor<B, 5>>,
+    num_groups: usize,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    epsilon: f64,
+    activation: Activation,
 ) -> Option<Tensor<B, 5>> {
     let [n, c, d, h, w] = x.dims();
     let mask_fits = mask.is_none_or(|m| m.dims() == [n, 1, d, h, w] && m.dtype() == DType::F32);
@@ -72,6 +108,7 @@ pub fn fused_masked_group_norm<B: Backend>(
         num_groups,
         epsilon,
         mask,
+        activation,
     };
     if same_type::<B, Autodiff<Dispatch>>() {
         let x: Tensor<Autodiff<Dispatch>, 5> = cast(x.clone());
@@ -139,6 +176,8 @@ pub struct NormOptions {
     pub epsilon: f64,
     /// `[N, D·H·W]` values of 0 and 1: statistics over the 1s, output 0 at the 0s.
     pub mask: Option<std::sync::Arc<[f32]>>,
+    /// Applied to the normalised output, inside the op.
+    pub activation: Activation,
 }
 
 /// A backend with fused group-norm kernels (burn's backend-extension pattern): `Dispatch` on
@@ -153,10 +192,12 @@ pub trait FusedNormBackend: Backend {
         options: NormOptions,
     ) -> FloatTensor<Self>;
 
-    /// Gradients (input, weight, bias) given the gradient of the output.
+    /// Gradients (input, weight, bias) given the gradient of the output (the bias recomputes
+    /// the activation's input).
     fn fused_group_norm_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: NormOptions,
     ) -> [FloatTensor<Self>; 3];
@@ -173,40 +214,32 @@ impl FusedNormBackend for Dispatch {
         let shape = x.shape();
         let [n, c, ..] = shape.dims::<5>();
         let (x, weight, bias) = (read_f32::<5>(x), read_f32::<1>(weight), read_f32::<1>(bias));
-        let y = kernels::forward(
-            f32s(&x),
-            f32s(&weight),
-            f32s(&bias),
-            [n, c],
-            options.num_groups,
-            options.epsilon,
-            options.mask.as_deref(),
-        );
+        let y = kernels::forward(f32s(&x), f32s(&weight), f32s(&bias), [n, c], &options);
         Self::float_from_data(TensorData::new(y, shape), &device)
     }
 
     fn fused_group_norm_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         output_grad: FloatTensor<Self>,
         options: NormOptions,
     ) -> [FloatTensor<Self>; 3] {
         let device = Self::float_device(&x);
         let shape = x.shape();
         let [n, c, ..] = shape.dims::<5>();
-        let (x, weight, dy) = (
+        let (x, weight, bias, dy) = (
             read_f32::<5>(x),
             read_f32::<1>(weight),
+            read_f32::<1>(bias),
             read_f32::<5>(output_grad),
         );
         let (dx, dweight, dbias) = kernels::backward(
             f32s(&x),
-            f32s(&weight),
+            [f32s(&weight), f32s(&bias)],
             f32s(&dy),
             [n, c],
-            options.num_groups,
-            options.epsilon,
-            options.mask.as_deref(),
+            &options,
         );
         [
             Self::float_from_data(TensorData::new(dx, shape), &device),
@@ -220,8 +253,8 @@ impl FusedNormBackend for Dispatch {
 struct FusedGroupNorm;
 
 impl<B: FusedNormBackend> Backward<B, 3> for FusedGroupNorm {
-    /// Input, weight and the options.
-    type State = (FloatTensor<B>, FloatTensor<B>, NormOptions);
+    /// Input, weight, bias and the options.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, NormOptions);
 
     fn backward(
         self,
@@ -230,8 +263,8 @@ impl<B: FusedNormBackend> Backward<B, 3> for FusedGroupNorm {
         _checkpointer: &mut Checkpointer,
     ) {
         let output_grad = grads.consume::<B>(&ops.node);
-        let (x, weight, options) = ops.state;
-        let computed = B::fused_group_norm_backward(x, weight, output_grad, options);
+        let (x, weight, bias, options) = ops.state;
+        let computed = B::fused_group_norm_backward(x, weight, bias, output_grad, options);
         register_gradients::<B>(
             ops.parents.iter().map(|p| p.as_ref().map(|node| node.id)),
             computed.map(Some),
@@ -256,6 +289,7 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
                 (
                     x.primitive.clone(),
                     weight.primitive.clone(),
+                    bias.primitive.clone(),
                     options.clone(),
                 ),
                 B::fused_group_norm(x.primitive, weight.primitive, bias.primitive, options),
@@ -272,6 +306,7 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
     fn fused_group_norm_backward(
         _x: FloatTensor<Self>,
         _weight: FloatTensor<Self>,
+        _bias: FloatTensor<Self>,
         _output_grad: FloatTensor<Self>,
         _options: NormOptions,
     ) -> [FloatTensor<Self>; 3] {
@@ -282,6 +317,47 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
 /// Kernels on contiguous `[N, C, V]` f32 buffers (V = voxels per channel).
 pub(crate) mod kernels {
     use super::*;
+
+    /// Run `$body` with `$f` bound to the activation as a closure, one copy of the body per
+    /// activation: matched outside the loops, so that each loop vectorises.
+    macro_rules! with_activation {
+        ($activation:expr, |$f:ident| $body:block) => {
+            match $activation {
+                Activation::Identity => {
+                    let $f = |x: f32| x;
+                    $body
+                }
+                Activation::LeakyRelu => {
+                    let $f = |x: f32| Activation::LeakyRelu.scalar(x);
+                    $body
+                }
+                Activation::Relu => {
+                    let $f = |x: f32| Activation::Relu.scalar(x);
+                    $body
+                }
+            }
+        };
+    }
+
+    /// [`with_activation!`] for the activation's derivative.
+    macro_rules! with_derivative {
+        ($activation:expr, |$f:ident| $body:block) => {
+            match $activation {
+                Activation::Identity => {
+                    let $f = |_: f32| 1.0f32;
+                    $body
+                }
+                Activation::LeakyRelu => {
+                    let $f = |x: f32| Activation::LeakyRelu.derivative(x);
+                    $body
+                }
+                Activation::Relu => {
+                    let $f = |x: f32| Activation::Relu.derivative(x);
+                    $body
+                }
+            }
+        };
+    }
 
     /// `Σ f(a_i, b_i)` of `K` quantities at once over two slices of the same length, in f64:
     /// 8 interleaved partial sums per quantity, so that the loop vectorises instead of waiting
@@ -346,16 +422,17 @@ pub(crate) mod kernels {
         )
     }
 
-    /// `y = (x − mean) · rstd · γ_c + β_c` per (sample, group), times the mask if any.
+    /// `y = act((x − mean) · rstd · γ_c + β_c)` per (sample, group), times the mask if any.
     pub fn forward(
         x: &[f32],
         weight: &[f32],
         bias: &[f32],
         [n, c]: [usize; 2],
-        groups: usize,
-        epsilon: f64,
-        mask: Option<&[f32]>,
+        options: &NormOptions,
     ) -> Vec<f32> {
+        let (groups, epsilon, mask) =
+            (options.num_groups, options.epsilon, options.mask.as_deref());
+        let activation = options.activation;
         let group_len = x.len() / (n * groups);
         let channel_len = group_len * groups / c;
         let per_group = c / groups;
@@ -374,9 +451,11 @@ pub(crate) mod kernels {
                 {
                     let scale = rstd * weight[first + k];
                     let shift = bias[first + k] - mean * scale;
-                    for (o, &v) in o.iter_mut().zip(v) {
-                        *o = v * scale + shift;
-                    }
+                    with_activation!(activation, |act| {
+                        for (o, &v) in o.iter_mut().zip(v) {
+                            *o = act(v * scale + shift);
+                        }
+                    });
                     if let Some(m) = sample_mask {
                         o.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
                     }
@@ -390,15 +469,19 @@ pub(crate) mod kernels {
     /// dβ_c = Σ dy over samples and voxels. Under a mask m, dy is m · dy, the means run over
     /// the voxels where m = 1, and dx is 0 where m = 0 (those voxels reach neither the
     /// statistics nor the output).
+    ///
+    /// With an activation, dy is first multiplied by its derivative at the recomputed input
+    /// `x̂ · γ_c + β_c`.
     pub fn backward(
         x: &[f32],
-        weight: &[f32],
+        [weight, bias]: [&[f32]; 2],
         dy: &[f32],
         [n, c]: [usize; 2],
-        groups: usize,
-        epsilon: f64,
-        mask: Option<&[f32]>,
+        options: &NormOptions,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (groups, epsilon, mask) =
+            (options.num_groups, options.epsilon, options.mask.as_deref());
+        let activation = options.activation;
         let masked_dy: Vec<f32>;
         let dy = match mask {
             Some(m) => {
@@ -428,6 +511,32 @@ pub(crate) mod kernels {
                 let sample_mask = mask.map(|m| &m[(i / groups) * channel_len..][..channel_len]);
                 let (mean, rstd) = statistics(block, sample_mask, epsilon);
                 let first = (i % groups) * per_group;
+                let through_activation: Vec<f32>;
+                let dy = match activation {
+                    Activation::Identity => dy,
+                    _ => {
+                        let mut buffer = vec![0.0f32; block.len()];
+                        for (k, (out, (v, d))) in buffer
+                            .chunks_exact_mut(channel_len)
+                            .zip(
+                                block
+                                    .chunks_exact(channel_len)
+                                    .zip(dy.chunks_exact(channel_len)),
+                            )
+                            .enumerate()
+                        {
+                            let scale = rstd * weight[first + k];
+                            let shift = bias[first + k] - mean * scale;
+                            with_derivative!(activation, |slope| {
+                                for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
+                                    *o = d * slope(v * scale + shift);
+                                }
+                            });
+                        }
+                        through_activation = buffer;
+                        &through_activation[..]
+                    }
+                };
                 let mut channel_sums = Vec::with_capacity(per_group);
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for (k, (v, d)) in block
@@ -492,7 +601,7 @@ pub(crate) mod kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::blocks::group_norm;
+    use crate::nn::blocks::{group_norm, group_norm_activation};
     use crate::nn::conv::with_fast_conv3d;
     use crate::nn::testing::{TestBackend, tensor_values, test_device};
 
@@ -505,18 +614,31 @@ mod tests {
     }
 
     /// Output and the gradients of `sum(y · r)` (input, γ, β), fused or composed.
-    fn run(x: &Tensor<TestBackend, 5>, groups: usize, fused: bool) -> [Vec<f64>; 4] {
+    fn run(
+        x: &Tensor<TestBackend, 5>,
+        groups: usize,
+        fused: bool,
+        activation: Activation,
+    ) -> [Vec<f64>; 4] {
         let shape = x.dims();
         let c = shape[1];
         let x = x.clone().require_grad();
         let weight = seeded([c], 2).require_grad();
         let bias = seeded([c], 3).require_grad();
         let applies = with_fast_conv3d(fused, || {
-            fused_group_norm(&x, groups, &weight, &bias, 1e-5).is_some()
+            fused_group_norm_activation(&x, None, groups, &weight, &bias, 1e-5, activation)
+                .is_some()
         });
         assert_eq!(applies, fused, "fused kernel used for {shape:?}");
         let y = with_fast_conv3d(fused, || {
-            group_norm(x.clone(), groups, weight.clone(), bias.clone(), 1e-5)
+            group_norm_activation(
+                x.clone(),
+                groups,
+                weight.clone(),
+                bias.clone(),
+                1e-5,
+                activation,
+            )
         });
         let grads = (y.clone() * seeded(shape, 4)).sum().backward();
         [
@@ -527,9 +649,20 @@ mod tests {
         ]
     }
 
+    /// The fused op against the composed one, with each activation the networks use.
     fn assert_close(x: &Tensor<TestBackend, 5>, groups: usize) {
-        let fused = run(x, groups, true);
-        let composed = run(x, groups, false);
+        for activation in [
+            Activation::Identity,
+            Activation::LeakyRelu,
+            Activation::Relu,
+        ] {
+            assert_close_with(x, groups, activation);
+        }
+    }
+
+    fn assert_close_with(x: &Tensor<TestBackend, 5>, groups: usize, activation: Activation) {
+        let fused = run(x, groups, true, activation);
+        let composed = run(x, groups, false, activation);
         let shape = x.dims();
         for (name, (a, e)) in ["output", "input grad", "weight grad", "bias grad"]
             .iter()
@@ -543,7 +676,7 @@ mod tests {
                 .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
             assert!(
                 err / scale <= 1e-4,
-                "{name}: relative error {} for {shape:?}, {groups} groups",
+                "{name}: relative error {} for {shape:?}, {groups} groups, {activation:?}",
                 err / scale
             );
         }
@@ -569,7 +702,7 @@ mod tests {
         for groups in [1, 2, 4] {
             assert_close(&x, groups);
         }
-        let fused = run(&x, 4, true);
+        let fused = run(&x, 4, true, Activation::Identity);
         assert!(fused.iter().flatten().all(|v| v.is_finite()));
     }
 
