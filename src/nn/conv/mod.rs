@@ -41,6 +41,7 @@ use rayon::prelude::*;
 
 use super::custom_op::{cast, register_gradients, same_type};
 
+pub(crate) mod layout;
 pub mod norm;
 pub(crate) mod pool;
 mod transpose;

@@ -33,9 +33,28 @@ fn hidden_convs<B: Backend>(
 
 /// Flatten `[N, A·K, d, h, w]` to `[N, d·h·w·A, K]`: positions in raster order, anchors inner.
 fn flatten_level<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 3> {
+    flatten_level_scaled(x, k, None)
+}
+
+/// [`flatten_level`] times a learned `scale` (`[1]`), one op on the CPU kernels.
+fn flatten_level_scaled<B: Backend>(
+    x: Tensor<B, 5>,
+    k: usize,
+    scale: Option<Tensor<B, 1>>,
+) -> Tensor<B, 3> {
     let [n, c, d, h, w] = x.dims();
     let a = c / k;
-    x.permute([0, 2, 3, 4, 1]).reshape([n, d * h * w * a, k])
+    let fused_scale = scale
+        .clone()
+        .unwrap_or_else(|| Tensor::ones([1], &x.device()));
+    if let Some(y) = crate::nn::conv::layout::channels_last_scaled(&x, &fused_scale) {
+        return y.reshape([n, d * h * w * a, k]);
+    }
+    let y = x.permute([0, 2, 3, 4, 1]).reshape([n, d * h * w * a, k]);
+    match scale {
+        Some(scale) => y * scale.reshape([1, 1, 1]),
+        None => y,
+    }
 }
 
 /// The classification head: hidden conv-GroupNorm-ReLU units, then a 3³ conv to A·C logits.
@@ -173,8 +192,8 @@ impl<B: Backend> RegressorHead<B> {
                 for c in &self.convs {
                     x = c.forward(x);
                 }
-                let scale = scales.clone().slice(i..i + 1).reshape([1, 1, 1]);
-                flatten_level(self.output.forward(x), 6) * scale
+                let scale = scales.clone().slice(i..i + 1);
+                flatten_level_scaled(self.output.forward(x), 6, Some(scale))
             })
             .collect();
         Tensor::cat(outs, 1)
