@@ -318,41 +318,22 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
 pub(crate) mod kernels {
     use super::*;
 
-    /// Run `$body` with `$f` bound to the activation as a closure, one copy of the body per
-    /// activation: matched outside the loops, so that each loop vectorises.
-    macro_rules! with_activation {
-        ($activation:expr, |$f:ident| $body:block) => {
+    /// Run `$body` with `$f` bound to `Activation::$method` (`scalar` or `derivative`) of
+    /// `$activation` as a closure, one copy of the body per activation: matched outside the
+    /// loops, so that each loop vectorises.
+    macro_rules! per_activation {
+        ($activation:expr, $method:ident, |$f:ident| $body:block) => {
             match $activation {
                 Activation::Identity => {
-                    let $f = |x: f32| x;
+                    let $f = |x: f32| Activation::Identity.$method(x);
                     $body
                 }
                 Activation::LeakyRelu => {
-                    let $f = |x: f32| Activation::LeakyRelu.scalar(x);
+                    let $f = |x: f32| Activation::LeakyRelu.$method(x);
                     $body
                 }
                 Activation::Relu => {
-                    let $f = |x: f32| Activation::Relu.scalar(x);
-                    $body
-                }
-            }
-        };
-    }
-
-    /// [`with_activation!`] for the activation's derivative.
-    macro_rules! with_derivative {
-        ($activation:expr, |$f:ident| $body:block) => {
-            match $activation {
-                Activation::Identity => {
-                    let $f = |_: f32| 1.0f32;
-                    $body
-                }
-                Activation::LeakyRelu => {
-                    let $f = |x: f32| Activation::LeakyRelu.derivative(x);
-                    $body
-                }
-                Activation::Relu => {
-                    let $f = |x: f32| Activation::Relu.derivative(x);
+                    let $f = |x: f32| Activation::Relu.$method(x);
                     $body
                 }
             }
@@ -451,7 +432,7 @@ pub(crate) mod kernels {
                 {
                     let scale = rstd * weight[first + k];
                     let shift = bias[first + k] - mean * scale;
-                    with_activation!(activation, |act| {
+                    per_activation!(activation, scalar, |act| {
                         for (o, &v) in o.iter_mut().zip(v) {
                             *o = act(v * scale + shift);
                         }
@@ -527,7 +508,7 @@ pub(crate) mod kernels {
                         {
                             let scale = rstd * weight[first + k];
                             let shift = bias[first + k] - mean * scale;
-                            with_derivative!(activation, |slope| {
+                            per_activation!(activation, derivative, |slope| {
                                 for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
                                     *o = d * slope(v * scale + shift);
                                 }
