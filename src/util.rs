@@ -22,6 +22,46 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Keep freed buffers of any size in the process's heap (glibc only; the allocator's own
+/// environment variables, `MALLOC_MMAP_THRESHOLD_` and friends, still win, and
+/// `DETLAB_MALLOC_TUNING=0` leaves glibc's defaults).
+///
+/// Why: glibc serves blocks above its mmap threshold (at most 32 MB, adapting) with a fresh
+/// `mmap` and returns them with `munmap`, so a training step can re-fault and re-zero the
+/// pages of its largest tensors (page faults, the kernel's locks and `memset` were 12 % of a
+/// pre-training step's profile). With the threshold at 1 GB and trimming above 2 GB, freed
+/// buffers are reused. Measured back to back, interleaved, six runs each (2026-12-07): MAE at
+/// 32³ median 152 → 142 ms; the quickstart's step unchanged (672 vs 668 ms, four runs); the
+/// peak RSS the same.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let user_set = [
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_TOP_PAD_",
+        ]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+        let off = matches!(
+            std::env::var("DETLAB_MALLOC_TUNING")
+                .as_deref()
+                .map(str::trim),
+            Ok("0" | "off" | "false")
+        );
+        if user_set || off {
+            return;
+        }
+        // SAFETY: `mallopt` only changes allocator parameters; called once at start-up,
+        // before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        }
+    }
+}
+
 /// Sync a folder, so that files created or renamed in it are durable (`""` is the current one).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {

@@ -54,6 +54,7 @@ enum Command {
 
 /// Parse the command line, run the command, and return the process exit code.
 pub fn main() -> i32 {
+    detlab::util::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run { file, set }) => run::run(&file, &set),
