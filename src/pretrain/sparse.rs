@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::mask::BlockMask;
 use crate::nn::Encoder;
-use crate::nn::blocks::{BasicBlockD, ConvNormAct, avg_pool3d};
+use crate::nn::blocks::{Activation, BasicBlockD, ConvNormAct, avg_pool3d};
 
 /// The masks of one batch at every resolution asked for, built once each.
 pub struct MaskPyramid<'a, B: Backend> {
@@ -64,8 +64,19 @@ pub fn masked_instance_norm<B: Backend>(
     affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     epsilon: f64,
 ) -> Tensor<B, 5> {
-    // One fused op (burn's broadcasting ops made this norm S3D's largest cost); without affine
-    // parameters it runs with γ = 1 and β = 0, constants of the graph.
+    masked_instance_norm_activation(x, mask, affine, epsilon, Activation::Identity)
+}
+
+/// [`masked_instance_norm`] followed by `activation`: one fused op (burn's broadcasting ops
+/// made this norm S3D's largest cost) where the CPU kernels apply; without affine parameters
+/// it runs with γ = 1 and β = 0, constants of the graph.
+pub fn masked_instance_norm_activation<B: Backend>(
+    x: Tensor<B, 5>,
+    mask: Option<&Tensor<B, 5>>,
+    affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    epsilon: f64,
+    activation: Activation,
+) -> Tensor<B, 5> {
     let [_, c, ..] = x.dims();
     let (gamma, beta) = match &affine {
         Some((gamma, beta)) => (gamma.clone(), beta.clone()),
@@ -74,11 +85,21 @@ pub fn masked_instance_norm<B: Backend>(
             Tensor::zeros([c], &x.device()),
         ),
     };
-    if let Some(y) =
-        crate::nn::conv::norm::fused_masked_group_norm(&x, mask, c, &gamma, &beta, epsilon)
-    {
+    if let Some(y) = crate::nn::conv::norm::fused_group_norm_activation(
+        &x, mask, c, &gamma, &beta, epsilon, activation,
+    ) {
         return y;
     }
+    activation.apply(composed_masked_instance_norm(x, mask, affine, epsilon))
+}
+
+/// The masked instance norm from burn's tensor ops (other backends and devices).
+fn composed_masked_instance_norm<B: Backend>(
+    x: Tensor<B, 5>,
+    mask: Option<&Tensor<B, 5>>,
+    affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    epsilon: f64,
+) -> Tensor<B, 5> {
     let shape = x.shape();
     let [n, c, d, h, w] = x.dims();
     let voxels = d * h * w;
@@ -119,22 +140,13 @@ pub fn sparse_unit<B: Backend>(
 ) -> Tensor<B, 5> {
     let y = unit.conv.forward(x);
     let mask = masks.at(spatial(&y));
-    let (gamma, beta) = (unit.norm.weight.val(), unit.norm.bias.val());
-    let c = y.dims()[1];
-    // Norm and activation in one op where the CPU kernels apply.
-    if let Some(y) = crate::nn::conv::norm::fused_group_norm_activation(
-        &y,
+    masked_instance_norm_activation(
+        y,
         mask.as_ref(),
-        c,
-        &gamma,
-        &beta,
+        Some((unit.norm.weight.val(), unit.norm.bias.val())),
         unit.norm.epsilon,
         unit.activation,
-    ) {
-        return y;
-    }
-    let y = masked_instance_norm(y, mask.as_ref(), Some((gamma, beta)), unit.norm.epsilon);
-    unit.activation.apply(y)
+    )
 }
 
 /// A residual block under the mask (the shortcut's average pool is masked too).
@@ -194,8 +206,7 @@ pub fn sparse_encoder_forward<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::blocks::Activation;
-    use crate::nn::testing::{TestBackend, tensor_values, test_device};
+    use crate::nn::testing::{TestBackend, relative_error, tensor_values, test_device};
     use crate::nn::{EncoderConfig, ResEncConfig};
     use burn::tensor::Distribution;
 
@@ -278,16 +289,10 @@ mod tests {
             .iter()
             .zip(fused.iter().zip(&composed))
         {
-            assert_eq!(a.len(), e.len());
-            let scale = e.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-            let err = a
-                .iter()
-                .zip(e)
-                .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            let err = relative_error(a, e);
             assert!(
-                err / scale <= 1e-4,
-                "{name}: relative error {} with {activation:?}",
-                err / scale
+                err <= 1e-4,
+                "{name}: relative error {err} with {activation:?}"
             );
         }
     }

@@ -21,6 +21,13 @@
 //! generic over `B: Backend`; [`conv3d`] routes to the fast operation when `B` is the script
 //! backend `Autodiff<Dispatch>` or the inference backend `Dispatch`, and to burn's `conv3d`
 //! otherwise. `DETLAB_FAST_CONV3D=0` (or [`set_fast_conv3d`]) switches the fast path off.
+//!
+//! The other CPU ops with their own backward live here too and follow the same switch, each
+//! reached from the layer or function that models call: [`norm`] (group / instance norm, with
+//! a mask and a fused activation; `nn::blocks::group_norm_activation`), `transpose`
+//! ([`ConvTranspose3d`] with kernel = stride), `pool` (`nn::blocks::avg_pool3d`), `layout`
+//! (the Retina U-Net heads' channels-last flattening) and `direct` (the AVX-512 / AVX2
+//! convolution kernels).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -39,21 +39,6 @@ pub fn fused_group_norm<B: Backend>(
     fused_masked_group_norm(x, None, num_groups, weight, bias, epsilon)
 }
 
-/// [`fused_group_norm`] followed by `activation` in the same op (one pass forward, and the
-/// activation's derivative folded into the norm's backward): burn's LeakyReLU is a comparison
-/// and a select each way, a full tensor each. `None` where the fused kernels do not apply.
-pub fn fused_group_norm_activation<B: Backend>(
-    x: &Tensor<B, 5>,
-    mask: Option<&Tensor<B, 5>>,
-    num_groups: usize,
-    weight: &Tensor<B, 1>,
-    bias: &Tensor<B, 1>,
-    epsilon: f64,
-    activation: Activation,
-) -> Option<Tensor<B, 5>> {
-    fused_norm(x, mask, num_groups, weight, bias, epsilon, activation)
-}
-
 /// [`fused_group_norm`] under a mask `[N, 1, D, H, W]` of 0 and 1 (S3D's masked instance
 /// norm): statistics over the voxels where the mask is 1, output 0 where it is 0, and no
 /// gradient through the mask; `None` where the fused kernels do not apply.
@@ -65,7 +50,7 @@ pub fn fused_masked_group_norm<B: Backend>(
     bias: &Tensor<B, 1>,
     epsilon: f64,
 ) -> Option<Tensor<B, 5>> {
-    fused_norm(
+    fused_group_norm_activation(
         x,
         mask,
         num_groups,
@@ -76,7 +61,11 @@ pub fn fused_masked_group_norm<B: Backend>(
     )
 }
 
-fn fused_norm<B: Backend>(
+/// [`fused_masked_group_norm`] followed by `activation` in the same op (one pass forward, and
+/// the activation's derivative folded into the norm's backward): burn's LeakyReLU is a
+/// comparison and a select each way, a full tensor each. `None` where the fused kernels do not
+/// apply.
+pub fn fused_group_norm_activation<B: Backend>(
     x: &Tensor<B, 5>,
     mask: Option<&Tensor<B, 5>>,
     num_groups: usize,
@@ -584,7 +573,7 @@ mod tests {
     use super::*;
     use crate::nn::blocks::{group_norm, group_norm_activation};
     use crate::nn::conv::with_fast_conv3d;
-    use crate::nn::testing::{TestBackend, tensor_values, test_device};
+    use crate::nn::testing::{TestBackend, relative_error, tensor_values, test_device};
 
     fn seeded<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<TestBackend, D> {
         let values: Vec<f32> = crate::nn::conv::uniform_values(shape.iter().product(), seed)
@@ -649,16 +638,10 @@ mod tests {
             .iter()
             .zip(fused.iter().zip(&composed))
         {
-            assert_eq!(a.len(), e.len());
-            let scale = e.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-            let err = a
-                .iter()
-                .zip(e)
-                .fold(0.0f64, |m, (a, e)| m.max((a - e).abs()));
+            let err = relative_error(a, e);
             assert!(
-                err / scale <= 1e-4,
-                "{name}: relative error {} for {shape:?}, {groups} groups, {activation:?}",
-                err / scale
+                err <= 1e-4,
+                "{name}: relative error {err} for {shape:?}, {groups} groups, {activation:?}"
             );
         }
     }
