@@ -62,6 +62,37 @@ pub fn tune_allocator() {
     }
 }
 
+/// Stack size of rayon's worker threads: commands run on one of them ([`run_on_worker`]), and
+/// Rhai's evaluator may recurse as deep as a main thread's 8 MiB allows.
+pub const WORKER_STACK_BYTES: usize = 16 << 20;
+
+/// Build rayon's global pool with `threads` threads (`None`: rayon's default, `RAYON_NUM_THREADS`
+/// or the number of cores) and worker stacks of [`WORKER_STACK_BYTES`]. Call it once, before any
+/// parallel work; a second call fails.
+pub fn init_thread_pool(threads: Option<usize>) -> Result<(), rayon::ThreadPoolBuildError> {
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(WORKER_STACK_BYTES);
+    if let Some(n) = threads {
+        builder = builder.num_threads(n);
+    }
+    builder.build_global()
+}
+
+/// Run `work` on a worker thread of rayon's global pool and wait for its result (panics
+/// propagate).
+///
+/// Why: a parallel loop started outside the pool hands its work to the workers and sleeps
+/// until they finish, so every op of a training step paid two thread wake-ups, and at one
+/// thread the step ran on two OS threads taking turns (rayon's wake-ups and futex waits were 8 %
+/// of a pre-training step's profile). Started on a worker, the loop runs on the calling thread
+/// as well, and at one thread it runs inline, as PyTorch's OpenMP loops do.
+pub fn run_on_worker<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return work();
+    }
+    // `scope` called outside the pool runs its closure on a worker and blocks until it ends.
+    rayon::scope(|_| work())
+}
+
 /// Sync a folder, so that files created or renamed in it are durable (`""` is the current one).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {

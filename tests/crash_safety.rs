@@ -114,16 +114,17 @@ fn losses(state_file: &Path) -> Vec<u64> {
 }
 
 /// A tiny deterministic generator for the kill times (printed, so a failure can be replayed).
-fn kill_times(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
+fn kill_times(seed: u64, n: usize, range_ms: std::ops::Range<u64>) -> Vec<u64> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
+    let span = (range_ms.end - range_ms.start).max(1);
     (0..n)
         .map(|_| {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            300 + (x >> 33) % max_ms
+            range_ms.start + (x >> 33) % span
         })
         .collect()
 }
@@ -187,10 +188,11 @@ fn kill_and_resume(
         command(dir, file, "reference", false),
         "the uninterrupted run",
     );
-    // Random kills fall inside the uninterrupted run's duration, so they hit a running process
-    // (times drawn up to a fixed bound mostly landed after the run had finished).
+    // Random kills fall inside the uninterrupted run's duration (its middle 80 %), so they hit
+    // a running process (times drawn up to a fixed bound mostly landed after the run had
+    // finished).
     let duration_ms = started.elapsed().as_millis() as u64;
-    let times = kill_times(seed, kills, duration_ms.saturating_sub(300).max(1));
+    let times = kill_times(seed, kills, duration_ms / 10..duration_ms * 9 / 10);
     eprintln!("kill times (seed {seed}, run of {duration_ms} ms): {times:?} ms");
     let reference = losses(&dir.join("reference/last").join(marker));
     let mut kills: Vec<(Option<&str>, Option<u64>)> =

@@ -56,12 +56,20 @@ enum Command {
 pub fn main() -> i32 {
     detlab::util::tune_allocator();
     let cli = Cli::parse();
-    match cli.command {
+    if let Some(Command::Bench { name, args }) = &cli.command {
+        // Benchmarks size rayon's pool themselves (`--threads`).
+        return bench::run(name, args);
+    }
+    if let Err(e) = detlab::util::init_thread_pool(None) {
+        eprintln!("error: cannot start rayon's threads: {e}");
+        return 1;
+    }
+    detlab::util::run_on_worker(|| match cli.command {
         Some(Command::Run { file, set }) => run::run(&file, &set),
         Some(Command::Check { file }) => run::check(&file),
         Some(Command::Help { name }) => run::help(name.as_deref()),
-        Some(Command::Bench { name, args }) => bench::run(&name, &args),
+        Some(Command::Bench { .. }) => unreachable!("benchmarks returned above"),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Repl) | None => repl::run(),
-    }
+    })
 }

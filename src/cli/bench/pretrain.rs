@@ -159,21 +159,23 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     }
-    if let Some(n) = threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-    {
-        eprintln!("error: cannot set {n} threads: {e}");
+    if let Err(e) = detlab::util::init_thread_pool(threads) {
+        eprintln!("error: cannot start the threads: {e}");
         return 1;
     }
+    // Timed on a pool worker, as `detlab run` trains (see `util::run_on_worker`).
+    detlab::util::run_on_worker(|| report(steps, &widths, &patches, &methods))
+}
+
+/// Time and print every (widths, patch, method) case; returns the exit code.
+fn report(steps: usize, widths: &[String], patches: &[usize], methods: &[Method]) -> i32 {
     println!(
         "pre-training step, batch 2, median of {steps} after 1 warm-up; threads: {}",
         rayon::current_num_threads()
     );
-    for w in &widths {
-        for &p in &patches {
-            for &m in &methods {
+    for w in widths {
+        for &p in patches {
+            for &m in methods {
                 match step_times(m, w, p, steps) {
                     Ok(t) => {
                         let s = median(&t);

@@ -120,14 +120,8 @@ impl StepArgs {
         Ok(setup)
     }
 
-    /// Set the global thread count and open the device.
+    /// Open the device (rayon's pool is sized by `run`).
     fn start(&self) -> Result<detlab::nn::DispatchDevice, String> {
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()
-                .map_err(|e| format!("cannot set {n} threads: {e}"))?;
-        }
         device(&self.device).map_err(|e| e.to_string())
     }
 }
@@ -241,9 +235,22 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
-    if parsed.detector == "def_detr" {
-        return def_detr::run(&parsed);
+    if let Err(e) = detlab::util::init_thread_pool(parsed.threads) {
+        eprintln!("error: bench train-step: cannot start the threads: {e}");
+        return 1;
     }
+    // Timed on a pool worker, as `detlab run` trains (see `util::run_on_worker`).
+    detlab::util::run_on_worker(|| {
+        if parsed.detector == "def_detr" {
+            def_detr::run(&parsed)
+        } else {
+            run_retina_unet(&parsed)
+        }
+    })
+}
+
+/// The Retina U-Net step (and `--profile`'s per-op table); returns the exit code.
+fn run_retina_unet(parsed: &StepArgs) -> i32 {
     let (steps, profile) = (parsed.steps, parsed.profile);
     let setup = match parsed.setup("bench") {
         Ok(s) => s,
