@@ -26,7 +26,10 @@ pub(crate) fn cast<A: 'static, T: 'static>(value: A) -> T {
         .expect("cast between identical types")
 }
 
-/// A Dispatch float tensor's data on the host.
+/// A Dispatch float tensor's data on the host: on the Flex device, the tensor's own buffer
+/// where nothing else holds it, a copy otherwise. An op that must keep its input for the
+/// backward pass reads it first and keeps `float_from_data` of what it read (the same buffer),
+/// rather than a clone of the tensor, which would force the copy.
 pub(crate) fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
     Tensor::<Dispatch, D>::from_primitive(TensorPrimitive::Float(tensor)).into_data()
 }

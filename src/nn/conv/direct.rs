@@ -23,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer;
 use super::kernels::{Geometry, in_chunk_waves};
 
 pub(crate) use crate::util::isa::Isa;
@@ -96,6 +97,7 @@ pub(crate) struct Padded {
 const SLACK: usize = 32;
 
 impl Padded {
+    /// Every value is written once (halo zeros, rows copied), with no zeroing pass first.
     fn new(x: &[f32], size: [usize; 3], padding: [usize; 3]) -> Self {
         let [d, h, w] = size;
         let dims: [usize; 3] = std::array::from_fn(|i| size[i] + 2 * padding[i]);
@@ -103,18 +105,35 @@ impl Padded {
         let volume = d * h * w;
         let channel = dims.iter().product::<usize>();
         let channels = x.len() / volume.max(1);
-        let mut data = vec![0.0f32; channels * channel + SLACK];
-        data[..channels * channel]
-            .par_chunks_mut(channel)
+        let mut data = buffer::unwritten(channels * channel + SLACK);
+        let (body, slack) = data.split_at_mut(channels * channel);
+        buffer::fill(slack, 0.0);
+        body.par_chunks_mut(channel)
             .zip(x.par_chunks(volume))
             .for_each(|(dst, src)| {
-                for (z, plane) in src.chunks_exact(h * w).enumerate() {
-                    for (y, row) in plane.chunks_exact(w).enumerate() {
-                        let at = ((z + padding[0]) * hp + y + padding[1]) * wp + padding[2];
-                        dst[at..at + w].copy_from_slice(row);
+                for (zp, plane) in dst.chunks_exact_mut(hp * wp).enumerate() {
+                    let z = zp.wrapping_sub(padding[0]);
+                    if z >= d {
+                        buffer::fill(plane, 0.0);
+                        continue;
+                    }
+                    for (yp, row) in plane.chunks_exact_mut(wp).enumerate() {
+                        let y = yp.wrapping_sub(padding[1]);
+                        if y >= h {
+                            buffer::fill(row, 0.0);
+                            continue;
+                        }
+                        let (left, rest) = row.split_at_mut(padding[2]);
+                        let (middle, right) = rest.split_at_mut(w);
+                        buffer::fill(left, 0.0);
+                        buffer::copy(middle, &src[(z * h + y) * w..][..w]);
+                        buffer::fill(right, 0.0);
                     }
                 }
             });
+        // SAFETY: the slack and every plane, row, halo and interior of every channel were
+        // written above (`x` holds `channels` whole volumes).
+        let data = unsafe { buffer::written(data) };
         Self { data, dims }
     }
 
@@ -153,7 +172,7 @@ pub(crate) fn forward(
     debug_assert!(applies(g));
     let padded = Padded::new(x, g.input, g.padding);
     let rows = row_offsets(g.channels_in, g.kernel, &padded);
-    let mut y = vec![0.0f32; g.batch * g.channels_out * g.output.iter().product::<usize>()];
+    let mut y = buffer::unwritten(g.batch * g.channels_out * g.output.iter().product::<usize>());
     let job = ForwardJob {
         padded: &padded,
         rows: &rows,
@@ -169,7 +188,8 @@ pub(crate) fn forward(
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("no direct kernels on this architecture"),
     }
-    y
+    // SAFETY: the kernels store every output value (see `forward_slice`).
+    unsafe { buffer::written(y) }
 }
 
 /// Input gradient: the forward kernel on `dY` padded by `k − 1 − p`, with the kernel
@@ -266,6 +286,7 @@ macro_rules! direct_kernels {
         use rayon::prelude::*;
 
         use super::{ForwardJob, SharedOut, WeightJob, in_chunk_waves, slices_per_chunk};
+        use std::mem::MaybeUninit;
 
         /// Output channels × output vectors of a forward tile.
         const R: usize = $r;
@@ -274,7 +295,7 @@ macro_rules! direct_kernels {
         const A: usize = $a;
         const B: usize = $b;
 
-        pub(in crate::nn::conv) fn forward(job: &ForwardJob, y: &mut [f32]) {
+        pub(in crate::nn::conv) fn forward(job: &ForwardJob, y: &mut [MaybeUninit<f32>]) {
             let g = job.g;
             let (ci, co) = (g.channels_in, g.channels_out);
             let rows = job.rows.len();
@@ -290,7 +311,7 @@ macro_rules! direct_kernels {
             let [od, oh, ow] = g.output;
             let out_volume = od * oh * ow;
             let sample_in = ci * job.padded.channel_len();
-            let out = SharedOut(y.as_mut_ptr());
+            let out = SharedOut(y.as_mut_ptr().cast::<f32>());
             let (padded, offsets) = (&job.padded, job.rows);
             // Input rows (channel, kd, kh) a row of tiles reads: about 24 KB of them per chunk.
             let [kd, kh, _] = g.kernel;

@@ -33,7 +33,6 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::backend::Autodiff;
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -46,8 +45,9 @@ use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimi
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
-use super::custom_op::{cast, register_gradients, same_type};
+use super::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
+mod buffer;
 pub(crate) mod layout;
 pub mod norm;
 pub(crate) mod pool;
@@ -301,7 +301,19 @@ pub trait FastConvBackend: Backend {
         bias: Option<FloatTensor<Self>>,
         options: ConvOptions<3>,
     ) -> FloatTensor<Self> {
-        Self::conv3d(x, weight, bias, options)
+        Self::fast_conv3d_keeping_input(x, weight, bias, options).0
+    }
+
+    /// [`FastConvBackend::fast_conv3d`] that also returns the input, for the backward pass to
+    /// keep. On the Flex device the returned input holds the buffer the kernel read, so that
+    /// an input which nothing else holds (the usual case: a norm's output) is never copied.
+    fn fast_conv3d_keeping_input(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<3>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::conv3d(x.clone(), weight, bias, options), x)
     }
 
     /// Gradients of conv3d given the gradient of its output.
@@ -349,29 +361,33 @@ fn burn_conv3d_backward<B: Backend>(
 }
 
 impl FastConvBackend for Dispatch {
-    fn fast_conv3d(
+    fn fast_conv3d_keeping_input(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
         options: ConvOptions<3>,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let geometry = flex_geometry(&x, &weight, None, &options);
         let (Some(geometry), true) = (
             geometry,
             bias.as_ref().is_none_or(|b| b.dtype() == DType::F32),
         ) else {
-            return Self::conv3d(x, weight, bias, options);
+            return (Self::conv3d(x.clone(), weight, bias, options), x);
         };
         count_kernel_call(0);
         let device = Self::float_device(&x);
+        // Without a copy where this is the input's only holder (see `read_f32`).
         let x = read_f32::<5>(x);
         let weight = read_f32::<5>(weight);
         let bias = bias.map(read_f32::<1>);
         let output = kernels::forward(f32s(&x), f32s(&weight), bias.as_ref().map(f32s), &geometry);
         let [n, _, d, h, w] = geometry.output_shape();
-        Self::float_from_data(
-            TensorData::new(output, [n, geometry.channels_out, d, h, w]),
-            &device,
+        (
+            Self::float_from_data(
+                TensorData::new(output, [n, geometry.channels_out, d, h, w]),
+                &device,
+            ),
+            Self::float_from_data(x, &device),
         )
     }
 
@@ -453,33 +469,21 @@ fn flex_geometry(
     }
 }
 
-fn read_f32<const D: usize>(tensor: FloatTensor<Dispatch>) -> TensorData {
-    Tensor::<Dispatch, D>::from_primitive(TensorPrimitive::Float(tensor)).into_data()
-}
-
-fn f32s(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>()
-        .expect("f32 tensor data (dtype checked before)")
-}
-
 #[derive(Debug)]
 struct FastConv3dWithBias;
 
 #[derive(Debug)]
 struct FastConv3dNoBias;
 
-/// State kept for the backward pass: checkpointed input and weight, and the options.
-type ConvState = (NodeId, NodeId, ConvOptions<3>);
+/// State kept for the backward pass: the input and weight, and the options.
+type ConvState<B> = (FloatTensor<B>, FloatTensor<B>, ConvOptions<3>);
 
 fn conv_backward<B: FastConvBackend, const N: usize>(
-    ops: Ops<ConvState, N>,
+    ops: Ops<ConvState<B>, N>,
     grads: &mut Gradients,
-    checkpointer: &mut Checkpointer,
 ) {
     let output_grad = grads.consume::<B>(&ops.node);
-    let (x_state, weight_state, options) = ops.state;
-    let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
-    let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight_state);
+    let (x, weight, options) = ops.state;
     let parent = |i: usize| ops.parents.get(i).and_then(|p| p.as_ref());
     let request = Conv3dGradRequest {
         x: parent(0).is_some(),
@@ -495,28 +499,28 @@ fn conv_backward<B: FastConvBackend, const N: usize>(
 }
 
 impl<B: FastConvBackend> Backward<B, 3> for FastConv3dWithBias {
-    type State = ConvState;
+    type State = ConvState<B>;
 
     fn backward(
         self,
         ops: Ops<Self::State, 3>,
         grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
+        _checkpointer: &mut Checkpointer,
     ) {
-        conv_backward::<B, 3>(ops, grads, checkpointer);
+        conv_backward::<B, 3>(ops, grads);
     }
 }
 
 impl<B: FastConvBackend> Backward<B, 2> for FastConv3dNoBias {
-    type State = ConvState;
+    type State = ConvState<B>;
 
     fn backward(
         self,
         ops: Ops<Self::State, 2>,
         grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
+        _checkpointer: &mut Checkpointer,
     ) {
-        conv_backward::<B, 2>(ops, grads, checkpointer);
+        conv_backward::<B, 2>(ops, grads);
     }
 }
 
@@ -533,18 +537,14 @@ impl<B: FastConvBackend, C: CheckpointStrategy> FastConvBackend for Autodiff<B, 
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let weight_state = prep.checkpoint(&weight);
-                    prep.finish(
-                        (x_state, weight_state, options.clone()),
-                        B::fast_conv3d(
-                            x.primitive,
-                            weight.primitive,
-                            Some(bias.primitive),
-                            options,
-                        ),
-                    )
+                OpsKind::Tracked(prep) => {
+                    let (output, x) = B::fast_conv3d_keeping_input(
+                        x.primitive,
+                        weight.primitive.clone(),
+                        Some(bias.primitive),
+                        options.clone(),
+                    );
+                    prep.finish((x, weight.primitive, options), output)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(B::fast_conv3d(
                     x.primitive,
@@ -558,19 +558,29 @@ impl<B: FastConvBackend, C: CheckpointStrategy> FastConvBackend for Autodiff<B, 
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let weight_state = prep.checkpoint(&weight);
-                    prep.finish(
-                        (x_state, weight_state, options.clone()),
-                        B::fast_conv3d(x.primitive, weight.primitive, None, options),
-                    )
+                OpsKind::Tracked(prep) => {
+                    let (output, x) = B::fast_conv3d_keeping_input(
+                        x.primitive,
+                        weight.primitive.clone(),
+                        None,
+                        options.clone(),
+                    );
+                    prep.finish((x, weight.primitive, options), output)
                 }
                 OpsKind::UnTracked(prep) => {
                     prep.finish(B::fast_conv3d(x.primitive, weight.primitive, None, options))
                 }
             },
         }
+    }
+
+    fn fast_conv3d_keeping_input(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        options: ConvOptions<3>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::fast_conv3d(x.clone(), weight, bias, options), x)
     }
 }
 

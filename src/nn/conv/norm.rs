@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use burn::{Dispatch, DispatchDevice};
 use rayon::prelude::*;
 
-use super::fast_conv3d_enabled;
+use super::{buffer, fast_conv3d_enabled};
 use crate::nn::blocks::Activation;
 use crate::nn::custom_op::{cast, f32s, read_f32, register_gradients, same_type};
 
@@ -179,7 +179,19 @@ pub trait FusedNormBackend: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: NormOptions,
-    ) -> FloatTensor<Self>;
+    ) -> FloatTensor<Self> {
+        Self::fused_group_norm_keeping_input(x, weight, bias, options).0
+    }
+
+    /// [`FusedNormBackend::fused_group_norm`] that also returns the input, for the backward
+    /// pass to keep; on the Flex device it holds the buffer the kernel read (no copy where
+    /// nothing else holds the input, the usual case: a convolution's output).
+    fn fused_group_norm_keeping_input(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradients (input, weight, bias) given the gradient of the output (the bias recomputes
     /// the activation's input).
@@ -193,18 +205,21 @@ pub trait FusedNormBackend: Backend {
 }
 
 impl FusedNormBackend for Dispatch {
-    fn fused_group_norm(
+    fn fused_group_norm_keeping_input(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: NormOptions,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let device = Self::float_device(&x);
         let shape = x.shape();
         let [n, c, ..] = shape.dims::<5>();
         let (x, weight, bias) = (read_f32::<5>(x), read_f32::<1>(weight), read_f32::<1>(bias));
         let y = kernels::forward(f32s(&x), f32s(&weight), f32s(&bias), [n, c], &options);
-        Self::float_from_data(TensorData::new(y, shape), &device)
+        (
+            Self::float_from_data(TensorData::new(y, shape), &device),
+            Self::float_from_data(x, &device),
+        )
     }
 
     fn fused_group_norm_backward(
@@ -274,15 +289,15 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(
-                (
-                    x.primitive.clone(),
+            OpsKind::Tracked(prep) => {
+                let (output, x) = B::fused_group_norm_keeping_input(
+                    x.primitive,
                     weight.primitive.clone(),
                     bias.primitive.clone(),
                     options.clone(),
-                ),
-                B::fused_group_norm(x.primitive, weight.primitive, bias.primitive, options),
-            ),
+                );
+                prep.finish((x, weight.primitive, bias.primitive, options), output)
+            }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_group_norm(
                 x.primitive,
                 weight.primitive,
@@ -300,6 +315,15 @@ impl<B: FusedNormBackend, C: CheckpointStrategy> FusedNormBackend for Autodiff<B
         _options: NormOptions,
     ) -> [FloatTensor<Self>; 3] {
         unreachable!("the autodiff backend differentiates through its inner backend's kernels")
+    }
+
+    fn fused_group_norm_keeping_input(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: NormOptions,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::fused_group_norm(x.clone(), weight, bias, options), x)
     }
 }
 
@@ -406,7 +430,7 @@ pub(crate) mod kernels {
         let group_len = x.len() / (n * groups);
         let channel_len = group_len * groups / c;
         let per_group = c / groups;
-        let mut y = vec![0.0f32; x.len()];
+        let mut y = buffer::unwritten(x.len());
         y.par_chunks_mut(group_len)
             .zip(x.par_chunks(group_len))
             .enumerate()
@@ -421,17 +445,22 @@ pub(crate) mod kernels {
                 {
                     let scale = rstd * weight[first + k];
                     let shift = bias[first + k] - mean * scale;
-                    per_activation!(activation, scalar, |act| {
-                        for (o, &v) in o.iter_mut().zip(v) {
-                            *o = act(v * scale + shift);
-                        }
-                    });
-                    if let Some(m) = sample_mask {
-                        o.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
+                    match sample_mask {
+                        None => per_activation!(activation, scalar, |act| {
+                            for (o, &v) in o.iter_mut().zip(v) {
+                                o.write(act(v * scale + shift));
+                            }
+                        }),
+                        Some(m) => per_activation!(activation, scalar, |act| {
+                            for (o, (&v, &m)) in o.iter_mut().zip(v.iter().zip(m)) {
+                                o.write(act(v * scale + shift) * m);
+                            }
+                        }),
                     }
                 }
             });
-        y
+        // SAFETY: every (sample, group) block writes each of its channels' values above.
+        unsafe { buffer::written(y) }
     }
 
     /// Input, weight and bias gradients. With x̂ = (x − mean) · rstd and g = dy · γ_c, per
@@ -471,7 +500,7 @@ pub(crate) mod kernels {
         let group_len = x.len() / (n * groups);
         let channel_len = group_len * groups / c;
         let per_group = c / groups;
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = buffer::unwritten(x.len());
         // Per (sample, group): the channel sums of dy · x̂ and dy, summed over samples after.
         let partial: Vec<Vec<(f64, f64)>> = dx
             .par_chunks_mut(group_len)
@@ -481,56 +510,64 @@ pub(crate) mod kernels {
                 let sample_mask = mask.map(|m| &m[(i / groups) * channel_len..][..channel_len]);
                 let (mean, rstd) = statistics(block, sample_mask, epsilon);
                 let first = (i % groups) * per_group;
-                let through_activation: Vec<f32>;
-                let dy = match activation {
-                    Activation::Identity => dy,
-                    _ => {
-                        let mut buffer = vec![0.0f32; block.len()];
-                        for (k, (out, (v, d))) in buffer
-                            .chunks_exact_mut(channel_len)
-                            .zip(
-                                block
-                                    .chunks_exact(channel_len)
-                                    .zip(dy.chunks_exact(channel_len)),
-                            )
-                            .enumerate()
-                        {
-                            let scale = rstd * weight[first + k];
-                            let shift = bias[first + k] - mean * scale;
-                            per_activation!(activation, derivative, |slope| {
-                                for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
-                                    *o = d * slope(v * scale + shift);
-                                }
-                            });
+                // Per channel Σ dy · x̂ and Σ dy, and the group means of g and g · x̂.
+                let moments = |dy: &[f32]| {
+                    let mut channel_sums = Vec::with_capacity(per_group);
+                    let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                    for (k, (v, d)) in block
+                        .chunks_exact(channel_len)
+                        .zip(dy.chunks_exact(channel_len))
+                        .enumerate()
+                    {
+                        let [dyx, dys] = sums(v, d, |v, d| {
+                            let xhat = (v - mean) * rstd;
+                            [f64::from(d * xhat), f64::from(d)]
+                        });
+                        channel_sums.push((dyx, dys));
+                        let gamma = f64::from(weight[first + k]);
+                        sum_g += dys * gamma;
+                        sum_gx += dyx * gamma;
+                    }
+                    let len = match sample_mask {
+                        Some(m) => {
+                            let [visible] = sums(m, m, |v, _| [f64::from(v)]);
+                            (visible * per_group as f64).max(1.0)
                         }
-                        through_activation = buffer;
-                        &through_activation[..]
-                    }
+                        None => group_len as f64,
+                    };
+                    (channel_sums, (sum_g / len) as f32, (sum_gx / len) as f32)
                 };
-                let mut channel_sums = Vec::with_capacity(per_group);
-                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-                for (k, (v, d)) in block
-                    .chunks_exact(channel_len)
-                    .zip(dy.chunks_exact(channel_len))
-                    .enumerate()
-                {
-                    let [dyx, dys] = sums(v, d, |v, d| {
-                        let xhat = (v - mean) * rstd;
-                        [f64::from(d * xhat), f64::from(d)]
-                    });
-                    channel_sums.push((dyx, dys));
-                    let gamma = f64::from(weight[first + k]);
-                    sum_g += dys * gamma;
-                    sum_gx += dyx * gamma;
+                if activation == Activation::Identity {
+                    let (channel_sums, mean_g, mean_gx) = moments(dy);
+                    for (k, (out, (v, d))) in dx
+                        .chunks_exact_mut(channel_len)
+                        .zip(
+                            block
+                                .chunks_exact(channel_len)
+                                .zip(dy.chunks_exact(channel_len)),
+                        )
+                        .enumerate()
+                    {
+                        let gamma = weight[first + k];
+                        let value = |v: f32, d: f32| {
+                            let xhat = (v - mean) * rstd;
+                            rstd * (d * gamma - mean_g - xhat * mean_gx)
+                        };
+                        match sample_mask {
+                            None => out.iter_mut().zip(v.iter().zip(d)).for_each(|(o, (&v, &d))| {
+                                o.write(value(v, d));
+                            }),
+                            Some(m) => out.iter_mut().zip(v.iter().zip(d).zip(m)).for_each(
+                                |(o, ((&v, &d), &m))| {
+                                    o.write(value(v, d) * m);
+                                },
+                            ),
+                        }
+                    }
+                    return channel_sums;
                 }
-                let len = match sample_mask {
-                    Some(m) => {
-                        let [visible] = sums(m, m, |v, _| [f64::from(v)]);
-                        (visible * per_group as f64).max(1.0)
-                    }
-                    None => group_len as f64,
-                };
-                let (mean_g, mean_gx) = ((sum_g / len) as f32, (sum_gx / len) as f32);
+                // With an activation, dx first holds dy through the activation's derivative,
+                // which the last pass then turns into dx in place (no buffer of its own).
                 for (k, (out, (v, d))) in dx
                     .chunks_exact_mut(channel_len)
                     .zip(
@@ -540,10 +577,26 @@ pub(crate) mod kernels {
                     )
                     .enumerate()
                 {
+                    let scale = rstd * weight[first + k];
+                    let shift = bias[first + k] - mean * scale;
+                    per_activation!(activation, derivative, |slope| {
+                        for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
+                            o.write(d * slope(v * scale + shift));
+                        }
+                    });
+                }
+                // SAFETY: every channel of the block was written above.
+                let dx = unsafe { buffer::written_slice(dx) };
+                let (channel_sums, mean_g, mean_gx) = moments(dx);
+                for (k, (out, v)) in dx
+                    .chunks_exact_mut(channel_len)
+                    .zip(block.chunks_exact(channel_len))
+                    .enumerate()
+                {
                     let gamma = weight[first + k];
-                    for (o, (&v, &d)) in out.iter_mut().zip(v.iter().zip(d)) {
+                    for (o, &v) in out.iter_mut().zip(v) {
                         let xhat = (v - mean) * rstd;
-                        *o = rstd * (d * gamma - mean_g - xhat * mean_gx);
+                        *o = rstd * (*o * gamma - mean_g - xhat * mean_gx);
                     }
                     if let Some(m) = sample_mask {
                         out.iter_mut().zip(m).for_each(|(o, &m)| *o *= m);
@@ -561,7 +614,8 @@ pub(crate) mod kernels {
             }
         }
         (
-            dx,
+            // SAFETY: every (sample, group) block of dx was written above.
+            unsafe { buffer::written(dx) },
             dweight.into_iter().map(|v| v as f32).collect(),
             dbias.into_iter().map(|v| v as f32).collect(),
         )
