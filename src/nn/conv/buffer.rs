@@ -49,7 +49,10 @@ pub(crate) fn fill(dst: &mut [MaybeUninit<f32>], value: f32) {
 
 /// Write `src` to `dst` (same length).
 pub(crate) fn copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    dst.write_copy_of_slice(src);
+    // (`write_copy_of_slice` would do, but needs Rust 1.93; the MSRV is 1.92.)
+    dst.iter_mut().zip(src).for_each(|(d, &s)| {
+        d.write(s);
+    });
 }
 
 #[cfg(test)]

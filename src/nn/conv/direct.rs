@@ -318,6 +318,8 @@ macro_rules! direct_kernels {
             let line = kd * kh * padded.dims[2] * size_of::<f32>();
             let rows_per_chunk = (24 * 1024 / line.max(1)).clamp(1, ci) * taps;
             (0..g.batch * blocks * od).into_par_iter().for_each(|task| {
+                // Captures the whole `SharedOut` (Send), not its raw pointer field.
+                #[allow(clippy::redundant_locals)]
                 let out = out;
                 let (n, block, d) = (task / (blocks * od), task / od % blocks, task % od);
                 let first = block * R;
