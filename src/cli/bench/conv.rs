@@ -1,8 +1,9 @@
-//! `detlab bench conv [--threads N] [--repeat N]`: every CPU conv3d kernel (the direct
-//! AVX-512 / AVX2 kernels and im2col + gemm) on the convolutions of the quickstart's
-//! Retina U-Net step and the largest of the default bench network's, forward, input gradient
-//! and weight gradient, in GFLOP/s; this is the
-//! table that decides which kernel each layer shape uses.
+//! `detlab bench conv [--threads N] [--repeat N] [--set default|resenc_l]`: every CPU conv3d
+//! kernel (the direct AVX-512 / AVX2 kernels and im2col + gemm) on the convolutions of the
+//! quickstart's Retina U-Net step and the largest of the default bench network's (`default`),
+//! or on those of a ResEnc-L MAE step at 2 × 64³ (`resenc_l`), forward, input gradient and
+//! weight gradient, in GFLOP/s; this is the table that decides which kernel each layer shape
+//! uses. `benches/conv_twin.py --set NAME` times PyTorch's conv3d on the same shapes.
 
 /// `(x [N, C_in, D, H, W], kernel [C_out, C_in, k, k, k] as (C_out, k), stride, padding)`.
 const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
@@ -25,18 +26,40 @@ const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
     ([2, 64, 32, 32, 32], 162, 3, 1, 1),
 ];
 
+/// The convolutions of a ResEnc-L MAE pre-training step at 2 × 64³ (widths 32–320): each
+/// stage's block convolution and stride-2 entry, and the decoder's convolution after its
+/// concatenation (`benches/conv_twin.py` holds the same list).
+const RESENC_L_SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
+    ([2, 32, 64, 64, 64], 32, 3, 1, 1),
+    ([2, 64, 64, 64, 64], 32, 3, 1, 1),
+    ([2, 32, 64, 64, 64], 64, 3, 2, 1),
+    ([2, 64, 32, 32, 32], 64, 3, 1, 1),
+    ([2, 128, 32, 32, 32], 64, 3, 1, 1),
+    ([2, 64, 32, 32, 32], 128, 3, 2, 1),
+    ([2, 128, 16, 16, 16], 128, 3, 1, 1),
+    ([2, 256, 16, 16, 16], 128, 3, 1, 1),
+    ([2, 128, 16, 16, 16], 256, 3, 2, 1),
+    ([2, 256, 8, 8, 8], 256, 3, 1, 1),
+    ([2, 256, 8, 8, 8], 320, 3, 2, 1),
+    ([2, 320, 4, 4, 4], 320, 3, 1, 1),
+];
+
 pub fn run(args: &[String]) -> i32 {
     let mut threads = 1;
     let mut repeats = 5;
+    let mut shapes = SHAPES;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let value = it.next().and_then(|v| v.parse::<usize>().ok());
-        match (arg.as_str(), value) {
-            ("--threads", Some(v)) if v > 0 => threads = v,
-            ("--repeat", Some(v)) if v > 0 => repeats = v,
+        let text = it.next().map(String::as_str);
+        let value = text.and_then(|v| v.parse::<usize>().ok());
+        match (arg.as_str(), value, text) {
+            ("--threads", Some(v), _) if v > 0 => threads = v,
+            ("--repeat", Some(v), _) if v > 0 => repeats = v,
+            ("--set", _, Some("default")) => shapes = SHAPES,
+            ("--set", _, Some("resenc_l")) => shapes = RESENC_L_SHAPES,
             _ => {
                 eprintln!(
-                    "detlab bench conv: unknown or invalid argument '{arg}' (--threads N, --repeat N)"
+                    "detlab bench conv: unknown or invalid argument '{arg}' (--threads N, --repeat N, --set default|resenc_l)"
                 );
                 return 2;
             }
@@ -57,7 +80,7 @@ pub fn run(args: &[String]) -> i32 {
         "convolution", "kernel", "fwd ms", "dX ms", "dW ms", "fwd GF/s", "dX GF/s", "dW GF/s"
     );
     pool.install(|| {
-        for &(x, c_out, k, stride, padding) in SHAPES {
+        for &(x, c_out, k, stride, padding) in shapes {
             let weight = [c_out, x[1], k, k, k];
             let Some(timings) =
                 detlab::nn::conv::kernel_timings(x, weight, [stride; 3], [padding; 3], repeats)

@@ -18,8 +18,11 @@
 //!   kernel transposed (in ↔ out) and flipped.
 //! - **Weight gradient**: a tile of `A` output channels × `B` im2col rows accumulates over
 //!   the voxels of a chunk of depth slices: `A` loads of `dY` and `B` input loads give
-//!   `A · B` FMAs; the lanes are summed once per chunk, and the chunks' partial gradients
-//!   in chunk order, so the result does not depend on the number of threads.
+//!   `A · B` FMAs; the lanes are summed once per [`WEIGHT_TILE_VECTORS`] vectors, and the
+//!   chunks' partial gradients in chunk order, so the result does not depend on the number
+//!   of threads. The tile leaves room for `A` gradients and the inputs in the vector
+//!   registers: on AVX-512 a 4 × 6 tile (24 accumulators) made LLVM shuffle and spill
+//!   accumulators in every iteration, and 4 × 5 runs 75 → 93 GFLOP/s at 64³ × 32 channels.
 
 use rayon::prelude::*;
 
@@ -64,7 +67,11 @@ impl Isa {
 ///   (8³ on AVX-512); below half they lose (4³: 27 against 30–73);
 /// - im2col + gemm gains with the output channels (gemm's tall micro-kernel fills): 24
 ///   GFLOP/s forward at 8 channels, 65 at 32, 110 at 162, where it wins the gradients;
-/// - 1³ convolutions need no im2col, and there the plain gemm wins everywhere.
+/// - 1³ convolutions need no im2col, and there the plain gemm wins everywhere;
+/// - wide layers with full vectors (`--set resenc_l`, 16³–32³ × 64–256 channels): the direct
+///   weight gradient runs at 105–110 against gemm's 88–94, and the direct input gradient at
+///   140–155 against 108–120 where the forward's input has 64 channels or more (with 32 and
+///   162 output channels gemm wins it, 131 against 113).
 pub(crate) fn preferred(isa: Isa, g: &Geometry, pass: Pass) -> bool {
     if !applies(g) || g.kernel == [1, 1, 1] {
         return false;
@@ -81,7 +88,8 @@ pub(crate) fn preferred(isa: Isa, g: &Geometry, pass: Pass) -> bool {
     }
     match pass {
         Pass::Forward => width == full || g.channels_out <= 64,
-        Pass::InputGrad | Pass::WeightGrad => g.channels_out <= 64,
+        Pass::InputGrad => g.channels_out <= 64 || (width == full && g.channels_in >= 64),
+        Pass::WeightGrad => g.channels_out <= 64 || width == full,
     }
 }
 
@@ -267,6 +275,12 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
+/// Output vectors a weight-gradient tile sums over before its lanes are summed: few enough
+/// that the tile's `dY` rows and input rows stay in the L1 cache while the tiles of every
+/// im2col row pass over them (whole 64³ depth slices, 256 vectors, ran from the L2 cache:
+/// 70 GFLOP/s against 93 at 64 vectors, `detlab bench conv --set resenc_l`).
+const WEIGHT_TILE_VECTORS: usize = 64;
+
 /// Output depth slices per weight-gradient chunk: enough vectors that summing the lanes once
 /// per chunk costs little, and few enough that a chunk's `dY` stays in the L2 cache.
 fn slices_per_chunk(g: &Geometry, lanes: usize) -> usize {
@@ -285,7 +299,9 @@ macro_rules! direct_kernels {
     ($feature:literal, forward_tile: [$r:literal, $t:literal], weight_tile: [$a:literal, $b:literal]) => {
         use rayon::prelude::*;
 
-        use super::{ForwardJob, SharedOut, WeightJob, in_chunk_waves, slices_per_chunk};
+        use super::{
+            ForwardJob, SharedOut, WEIGHT_TILE_VECTORS, WeightJob, in_chunk_waves, slices_per_chunk,
+        };
         use std::mem::MaybeUninit;
 
         /// Output channels × output vectors of a forward tile.
@@ -477,31 +493,47 @@ macro_rules! direct_kernels {
                         .collect();
                     let x = unsafe { job.padded.data.as_ptr().add(n * sample_in) };
                     let dy = &job.dy[n * co * out_volume..][..co * out_volume];
-                    for first in (0..co).step_by(A) {
-                        let channels = (co - first).min(A);
-                        // A short last block repeats its last channel and keeps it once.
-                        let dys: [*const f32; A] = std::array::from_fn(|a| {
-                            dy[(first + a.min(channels - 1)) * out_volume..].as_ptr()
-                        });
-                        for row0 in (0..rows).step_by(B) {
-                            let count = (rows - row0).min(B);
-                            let offsets: [usize; B] =
-                                std::array::from_fn(|b| job.rows[row0 + b.min(count - 1)]);
-                            // SAFETY: `dY` reads stay inside the sample's channels (masked
-                            // at row ends) and input reads inside the padded buffer (its
-                            // slack covers full-vector reads past the last row).
-                            let sums = unsafe { weight_tile(dys, x, &offsets, &vectors) };
-                            for a in 0..channels {
-                                for b in 0..count {
-                                    partial[(first + a) * rows + row0 + b] = sums[a][b];
-                                }
-                            }
-                        }
+                    partial.iter_mut().for_each(|p| *p = 0.0);
+                    for vectors in vectors.chunks(WEIGHT_TILE_VECTORS) {
+                        weight_tiles(job, x, dy, vectors, partial);
                     }
                 },
                 |_, partial| dw.iter_mut().zip(partial).for_each(|(sum, p)| *sum += p),
             );
             dw
+        }
+
+        /// Add `Σ dY · X` over `vectors` to `partial` `[C_out, rows]`, tile by tile.
+        fn weight_tiles(
+            job: &WeightJob,
+            x: *const f32,
+            dy: &[f32],
+            vectors: &[(usize, usize, usize)],
+            partial: &mut [f32],
+        ) {
+            let (co, rows) = (job.g.channels_out, job.rows.len());
+            let out_volume: usize = job.g.output.iter().product();
+            for first in (0..co).step_by(A) {
+                let channels = (co - first).min(A);
+                // A short last block repeats its last channel and keeps it once.
+                let dys: [*const f32; A] = std::array::from_fn(|a| {
+                    dy[(first + a.min(channels - 1)) * out_volume..].as_ptr()
+                });
+                for row0 in (0..rows).step_by(B) {
+                    let count = (rows - row0).min(B);
+                    let offsets: [usize; B] =
+                        std::array::from_fn(|b| job.rows[row0 + b.min(count - 1)]);
+                    // SAFETY: `dY` reads stay inside the sample's channels (masked
+                    // at row ends) and input reads inside the padded buffer (its
+                    // slack covers full-vector reads past the last row).
+                    let sums = unsafe { weight_tile(dys, x, &offsets, vectors) };
+                    for a in 0..channels {
+                        for b in 0..count {
+                            partial[(first + a) * rows + row0 + b] += sums[a][b];
+                        }
+                    }
+                }
+            }
         }
 
         /// `Σ dY[channel a] · X[row b]` over the vectors of a chunk, per pair. One flat
@@ -600,7 +632,7 @@ mod avx512 {
 
     // 8 × 3 = 24 forward accumulators and 4 × 6 = 24 weight-gradient accumulators of the 32
     // registers, the rest for the loaded operands.
-    direct_kernels!("avx512f,avx512vl", forward_tile: [8, 3], weight_tile: [4, 6]);
+    direct_kernels!("avx512f,avx512vl", forward_tile: [8, 3], weight_tile: [4, 5]);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -753,5 +785,8 @@ mod tests {
         // Rows this wide put one input channel in each L1 chunk of the forward kernel,
         // so later chunks add to the stored partial sums.
         check([1, 3, 3, 3, 350], [2, 3, 3, 3, 3], [1; 3]);
+        // 45 rows × 2 vectors = 90 vectors per depth slice: a weight-gradient chunk sums
+        // its tiles over two runs of vectors (64 + 26, `WEIGHT_TILE_VECTORS`).
+        check([1, 2, 3, 45, 32], [6, 2, 3, 3, 3], [1; 3]);
     }
 }

@@ -554,9 +554,13 @@ pub(crate) mod kernels {
                             rstd * (d * gamma - mean_g - xhat * mean_gx)
                         };
                         match sample_mask {
-                            None => out.iter_mut().zip(v.iter().zip(d)).for_each(|(o, (&v, &d))| {
-                                o.write(value(v, d));
-                            }),
+                            None => {
+                                out.iter_mut()
+                                    .zip(v.iter().zip(d))
+                                    .for_each(|(o, (&v, &d))| {
+                                        o.write(value(v, d));
+                                    })
+                            }
                             Some(m) => out.iter_mut().zip(v.iter().zip(d).zip(m)).for_each(
                                 |(o, ((&v, &d), &m))| {
                                     o.write(value(v, d) * m);
