@@ -3,7 +3,9 @@
 //! quickstart's Retina U-Net step and the largest of the default bench network's (`default`),
 //! or on those of a ResEnc-L MAE step at 2 × 64³ (`resenc_l`), forward, input gradient and
 //! weight gradient, in GFLOP/s; this is the table that decides which kernel each layer shape
-//! uses. `benches/conv_twin.py --set NAME` times PyTorch's conv3d on the same shapes.
+//! uses. `--print-shapes` prints the set as JSON (`[x, C_out, k, stride, padding]` per
+//! convolution) instead: `benches/conv_twin.py --set NAME` reads it from there and times
+//! PyTorch's conv3d on the same shapes.
 
 /// `(x [N, C_in, D, H, W], kernel [C_out, C_in, k, k, k] as (C_out, k), stride, padding)`.
 const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
@@ -28,7 +30,7 @@ const SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
 
 /// The convolutions of a ResEnc-L MAE pre-training step at 2 × 64³ (widths 32–320): each
 /// stage's block convolution and stride-2 entry, and the decoder's convolution after its
-/// concatenation (`benches/conv_twin.py` holds the same list).
+/// concatenation.
 const RESENC_L_SHAPES: &[([usize; 5], usize, usize, usize, usize)] = &[
     ([2, 32, 64, 64, 64], 32, 3, 1, 1),
     ([2, 64, 64, 64, 64], 32, 3, 1, 1),
@@ -48,8 +50,13 @@ pub fn run(args: &[String]) -> i32 {
     let mut threads = 1;
     let mut repeats = 5;
     let mut shapes = SHAPES;
+    let mut print_shapes = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        if arg == "--print-shapes" {
+            print_shapes = true;
+            continue;
+        }
         let text = it.next().map(String::as_str);
         let value = text.and_then(|v| v.parse::<usize>().ok());
         match (arg.as_str(), value, text) {
@@ -59,11 +66,21 @@ pub fn run(args: &[String]) -> i32 {
             ("--set", _, Some("resenc_l")) => shapes = RESENC_L_SHAPES,
             _ => {
                 eprintln!(
-                    "detlab bench conv: unknown or invalid argument '{arg}' (--threads N, --repeat N, --set default|resenc_l)"
+                    "detlab bench conv: unknown or invalid argument '{arg}' (--threads N, --repeat N, --set default|resenc_l, --print-shapes)"
                 );
                 return 2;
             }
         }
+    }
+    if print_shapes {
+        let list: Vec<_> = shapes
+            .iter()
+            .map(|&(x, c_out, k, stride, padding)| {
+                serde_json::json!([x, c_out, k, stride, padding])
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return 0;
     }
     let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
         Ok(pool) => pool,
