@@ -546,10 +546,25 @@ pub fn im2col_input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 
 /// Bias gradient: the sum of `dY` over batch and space, per output channel.
 pub fn bias_grad(dy: &[f32], g: &Geometry) -> Vec<f32> {
-    let out_volume = g.output_volume();
-    let mut sums = vec![0.0f64; g.channels_out];
-    for (i, channel) in dy.chunks_exact(out_volume).enumerate() {
-        sums[i % g.channels_out] += channel.iter().map(|&v| f64::from(v)).sum::<f64>();
-    }
-    sums.into_iter().map(|s| s as f32).collect()
+    channel_sums(dy, g.channels_out, g.output_volume())
+}
+
+/// The sum of each channel of `[N, C, V]` values over samples and voxels, in f64: one task
+/// per channel, the samples in order, each in 8 interleaved lanes (a serial f64 sum on the
+/// calling thread was 2 % of the quickstart's step at 2 threads, all of it on one thread).
+pub(crate) fn channel_sums(values: &[f32], channels: usize, volume: usize) -> Vec<f32> {
+    let (channels, volume) = (channels.max(1), volume.max(1));
+    (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            values
+                .chunks(volume)
+                .skip(c)
+                .step_by(channels)
+                .map(|channel| {
+                    super::norm::kernels::sums(channel, channel, |v, _| [f64::from(v)])[0]
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
 }

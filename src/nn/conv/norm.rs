@@ -358,7 +358,11 @@ pub(crate) mod kernels {
     /// on one f64 add per value (a serial f64 sum made the statistics a tenth of S3D's step).
     /// The order of the additions is fixed, so results do not depend on the thread count.
     #[inline(always)]
-    fn sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64; K]) -> [f64; K] {
+    pub(crate) fn sums<const K: usize>(
+        a: &[f32],
+        b: &[f32],
+        f: impl Fn(f32, f32) -> [f64; K],
+    ) -> [f64; K] {
         const LANES: usize = 8;
         let mut partial = [[0.0f64; LANES]; K];
         let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));

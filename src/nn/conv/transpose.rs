@@ -225,11 +225,7 @@ impl InterleaveBackend for Dispatch {
         let mut out = vec![0.0f32; values.len()];
         kernels::permute(values, &mut out, shape, false);
         let per_channel = values.len() / (shape.batch * shape.channels).max(1);
-        let mut sums = vec![0.0f64; shape.channels];
-        for (i, channel) in values.chunks(per_channel.max(1)).enumerate() {
-            sums[i % shape.channels] += channel.iter().map(|&v| f64::from(v)).sum::<f64>();
-        }
-        let sums: Vec<f32> = sums.into_iter().map(|s| s as f32).collect();
+        let sums = super::kernels::channel_sums(values, shape.channels, per_channel);
         [
             Self::float_from_data(TensorData::new(out, shape.blocks()), &device),
             Self::float_from_data(TensorData::new(sums, [shape.channels]), &device),
