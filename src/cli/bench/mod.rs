@@ -62,7 +62,7 @@ pub const BENCHMARKS: &[(&str, &str)] = &[
     ),
     (
         "conv",
-        "every CPU conv3d kernel (direct AVX-512 / AVX2, im2col + gemm) on the quickstart's conv shapes or (--set resenc_l) a ResEnc-L step's, in GFLOP/s; --threads N, --repeat N, --set default|resenc_l",
+        "every CPU conv3d kernel (direct AVX-512 / AVX2, im2col + gemm) on the quickstart's conv shapes or (--set resenc_l) a ResEnc-L step's, in GFLOP/s; --threads N, --repeat N, --set default|resenc_l, --print-shapes (the set as JSON)",
     ),
     (
         "eval",

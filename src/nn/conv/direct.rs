@@ -495,7 +495,9 @@ macro_rules! direct_kernels {
                     let dy = &job.dy[n * co * out_volume..][..co * out_volume];
                     partial.iter_mut().for_each(|p| *p = 0.0);
                     for vectors in vectors.chunks(WEIGHT_TILE_VECTORS) {
-                        weight_tiles(job, x, dy, vectors, partial);
+                        // SAFETY: `x` is sample `n` of the padded input, and `vectors`
+                        // hold offsets inside it and inside `dy`.
+                        unsafe { weight_tiles(job, x, dy, vectors, partial) };
                     }
                 },
                 |_, partial| dw.iter_mut().zip(partial).for_each(|(sum, p)| *sum += p),
@@ -504,7 +506,11 @@ macro_rules! direct_kernels {
         }
 
         /// Add `Σ dY · X` over `vectors` to `partial` `[C_out, rows]`, tile by tile.
-        fn weight_tiles(
+        ///
+        /// # Safety
+        /// `x` points at one sample of `job.padded`, and every input offset of `vectors`
+        /// (plus a row offset of `job.rows` and one vector) stays inside that buffer.
+        unsafe fn weight_tiles(
             job: &WeightJob,
             x: *const f32,
             dy: &[f32],
